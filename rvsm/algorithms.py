@@ -1,0 +1,486 @@
+"""RVSM, RVSCGD, adaptive hard thresholding, GD and ADMM on the toy problems, batched (SPEC §4-5).
+
+Every configuration of a run is a row of a ``(B, d)`` tensor; rows that share the discrete
+choices (network, algorithm, penalty, ...) and ``d`` advance together, one tensor operation per
+step for all of them, each with its own ``k``, ``lam``, ``beta``, ``eta``, ``a``, teacher and start.
+A single configuration is a batch of one, through the same code, so a sweep and the same
+configurations run one at a time give the same answers.
+
+Algorithms (``mu = lam / beta``, ``T_mu`` from :mod:`rvsm.prox`):
+
+- ``rvsm`` / ``rvscgd`` (seed 000 Algorithm 1; seed 001 with the coarse gradient)::
+
+      u <- T_mu(w);  w_hat <- w - eta grad f(w) - eta beta (w - u);  w <- w_hat / |w_hat|
+
+  without the last step when ``normalize=False`` (seed 002 Algorithm 1). Output ``u = T_mu(w)``.
+- ``aht`` (seed 000 Algorithm 2, ``s``-sparse target)::
+
+      w_hat <- w - eta grad f(w);  w <- H_s(w_hat) if supp H_s(w) != supp H_s(w_hat) else w_hat
+
+- ``gd``: ``w <- w - eta grad f(w)`` (normalised when ``normalize``); ``u = T_mu(w)`` is the one-shot
+  thresholded answer.
+- ``admm`` (empirical variant of SPEC §4, ``rho = beta``)::
+
+      w <- w - eta (grad f(w) + beta (w - z + y));  z <- H_s(w + y);  y <- y + w - z;  u = z
+
+Stopping per row: ``max_iters``, ``|w^{t+1} - w^t| < tol``, NaN/Inf (diverged, with the iteration),
+or the wall-clock budget of the call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from . import problems
+from .prox import PENALTIES, apply_threshold, penalty_value
+
+ALGORITHMS = ("rvsm", "rvscgd", "aht", "gd", "admm")
+GRADIENTS = ("population", "empirical")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+METRICS = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "f_u_normalized", "nnz_u")
+
+ProgressCallback = Callable[[dict], None]
+
+
+@dataclass(kw_only=True, eq=False)
+class ToyConfig:
+    """One fully resolved toy run. ``w_star`` (unit) and ``w0`` are float64 CPU vectors of length ``d``."""
+
+    network: str = "relu"
+    k: int
+    d: int
+    w_star: Tensor
+    w0: Tensor
+    algorithm: str = "rvsm"
+    normalize: bool = True
+    penalty: str = "l0"
+    a: float = 1.0
+    lam: float
+    beta: float
+    eta: float
+    max_iters: int = 20000
+    tol: float = 0.0
+    gradient: str = "population"
+    samples: int | None = None
+    batch_size: int | None = None
+    data_seed: int = 0
+    s: int | None = None
+    log_every: int = 10
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        _choice("network", self.network, problems.NETWORKS)
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _choice("penalty", self.penalty, PENALTIES)
+        _choice("gradient", self.gradient, GRADIENTS)
+        _choice("dtype", self.dtype, tuple(DTYPES))
+        for name in ("k", "d", "max_iters", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, ok, rule in (
+            ("lam", self.lam >= 0, ">= 0"),
+            ("beta", self.beta > 0, "> 0"),
+            ("eta", self.eta > 0, "> 0"),
+            ("a", self.a > 0, "> 0"),
+            ("tol", self.tol >= 0, ">= 0"),
+        ):
+            if not (ok and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be finite and {rule}, got {getattr(self, name)}")
+        for name in ("w_star", "w0"):
+            v = getattr(self, name)
+            if v.shape != (self.d,):
+                raise ValueError(f"{name} must have shape ({self.d},), got {tuple(v.shape)}")
+        if self.algorithm == "rvscgd" and self.network != "binary":
+            raise ValueError("algorithm 'rvscgd' needs network 'binary' (use 'rvsm' for the ReLU network)")
+        if self.algorithm in ("aht", "admm"):
+            if self.s is None:
+                raise ValueError(f"algorithm {self.algorithm!r} needs the target sparsity s")
+            if not 1 <= self.s <= self.d:
+                raise ValueError(f"s must be in [1, d={self.d}], got {self.s}")
+        if self.gradient == "empirical":
+            if self.samples is None and self.batch_size is None:
+                raise ValueError("gradient 'empirical' needs samples (a fixed set) or batch_size (fresh batches)")
+            for name in ("samples", "batch_size"):
+                v = getattr(self, name)
+                if v is not None and v < 1:
+                    raise ValueError(f"{name} must be >= 1, got {v}")
+            if self.samples is not None and self.batch_size is not None and self.batch_size > self.samples:
+                raise ValueError(f"batch_size must be <= samples={self.samples}, got {self.batch_size}")
+
+    @property
+    def mu(self) -> float:
+        return self.lam / self.beta
+
+    def group_key(self) -> tuple:
+        """The discrete choices that rows of one batch share.
+
+        With the population gradient, rows of different ``d`` share a batch, zero-padded to the
+        largest ``d``: padded coordinates of ``w``, ``w*`` and ``u`` stay exactly 0 (every
+        gradient, threshold and projection maps 0 to 0 there), so norms, angles, losses and
+        penalties are unchanged. Sampled inputs have the shape of ``(k, d)``, so the empirical
+        mode groups by them.
+        """
+        empirical = (self.k, self.d, self.samples, self.batch_size) if self.gradient == "empirical" else None
+        return (
+            self.network,
+            self.algorithm,
+            self.penalty,
+            self.normalize,
+            self.gradient,
+            self.dtype,
+            self.log_every,
+            empirical,
+        )
+
+
+def _choice(name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+@dataclass(eq=False)
+class ToyRun:
+    """What one configuration produced. Tensors are float64 on the CPU."""
+
+    config: ToyConfig
+    w: Tensor
+    u: Tensor
+    iters: int
+    converged: bool
+    diverged: bool
+    diverged_at: int | None
+    stopped_by: str  # "max_iters" | "tol" | "diverged" | "time_budget"
+    final: dict[str, float]
+    trace: dict[str, list]
+    max_step_norm: float  # max_t |eta grad f(w^t) + eta beta (w^t - u^{t+1})| (Theorem 1 (i))
+    wall_time_s: float
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+def top_s_mask(x: Tensor, s: Tensor) -> Tensor:
+    """Boolean mask of the ``s`` largest ``|x|`` per row (``s``: ``(B,)``); ties by position."""
+    order = torch.argsort(x.abs(), dim=-1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(x.shape[-1], device=x.device).expand_as(order))
+    return ranks < s.unsqueeze(-1)
+
+
+def hard_threshold_s(x: Tensor, s: Tensor) -> Tensor:
+    """``H_s``: keep the ``s`` largest entries in magnitude of each row, zero the rest."""
+    return x * top_s_mask(x, s)
+
+
+def _norm(x: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(x, dim=-1)
+
+
+class _Group:
+    """The tensors of one batch of rows that share :meth:`ToyConfig.group_key`."""
+
+    def __init__(self, cfgs: list[ToyConfig], device: torch.device) -> None:
+        c0 = cfgs[0]
+        self.cfgs = cfgs
+        self.network, self.algorithm, self.penalty = c0.network, c0.algorithm, c0.penalty
+        self.normalize, self.gradient, self.log_every = c0.normalize, c0.gradient, c0.log_every
+        self.dtype = DTYPES[c0.dtype]
+        self.device = device
+        dt = dict(dtype=self.dtype, device=device)
+
+        def col(name: str) -> Tensor:
+            return torch.tensor([float(getattr(c, name)) for c in cfgs], **dt).unsqueeze(-1)
+
+        self.k = torch.tensor([float(c.k) for c in cfgs], **dt)
+        self.lam, self.beta, self.eta, self.a = col("lam"), col("beta"), col("eta"), col("a")
+        self.mu = self.lam / self.beta
+        self.tol = torch.tensor([c.tol for c in cfgs], **dt)
+        self.max_iters = torch.tensor([c.max_iters for c in cfgs], device=device)
+        self.s = torch.tensor([c.s or c.d for c in cfgs], device=device)
+        self.dmax = max(c.d for c in cfgs)
+
+        def padded(name: str) -> Tensor:
+            out = torch.zeros(len(cfgs), self.dmax, dtype=torch.float64)
+            for i, c in enumerate(cfgs):
+                out[i, : c.d] = getattr(c, name)
+            return out.to(**dt)
+
+        self.w_star, self.w0 = padded("w_star"), padded("w0")
+        self.generators = [torch.Generator().manual_seed(int(c.data_seed)) for c in cfgs]
+        self.fixed: Tensor | None = None
+        if self.gradient == "empirical" and c0.samples is not None:
+            self.fixed = torch.stack(
+                [problems.sample_inputs(c0.samples, c0.k, c0.d, generator=g, dtype=self.dtype) for g in self.generators]
+            ).to(device)
+
+    # -- gradient
+    def samples(self) -> Tensor:
+        c0 = self.cfgs[0]
+        if self.fixed is not None:
+            if c0.batch_size is None:
+                return self.fixed
+            idx = torch.stack([torch.randperm(c0.samples, generator=g)[: c0.batch_size] for g in self.generators]).to(
+                self.device
+            )
+            return torch.gather(self.fixed, 1, idx[:, :, None, None].expand(-1, -1, c0.k, c0.d))
+        return torch.stack(
+            [problems.sample_inputs(c0.batch_size, c0.k, c0.d, generator=g, dtype=self.dtype) for g in self.generators]
+        ).to(self.device)
+
+    def grad(self, w: Tensor) -> Tensor:
+        if self.gradient == "population":
+            return problems.population_grad(self.network, w, self.w_star, self.k)
+        return problems.empirical_grad(self.network, w, self.w_star, self.samples())
+
+    def threshold(self, w: Tensor) -> Tensor:
+        return apply_threshold(w, self.mu, self.penalty, self.a, -1)
+
+    # -- one step: returns (new state, |eta grad + eta beta (w - u)| or None)
+    def step(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None]:
+        w = state["w"]
+        g = self.grad(w)
+        alg = self.algorithm
+        if alg in ("rvsm", "rvscgd"):
+            delta = self.eta * (g + self.beta * (w - self.threshold(w)))
+            w_hat = w - delta
+            if self.normalize:
+                w_hat = w_hat / _norm(w_hat).unsqueeze(-1)
+            return {"w": w_hat}, _norm(delta)
+        if alg == "gd":
+            w_hat = w - self.eta * g
+            if self.normalize:
+                w_hat = w_hat / _norm(w_hat).unsqueeze(-1)
+            return {"w": w_hat}, None
+        if alg == "aht":
+            w_hat = w - self.eta * g
+            moved = (top_s_mask(w, self.s) != top_s_mask(w_hat, self.s)).any(dim=-1, keepdim=True)
+            return {"w": torch.where(moved, hard_threshold_s(w_hat, self.s), w_hat)}, None
+        # admm
+        z, y = state["z"], state["y"]
+        w_new = w - self.eta * (g + self.beta * (w - z + y))
+        z_new = hard_threshold_s(w_new + y, self.s)
+        return {"w": w_new, "z": z_new, "y": y + w_new - z_new}, None
+
+    def initial_state(self) -> dict[str, Tensor]:
+        w = self.w0.clone()
+        if self.algorithm == "aht":
+            w = hard_threshold_s(w, self.s)
+        state = {"w": w}
+        if self.algorithm == "admm":
+            state["z"] = hard_threshold_s(w, self.s)
+            state["y"] = torch.zeros_like(w)
+        return state
+
+    def sparse_answer(self, state: dict[str, Tensor]) -> Tensor:
+        if self.algorithm == "admm":
+            return state["z"]
+        if self.algorithm == "aht":
+            return state["w"]
+        return self.threshold(state["w"])
+
+    def metrics(self, w: Tensor, u: Tensor) -> dict[str, Tensor]:
+        """SPEC §5 metrics per row, with ``L_beta(u, w) = f(w) + lam P(u) + beta/2 |w - u|^2``."""
+        net = self.network
+        f_w = problems.population_loss(net, w, self.w_star, self.k)
+        f_u = problems.population_loss(net, u, self.w_star, self.k)
+        nu = _norm(u).unsqueeze(-1)
+        u_hat = u / torch.where(nu > 0, nu, torch.ones_like(nu))
+        f_un = problems.population_loss(net, u_hat, self.w_star, self.k)
+        pen = penalty_value(u, penalty=self.penalty, a=self.a, dim=-1, dims=-1)
+        lag = f_w + self.lam.squeeze(-1) * pen + 0.5 * self.beta.squeeze(-1) * _norm(w - u) ** 2
+        return {
+            "lagrangian": lag,
+            "theta_w": problems.angle(w, self.w_star),
+            "theta_u": problems.angle(u, self.w_star),
+            "f_w": f_w,
+            "f_u": f_u,
+            "f_u_normalized": f_un,
+            "nnz_u": (u != 0).sum(dim=-1).to(w.dtype),
+        }
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _run_group(
+    group: _Group,
+    *,
+    deadline: float | None,
+    callback: ProgressCallback | None,
+    group_index: int,
+    groups: int,
+) -> list[ToyRun]:
+    t_start = time.perf_counter()
+    n = len(group.cfgs)
+    dev = group.device
+    state = group.initial_state()
+    active = torch.ones(n, dtype=torch.bool, device=dev)
+    iters = torch.zeros(n, dtype=torch.long, device=dev)
+    converged = torch.zeros(n, dtype=torch.bool, device=dev)
+    diverged = torch.zeros(n, dtype=torch.bool, device=dev)
+    last_step = torch.full((n,), math.nan, dtype=group.dtype, device=dev)
+    max_delta = torch.zeros(n, dtype=group.dtype, device=dev)
+    snap_iters: list[int] = []
+    snaps: list[dict[str, Tensor]] = []
+    snap_steps: list[Tensor] = []
+
+    def snapshot(t: int) -> None:
+        w = state["w"]
+        snap_iters.append(t)
+        snaps.append(group.metrics(w, group.sparse_answer(state)))
+        snap_steps.append(last_step.clone())
+
+    snapshot(0)
+    limit = int(group.max_iters.max())
+    log_every = group.log_every
+    timed_out = False
+    t = 0
+    while t < limit:
+        new, delta_norm = group.step(state)
+        w_old, w_new = state["w"], new["w"]
+        finite = torch.isfinite(w_new).all(dim=-1)
+        for v in new.values():
+            finite &= torch.isfinite(v).all(dim=-1)
+        take = active & finite
+        step = _norm(w_new - w_old)
+        for name, v in new.items():
+            state[name] = torch.where(take.unsqueeze(-1), v, state[name])
+        if delta_norm is not None:
+            max_delta = torch.where(take, torch.maximum(max_delta, delta_norm), max_delta)
+        last_step = torch.where(take, step, last_step)
+        iters += take
+        diverged |= active & ~finite
+        conv_now = take & (step < group.tol)
+        converged |= conv_now
+        active = take & ~conv_now & (iters < group.max_iters)
+        t += 1
+        if t % log_every == 0 or t == limit:
+            snapshot(t)
+            if deadline is not None and time.perf_counter() > deadline:
+                timed_out = bool(active.any())
+                break
+            if not bool(active.any()):
+                break
+            if callback is not None:
+                elapsed = time.perf_counter() - t_start
+                callback(
+                    {
+                        "group": group_index,
+                        "groups": groups,
+                        "iteration": t,
+                        "max_iters": limit,
+                        "active": int(active.sum()),
+                        "configs": n,
+                        "elapsed_s": elapsed,
+                        "eta_s": elapsed * (limit - t) / t,
+                        "metrics": {k: v.tolist() for k, v in snaps[-1].items()},
+                    }
+                )
+    wall = time.perf_counter() - t_start
+
+    # final state and per-row traces, on the CPU in float64
+    w = state["w"]
+    u = group.sparse_answer(state)
+    final = {k: v.double().cpu() for k, v in group.metrics(w, u).items()}
+    iters_l = iters.tolist()
+    converged_l, diverged_l = converged.tolist(), diverged.tolist()
+    active_l = active.tolist()
+    steps_final = last_step.double().cpu()
+    snap_t = torch.tensor(snap_iters)
+    snap_m = {k: torch.stack([s[k] for s in snaps], dim=1).double().cpu() for k in METRICS}
+    snap_s = torch.stack(snap_steps, dim=1).double().cpu()
+    w_cpu, u_cpu = w.double().cpu(), u.double().cpu()
+    max_delta_l = max_delta.double().cpu().tolist()
+    runs = []
+    for i, cfg in enumerate(group.cfgs):
+        it = iters_l[i]
+        keep = snap_t <= it
+        trace: dict[str, list] = {"iter": snap_t[keep].tolist()}
+        for name in METRICS:
+            if name == "f_u_normalized":
+                continue
+            trace[name] = snap_m[name][i][keep].tolist()
+        trace["step"] = snap_s[i][keep].tolist()
+        if trace["iter"][-1] != it:  # a final point off the logging grid
+            trace["iter"].append(it)
+            for name in METRICS:
+                if name != "f_u_normalized":
+                    trace[name].append(final[name][i].item())
+            trace["step"].append(steps_final[i].item())
+        for name in ("theta_w", "theta_u", "step"):
+            trace[name] = [_nan_to_none(x) for x in trace[name]]
+        trace["nnz_u"] = [int(x) for x in trace["nnz_u"]]
+        if diverged_l[i]:
+            stopped = "diverged"
+        elif converged_l[i]:
+            stopped = "tol"
+        elif timed_out and active_l[i]:
+            stopped = "time_budget"
+        else:
+            stopped = "max_iters"
+        runs.append(
+            ToyRun(
+                config=cfg,
+                w=w_cpu[i, : cfg.d].clone(),
+                u=u_cpu[i, : cfg.d].clone(),
+                iters=it,
+                converged=bool(converged_l[i]),
+                diverged=bool(diverged_l[i]),
+                diverged_at=it + 1 if diverged_l[i] else None,
+                stopped_by=stopped,
+                final={k: final[k][i].item() for k in METRICS} | {"step": steps_final[i].item()},
+                trace=trace,
+                max_step_norm=max_delta_l[i],
+                wall_time_s=wall,
+            )
+        )
+    return runs
+
+
+def default_device() -> torch.device:
+    """``cuda`` when present, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_toy(
+    configs: list[ToyConfig],
+    *,
+    device: str | torch.device | None = None,
+    callback: ProgressCallback | None = None,
+    time_budget_s: float | None = None,
+) -> list[ToyRun]:
+    """Run ``configs`` batched: rows sharing :meth:`ToyConfig.group_key` advance as one tensor.
+
+    ``callback(progress)`` is called every ``log_every`` iterations with a plain dict (iteration,
+    max_iters, active rows, elapsed and estimated remaining seconds, the latest metrics); it may
+    raise to stop the run. Results come back in the order of ``configs``.
+    """
+    if not configs:
+        raise ValueError("configs must not be empty")
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ValueError(f"time_budget_s must be > 0, got {time_budget_s}")
+    dev = torch.device(device) if device is not None else default_device()
+    deadline = time.perf_counter() + time_budget_s if time_budget_s is not None else None
+    order: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        order.setdefault(c.group_key(), []).append(i)
+    out: list[ToyRun | None] = [None] * len(configs)
+    with torch.no_grad():
+        for gi, idx in enumerate(order.values()):
+            group = _Group([configs[i] for i in idx], dev)
+            for i, run in zip(
+                idx, _run_group(group, deadline=deadline, callback=callback, group_index=gi, groups=len(order))
+            ):
+                out[i] = run
+    return out  # type: ignore[return-value]
+
+
+def run_one(config: ToyConfig, **kwargs) -> ToyRun:
+    """:func:`run_toy` on a single configuration."""
+    return run_toy([config], **kwargs)[0]

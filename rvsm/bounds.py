@@ -1,0 +1,200 @@
+"""Checks of the seeds' theorem hypotheses and bounds on a finished toy run (SPEC §6).
+
+RVSM, seed 000 Theorem 1, hypotheses: (i) ``eta <= 1/(beta+L)`` and
+``|eta grad f(w^t) + eta beta (w^t - u^{t+1})| <= 1/2`` for all t; (ii) ``theta(w^0, w*) <= pi - delta``;
+(iii) ``beta <= delta sin(delta)/(k pi)`` and ``lam/beta < 1/sqrt(d)``; with ``L = 1 + 3|w*|/M``,
+``M = 1/2`` (seed 002 Lemma 4). Conclusions: eq. 12 (limit equation), eq. 13
+``|w* - w| <= 4 k beta sin(gamma)``, eq. 14 ``|w* - u| <= 4 k beta sin(gamma) + (lam/beta) sqrt(d)``
+(l1 only: Corollary 1.1 carries 12 and 13 to l0 and TL1), ``theta(w, w*) < delta``, and the exact
+fixed point of normalised RVSM (seed 000 eq. 17) ``((pi - theta)/(k pi)) sin(theta) = beta |u| sin(gamma)``.
+
+RVSCGD, seed 001 Theorem 1: ``beta <= k sin(delta)/(2 sqrt(2 pi))``, ``lam < k/(2 sqrt(2 pi) d)``,
+``eta <= min(1/(beta+L), 2 sqrt(2 pi)/k)`` with ``L = k/pi`` (seed 001 Lemma 4), the 1/2 condition;
+eq. 13 ``|w* - w| <= 4 sqrt(2 pi) beta sin(gamma) / k``, eq. 12 with the constant ``2 sqrt(2 pi)/k``.
+With the exact expected coarse gradient the fixed point is ``(k/(2 pi)) sin(theta) = beta |u| sin(gamma)``
+(the seed 003 constant ``2 pi / k``); both are reported.
+
+``delta = pi - theta(w^0, w*)``, ``gamma = theta(w, u)`` at the limit. A bound whose hypotheses
+fail is still evaluated and marked ``hypotheses_met: False``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import problems
+from .algorithms import ToyRun
+from .prox import apply_threshold
+
+SQRT_2PI = math.sqrt(2 * math.pi)
+
+
+def _tolerances(dtype: str) -> dict[str, float]:
+    if dtype == "float64":
+        return {"identity": 1e-8, "parallel": 1e-6, "monotone_rel": 1e-12}
+    return {"identity": 1e-4, "parallel": 1e-3, "monotone_rel": 1e-5}
+
+
+def hypotheses(run: ToyRun) -> dict:
+    """Theorem 1's hypotheses for the run's ``delta`` (each a boolean, with the numbers used)."""
+    c = run.config
+    theta0 = problems.angle(c.w0, c.w_star).item()
+    delta = math.pi - theta0 if not math.isnan(theta0) else math.nan
+    L = problems.lipschitz_constant(c.network, c.k, 1.0)
+    half = run.max_step_norm
+    h: dict = {
+        "delta": delta,
+        "L": L,
+        "theta0": theta0,
+        "max_step_norm": half,
+        "normalized_splitting_run": c.algorithm in ("rvsm", "rvscgd") and c.normalize,
+        "population_gradient": c.gradient == "population",
+        "delta_positive": delta > 0,
+        "step_norm_le_half": half <= 0.5,
+    }
+    if c.network == "relu":
+        h["eta_le_1_over_beta_plus_L"] = c.eta <= 1 / (c.beta + L)
+        h["beta_le_delta_sin_delta_over_k_pi"] = c.beta <= delta * math.sin(delta) / (c.k * math.pi)
+        h["lam_over_beta_lt_1_over_sqrt_d"] = c.lam / c.beta < 1 / math.sqrt(c.d)
+    else:
+        h["eta_le_min_1_over_beta_plus_L_2sqrt2pi_over_k"] = c.eta <= min(1 / (c.beta + L), 2 * SQRT_2PI / c.k)
+        h["beta_le_k_sin_delta_over_2sqrt2pi"] = c.beta <= c.k * math.sin(delta) / (2 * SQRT_2PI)
+        h["lam_lt_k_over_2sqrt2pi_d"] = c.lam < c.k / (2 * SQRT_2PI * c.d)
+    h["all"] = all(v for k, v in h.items() if isinstance(v, bool))
+    return h
+
+
+def _monotone(name: str, iters: list[int], values: list[float | None], rel_tol: float) -> dict:
+    """First iteration where ``values`` rises above ``rel_tol`` (relative), and the largest rise."""
+    first = None
+    largest = 0.0
+    prev = None
+    for it, v in zip(iters, values):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        if prev is not None:
+            rise = v - prev
+            largest = max(largest, rise)
+            if first is None and rise > rel_tol * max(abs(prev), 1e-300):
+                first = it
+        prev = v
+    return {
+        "name": name,
+        "formula": f"{name.split('_')[0]}(t+1) <= {name.split('_')[0]}(t) along the trace",
+        "lhs": largest,
+        "rhs": 0.0,
+        "holds": first is None,
+        "first_violation": first,
+        "max_increase": largest,
+        "tolerance": rel_tol,
+    }
+
+
+def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
+    """Every bound of SPEC §6 as ``{name, formula, lhs, rhs, holds, hypotheses_met, ...}``."""
+    c = run.config
+    hyp = hyp if hyp is not None else hypotheses(run)
+    tol = _tolerances(c.dtype)
+    w = run.w.double()
+    ws = c.w_star.double()
+    u = apply_threshold(w, c.mu, c.penalty, c.a, -1) if c.algorithm in ("rvsm", "rvscgd", "gd") else run.u.double()
+    theta = problems.angle(w, ws).item()
+    gamma = problems.angle(w, u).item()
+    gamma_ok = not math.isnan(gamma)
+    sin_g = math.sin(gamma) if gamma_ok else math.nan
+    nu = torch.linalg.vector_norm(u).item()
+    met = bool(hyp["all"]) and hyp["normalized_splitting_run"] and hyp["population_gradient"]
+    relu = c.network == "relu"
+    out: list[dict] = []
+
+    def add(name: str, formula: str, lhs: float, rhs: float, holds: bool | None, hyp_met: bool, **extra) -> None:
+        ok = None if (math.isnan(lhs) or math.isnan(rhs)) else holds
+        out.append(
+            {
+                "name": name,
+                "formula": formula,
+                "lhs": None if math.isnan(lhs) else lhs,
+                "rhs": None if math.isnan(rhs) else rhs,
+                "holds": ok,
+                "hypotheses_met": hyp_met,
+                **extra,
+            }
+        )
+
+    err_w = torch.linalg.vector_norm(ws - w).item()
+    err_u = torch.linalg.vector_norm(ws - u).item()
+    if relu:
+        rhs13 = 4 * c.k * c.beta * sin_g
+        add("w_error_eq13", "|w* - w| <= 4 k beta sin(gamma)", err_w, rhs13, err_w <= rhs13, met)
+        rhs14 = rhs13 + c.mu * math.sqrt(c.d)
+        add(
+            "u_error_eq14",
+            "|w* - u| <= 4 k beta sin(gamma) + (lam/beta) sqrt(d)",
+            err_u,
+            rhs14,
+            err_u <= rhs14,
+            met and c.penalty == "l1",
+            note="Theorem 1 proves eq. 14 for l1; Corollary 1.1 carries only eqs. 12-13 to l0 and TL1",
+        )
+        const = c.k * math.pi / (math.pi - theta)
+        const_name = "k pi / (pi - theta)"
+    else:
+        rhs13 = 4 * SQRT_2PI * c.beta * sin_g / c.k
+        add("w_error_eq13", "|w* - w| <= 4 sqrt(2 pi) beta sin(gamma) / k", err_w, rhs13, err_w <= rhs13, met)
+        const = 2 * SQRT_2PI / c.k
+        const_name = "2 sqrt(2 pi) / k"
+
+    # eq. 12: w* - const beta (w - T(w)) = C w, with 0 < C <= 1 / (1 - 2 k lam sqrt(d))
+    def parallel(cst: float) -> tuple[float, float]:
+        v = ws - cst * c.beta * (w - u)
+        cc = (v @ w / (w @ w)).item()
+        return cc, torch.linalg.vector_norm(v - cc * w).item()
+
+    cc, resid = parallel(const)
+    denom = 1 - 2 * c.k * c.lam * math.sqrt(c.d)
+    c_max = 1 / denom if denom > 0 else math.inf
+    extra: dict = {"C": cc, "parallel_residual": resid, "parallel_tolerance": tol["parallel"]}
+    if not relu:
+        cc2, resid2 = parallel(2 * math.pi / c.k)
+        extra |= {"C_exact_constant": cc2, "parallel_residual_exact_constant": resid2}
+    add(
+        "limit_equation_eq12",
+        f"w* - ({const_name}) beta (w - T(w)) = C w, 0 < C <= 1/(1 - 2 k lam sqrt(d))",
+        cc,
+        c_max,
+        bool(0 < cc <= c_max and resid <= tol["parallel"]),
+        met,
+        **extra,
+    )
+    add("theta_below_delta", "theta(w, w*) < delta", theta, hyp["delta"], theta < hyp["delta"], met)
+
+    if relu:
+        lhs = (math.pi - theta) / (c.k * math.pi) * math.sin(theta)
+        formula = "((pi - theta)/(k pi)) sin(theta) = beta |u| sin(gamma)"
+    else:
+        lhs = c.k / (2 * math.pi) * math.sin(theta)
+        formula = "(k/(2 pi)) sin(theta) = beta |u| sin(gamma)"
+    rhs = c.beta * nu * sin_g
+    add(
+        "fixed_point_identity",
+        formula,
+        lhs,
+        rhs,
+        abs(lhs - rhs) <= tol["identity"],
+        hyp["normalized_splitting_run"] and hyp["population_gradient"] and run.stopped_by in ("tol", "max_iters"),
+        residual=None if math.isnan(rhs) else abs(lhs - rhs),
+        tolerance=tol["identity"],
+        note="exact at a fixed point of normalised RVSM; the residual measures how far the run is from it",
+    )
+    for name, key in (("lagrangian_monotone", "lagrangian"), ("angle_monotone", "theta_w")):
+        m = _monotone(name, run.trace["iter"], run.trace[key], tol["monotone_rel"])
+        m["formula"] = f"{'L_beta' if key == 'lagrangian' else 'theta(w^t, w*)'} non-increasing along the trace"
+        m["hypotheses_met"] = met
+        out.append(m)
+    if not gamma_ok:
+        for b in out:
+            if b["name"] in ("w_error_eq13", "u_error_eq14", "fixed_point_identity"):
+                b["note"] = "u is the zero vector, so gamma = theta(w, u) is undefined"
+    return out

@@ -1,0 +1,1 @@
+"""rvsm-service: the REST API and the command line around the :mod:`rvsm` library."""
