@@ -474,9 +474,8 @@ def run_toy(
     with torch.no_grad():
         for gi, idx in enumerate(order.values()):
             group = _Group([configs[i] for i in idx], dev)
-            for i, run in zip(
-                idx, _run_group(group, deadline=deadline, callback=callback, group_index=gi, groups=len(order))
-            ):
+            runs = _run_group(group, deadline=deadline, callback=callback, group_index=gi, groups=len(order))
+            for i, run in zip(idx, runs, strict=True):
                 out[i] = run
     return out  # type: ignore[return-value]
 

@@ -71,7 +71,7 @@ def _monotone(name: str, iters: list[int], values: list[float | None], rel_tol: 
     first = None
     largest = 0.0
     prev = None
-    for it, v in zip(iters, values):
+    for it, v in zip(iters, values, strict=True):
         if v is None or (isinstance(v, float) and math.isnan(v)):
             continue
         if prev is not None:

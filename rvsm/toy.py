@@ -214,7 +214,7 @@ def expand_sweep(spec: dict) -> list[tuple[dict, dict]]:
     out = []
     for combo in itertools.product(*(sweep[n] for n in names)):
         s = copy.deepcopy(base)
-        overrides = dict(zip(names, combo))
+        overrides = dict(zip(names, combo, strict=True))
         for name, value in overrides.items():
             head, _, tail = name.partition(".")
             if tail:
@@ -305,4 +305,4 @@ def run_spec(
     runs = run_toy(configs, device=device, callback=callback, time_budget_s=budget)
     if "sweep" not in spec:
         return run_result(runs[0])
-    return {"runs": [{"config": o} | run_result(r) for (o, _), r in zip(expanded, runs)]}
+    return {"runs": [{"config": o} | run_result(r) for (o, _), r in zip(expanded, runs, strict=True)]}

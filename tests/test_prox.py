@@ -54,7 +54,7 @@ def test_operator_is_the_grid_minimiser(penalty, a, mus):
         else:
             thr = float(prox.tl1_threshold_value(mu, a))
         out = prox.threshold(xs, mu, penalty=penalty, a=a)
-        for x, got in zip(xs.tolist(), out.tolist()):
+        for x, got in zip(xs.tolist(), out.tolist(), strict=True):
             if abs(abs(x) - thr) < 1e-3:  # at a jump both sides minimise
                 continue
             want = brute_force(x, mu, penalty, a)
@@ -89,7 +89,7 @@ def test_group_soft_threshold_against_2d_grid():
     for mu in (0.1, 0.7, 2.0):
         x = torch.tensor([0.9, -0.6], dtype=torch.float64)
 
-        def obj(u: torch.Tensor) -> torch.Tensor:
+        def obj(u: torch.Tensor, mu: float = mu, x: torch.Tensor = x) -> torch.Tensor:
             return mu * torch.linalg.vector_norm(u, dim=-1) + 0.5 * ((u - x) ** 2).sum(-1)
 
         best = torch.zeros(2, dtype=torch.float64)
