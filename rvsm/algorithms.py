@@ -266,6 +266,34 @@ class _Group:
         z_new = hard_threshold_s(w_new + y, self.s)
         return {"w": w_new, "z": z_new, "y": y + w_new - z_new}, None
 
+    def advance(self, state: dict[str, Tensor], book: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """One iteration for every row still active; stopped rows keep their state.
+
+        ``book`` holds the per-row bookkeeping: ``active``, ``iters``, ``converged``, ``diverged``,
+        ``last_step`` (``|w^{t+1} - w^t|``) and ``max_delta`` (Theorem 1 (i)'s step norm, max over t).
+        A step is finite exactly when its norm is (the state was finite before it).
+        """
+        new, delta_norm = self.step(state)
+        step = _norm(new["w"] - state["w"])
+        active = book["active"]
+        finite = torch.isfinite(step)
+        take = active & finite
+        keep = take.unsqueeze(-1)
+        state = {name: torch.where(keep, v, state[name]) for name, v in new.items()}
+        max_delta = book["max_delta"]
+        if delta_norm is not None:
+            max_delta = torch.where(take, torch.maximum(max_delta, delta_norm), max_delta)
+        iters = book["iters"] + take
+        conv_now = take & (step < self.tol)
+        return state, {
+            "active": take & ~conv_now & (iters < self.max_iters),
+            "iters": iters,
+            "converged": book["converged"] | conv_now,
+            "diverged": book["diverged"] | (active & ~finite),
+            "last_step": torch.where(take, step, book["last_step"]),
+            "max_delta": max_delta,
+        }
+
     def initial_state(self) -> dict[str, Tensor]:
         w = self.w0.clone()
         if self.algorithm == "aht":
@@ -304,6 +332,14 @@ class _Group:
         }
 
 
+def _compiled_advance(group: _Group) -> Callable:
+    """``group.advance`` fused by ``torch.compile`` (population gradient only: the empirical mode
+    draws samples from per-row CPU generators, which do not trace)."""
+    if group.gradient != "population":
+        return group.advance
+    return torch.compile(group.advance, dynamic=False, fullgraph=True)
+
+
 def _nan_to_none(x: float) -> float | None:
     return None if math.isnan(x) else x
 
@@ -315,17 +351,22 @@ def _run_group(
     callback: ProgressCallback | None,
     group_index: int,
     groups: int,
+    compile: bool = False,
 ) -> list[ToyRun]:
     t_start = time.perf_counter()
     n = len(group.cfgs)
     dev = group.device
     state = group.initial_state()
-    active = torch.ones(n, dtype=torch.bool, device=dev)
-    iters = torch.zeros(n, dtype=torch.long, device=dev)
-    converged = torch.zeros(n, dtype=torch.bool, device=dev)
-    diverged = torch.zeros(n, dtype=torch.bool, device=dev)
-    last_step = torch.full((n,), math.nan, dtype=group.dtype, device=dev)
-    max_delta = torch.zeros(n, dtype=group.dtype, device=dev)
+    flag = torch.zeros(n, dtype=torch.bool, device=dev)
+    book = {
+        "active": ~flag,
+        "iters": torch.zeros(n, dtype=torch.long, device=dev),
+        "converged": flag,
+        "diverged": flag,
+        "last_step": torch.full((n,), math.nan, dtype=group.dtype, device=dev),
+        "max_delta": torch.zeros(n, dtype=group.dtype, device=dev),
+    }
+    active, last_step = book["active"], book["last_step"]
     snap_iters: list[int] = []
     snaps: list[dict[str, Tensor]] = []
     snap_steps: list[Tensor] = []
@@ -341,24 +382,10 @@ def _run_group(
     log_every = group.log_every
     timed_out = False
     t = 0
+    advance = _compiled_advance(group) if compile else group.advance
     while t < limit:
-        new, delta_norm = group.step(state)
-        w_old, w_new = state["w"], new["w"]
-        finite = torch.isfinite(w_new).all(dim=-1)
-        for v in new.values():
-            finite &= torch.isfinite(v).all(dim=-1)
-        take = active & finite
-        step = _norm(w_new - w_old)
-        for name, v in new.items():
-            state[name] = torch.where(take.unsqueeze(-1), v, state[name])
-        if delta_norm is not None:
-            max_delta = torch.where(take, torch.maximum(max_delta, delta_norm), max_delta)
-        last_step = torch.where(take, step, last_step)
-        iters += take
-        diverged |= active & ~finite
-        conv_now = take & (step < group.tol)
-        converged |= conv_now
-        active = take & ~conv_now & (iters < group.max_iters)
+        state, book = advance(state, book)
+        active, last_step = book["active"], book["last_step"]
         t += 1
         if t % log_every == 0 or t == limit:
             snapshot(t)
@@ -383,6 +410,7 @@ def _run_group(
                     }
                 )
     wall = time.perf_counter() - t_start
+    iters, converged, diverged, max_delta = book["iters"], book["converged"], book["diverged"], book["max_delta"]
 
     # final state and per-row traces, on the CPU in float64
     w = state["w"]
@@ -454,12 +482,15 @@ def run_toy(
     device: str | torch.device | None = None,
     callback: ProgressCallback | None = None,
     time_budget_s: float | None = None,
+    compile: bool = False,
 ) -> list[ToyRun]:
     """Run ``configs`` batched: rows sharing :meth:`ToyConfig.group_key` advance as one tensor.
 
     ``callback(progress)`` is called every ``log_every`` iterations with a plain dict (iteration,
     max_iters, active rows, elapsed and estimated remaining seconds, the latest metrics); it may
-    raise to stop the run. Results come back in the order of ``configs``.
+    raise to stop the run. Results come back in the order of ``configs``. ``compile=True`` fuses
+    each iteration with ``torch.compile`` (worth it for large batches, mostly on a GPU; the first
+    call of each batch shape pays the compilation).
     """
     if not configs:
         raise ValueError("configs must not be empty")
@@ -474,7 +505,9 @@ def run_toy(
     with torch.no_grad():
         for gi, idx in enumerate(order.values()):
             group = _Group([configs[i] for i in idx], dev)
-            runs = _run_group(group, deadline=deadline, callback=callback, group_index=gi, groups=len(order))
+            runs = _run_group(
+                group, deadline=deadline, callback=callback, group_index=gi, groups=len(order), compile=compile
+            )
             for i, run in zip(idx, runs, strict=True):
                 out[i] = run
     return out  # type: ignore[return-value]
