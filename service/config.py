@@ -1,0 +1,54 @@
+"""Settings, from the environment (prefix ``RVSM_``) or a ``.env`` file; one cached instance."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RVSM_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="where the embedded mode keeps its database and artifacts")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+    artifact_dir: Path | None = Field(None, description="artifact files; default: data_dir/artifacts")
+    broker_url: str | None = Field(None, description="Celery broker (Redis); unset: `rvsm serve` runs an embedded one")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated bearer keys; empty: no auth"
+    )
+    max_iters_cap: int = Field(2_000_000, ge=1, description="largest max_iters a toy job may ask for")
+    sweep_cap: int = Field(100_000, ge=1, description="largest number of configurations in one sweep")
+    max_upload_bytes: int = Field(256 * 2**20, ge=1, description="largest checkpoint or dataset upload")
+    toy_queue: str = Field("cpu", description="Celery queue for toy jobs")
+    visibility_timeout_s: int = Field(
+        12 * 3600, ge=1, description="Redis visibility timeout: longer than the longest job"
+    )
+    lease_s: float = Field(60.0, gt=0, description="a running job whose worker is silent this long may be taken over")
+    progress_interval_s: float = Field(0.5, gt=0, description="how often a running job writes progress and metrics")
+    device: str | None = Field(None, description="torch device for workers; default: cuda when present, else cpu")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'rvsm.db').resolve()}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

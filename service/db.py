@@ -1,0 +1,115 @@
+"""The job store: SQLAlchemy models and engine (SQLite by default, PostgreSQL by URL).
+
+The job row is the source of truth for a job's state, progress, attempts, owner and result
+location; the Celery result backend is not used. The API and the workers share this module (it
+imports no web framework).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC (SQLite keeps no time zone; every timestamp here is UTC)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "rvsm_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    spec: Mapped[dict] = mapped_column(JSON)
+    queue: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    iteration: Mapped[int] = mapped_column(Integer, default=0)
+    max_iters: Mapped[int] = mapped_column(Integer, default=0)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    result_path: Mapped[str | None] = mapped_column(String(512))
+    summary: Mapped[dict | None] = mapped_column(JSON)
+    metrics_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MetricPoint(Base):
+    """One logged trace point of a running (or finished) job, in order of ``seq``."""
+
+    __tablename__ = "rvsm_metric_points"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("rvsm_jobs.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    data: Mapped[dict] = mapped_column(JSON)
+
+
+class Artifact(Base):
+    __tablename__ = "rvsm_artifacts"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("rvsm_jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    media_type: Mapped[str] = mapped_column(String(64))
+
+
+@lru_cache
+def get_engine(url: str) -> Engine:
+    """One engine per URL. SQLite gets WAL and a busy timeout: API and workers write concurrently."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record) -> None:  # noqa: ANN001
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+@lru_cache
+def get_sessionmaker(url: str) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(url), expire_on_commit=False)

@@ -1,0 +1,58 @@
+"""FastAPI dependencies, as ``Annotated`` aliases: settings, a database session, the caller's identity."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, status
+from sqlalchemy.orm import Session
+
+from .config import Settings, get_settings
+from .db import get_sessionmaker
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def owner_of(key: str) -> str:
+    """The stored owner id of an API key (its hash: keys themselves are never stored)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def current_owner(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """``None`` when the service runs without API keys; else the owner id of a valid bearer key.
+
+    Every configured key is compared, in constant time, whatever matched before.
+    """
+    if not settings.api_keys:
+        return None
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="Authorization: a 'Bearer <API key>' header is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    matched = False
+    for key in settings.api_keys:
+        matched |= hmac.compare_digest(key.encode(), presented.encode())
+    if not matched:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="Authorization: the API key is not valid",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return owner_of(presented)
+
+
+OwnerDep = Annotated[str | None, Depends(current_owner)]

@@ -1,0 +1,39 @@
+"""The FastAPI application: ``uvicorn service.main:app``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from rvsm import __version__
+
+from . import errors
+from .config import get_settings
+from .db import get_engine
+from .routers import health, jobs
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = app.dependency_overrides.get(get_settings, get_settings)()
+    get_engine(settings.resolved_database_url)  # creates the tables
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        lifespan=lifespan,
+        title="rvsm-service",
+        version=__version__,
+        description="Sparse neural networks by the Relaxed Variable Splitting Method (RVSM / RVSCGD).",
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+
+    return app
+
+
+app = create_app()

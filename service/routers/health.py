@@ -1,0 +1,38 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from ..deps import SessionDep, SettingsDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
+    """The job database and the broker answer (503 with the failing part otherwise)."""
+    checks: dict[str, str] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as e:  # report, don't raise: this endpoint's job is to say what is down
+        checks["database"] = f"error: {type(e).__name__}: {e}"
+    try:
+        from worker.celery_app import celery_app
+
+        with celery_app(settings).connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception as e:
+        checks["broker"] = f"error: {type(e).__name__}: {e}"
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)

@@ -1,0 +1,181 @@
+"""``/v1/jobs``: submit, list, inspect, follow, fetch results and artifacts, cancel, delete."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import FileResponse
+
+from rvsm.toy import SpecError, config_from_spec, expand_sweep, sweep_size
+from worker.celery_app import enqueue
+
+from .. import store
+from ..artifacts import job_dir
+from ..db import Job
+from ..deps import OwnerDep, SessionDep, SettingsDep
+from ..errors import field_error
+from ..schemas import ArtifactPublic, JobCreated, JobList, JobPublic, MetricsPublic, Progress, ToySpecCreate
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+StateFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def job_url(request: Request, job_id: str) -> str:
+    return str(request.url_for("get_job", job_id=job_id))
+
+
+def to_public(request: Request, job: Job) -> JobPublic:
+    return JobPublic(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,  # type: ignore[arg-type]
+        url=job_url(request, job.id),
+        queue=job.queue,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=Progress(fraction=job.progress, iteration=job.iteration, max_iters=job.max_iters, eta_s=job.eta_s),
+        attempts=job.attempts,
+        cancel_requested=job.cancel_requested,
+        error=job.error,
+        summary=job.summary,
+        spec=job.spec,
+    )
+
+
+def validate_toy(spec: dict, *, max_iters_cap: int, sweep_cap: int) -> int:
+    """The cross-field rules and the service caps, on every configuration of a sweep. Returns the
+    largest ``max_iters``."""
+    n = sweep_size(spec)
+    if n > sweep_cap:
+        raise field_error("sweep", f"expands to {n} configurations; this service allows at most {sweep_cap}")
+    largest = 0
+    try:
+        for overrides, one in expand_sweep(spec):
+            cfg = config_from_spec(one)
+            if cfg.max_iters > max_iters_cap:
+                where = "sweep.max_iters" if "max_iters" in overrides else "max_iters"
+                raise field_error(where, f"must be <= {max_iters_cap} on this service, got {cfg.max_iters}")
+            largest = max(largest, cfg.max_iters)
+    except SpecError as e:
+        raise field_error(e.field, e.rule) from None
+    return largest
+
+
+def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
+    job = store.get_job(session, job_id, owner)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job_id: no job {job_id!r}")
+    return job
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
+def submit_job(body: ToySpecCreate, request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
+    """Submit a toy job (SPEC §8). 202 with its id; follow it at ``url``."""
+    spec = body.to_spec()
+    max_iters = validate_toy(spec, max_iters_cap=settings.max_iters_cap, sweep_cap=settings.sweep_cap)
+    job = store.new_job(session, kind="toy", spec=spec, owner=owner, queue=settings.toy_queue, max_iters=max_iters)
+    try:
+        enqueue(settings, job.id, job.queue)
+    except Exception as e:  # the broker is down: say so, keep nothing half-queued
+        store.delete_job(session, job)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the job queue is unreachable; try again ({type(e).__name__})"
+        ) from None
+    return JobCreated(id=job.id, state=job.state, url=job_url(request, job.id))
+
+
+@router.get("", response_model=JobList)
+def list_jobs(
+    request: Request,
+    session: SessionDep,
+    owner: OwnerDep,
+    state: StateFilter | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+):
+    """Jobs, newest first."""
+    rows, total = store.list_jobs(session, owner=owner, state=state, limit=limit, offset=offset)
+    return JobList(items=[to_public(request, j) for j in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, request: Request, session: SessionDep, owner: OwnerDep):
+    """State, progress (iteration of max, ETA), timestamps, attempts, error."""
+    return to_public(request, find(session, owner, job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+def get_metrics(
+    job_id: str,
+    session: SessionDep,
+    owner: OwnerDep,
+    since: Annotated[int, Query(ge=0, description="only points after this seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+):
+    """The trace so far, also while running; ``?since=`` returns only newer points."""
+    job = find(session, owner, job_id)
+    points = store.metric_points(session, job.id, since, limit)
+    data = [{"seq": p.seq} | p.data for p in points]
+    return MetricsPublic(job_id=job.id, state=job.state, points=data, next_since=points[-1].seq if points else since)
+
+
+@router.get("/{job_id}/result")
+def get_result(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> Response:
+    """The result document (final report, trace, hypotheses, bounds, sparse weights); 409 until succeeded."""
+    job = find(session, owner, job_id)
+    if job.state != "succeeded" or not job.result_path:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, detail=f"state: the job is {job.state}; a result exists once it has succeeded"
+        )
+    path = settings.resolved_artifact_dir / job.result_path
+    return Response(content=path.read_bytes(), media_type="application/json")
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactPublic])
+def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: OwnerDep):
+    """Files the job produced, each with its size and sha256."""
+    job = find(session, owner, job_id)
+    return [
+        ArtifactPublic(
+            name=a.name,
+            size=a.size,
+            sha256=a.sha256,
+            media_type=a.media_type,
+            url=str(request.url_for("get_artifact", job_id=job.id, name=a.name)),
+        )
+        for a in store.artifacts(session, job.id)
+    ]
+
+
+@router.get("/{job_id}/artifacts/{name}")
+def get_artifact(job_id: str, name: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep):
+    """One artifact file; its sha256 is in the ``X-Content-SHA256`` header."""
+    job = find(session, owner, job_id)
+    for a in store.artifacts(session, job.id):
+        if a.name == name:
+            return FileResponse(
+                settings.resolved_artifact_dir / a.path,
+                media_type=a.media_type,
+                filename=a.name,
+                headers={"X-Content-SHA256": a.sha256},
+            )
+    raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"name: job {job.id} has no artifact {name!r}")
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, request: Request, session: SessionDep, owner: OwnerDep):
+    """Cancel: a queued job at once, a running one between iterations. A finished job is left as it is."""
+    job = store.request_cancel(session, find(session, owner, job_id))
+    return to_public(request, job)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> Response:
+    """Delete a job, its trace and its artifacts (a running job is stopped at its next check)."""
+    job = find(session, owner, job_id)
+    store.delete_job(session, job)
+    shutil.rmtree(job_dir(settings.resolved_artifact_dir, job_id), ignore_errors=True)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,151 @@
+"""Running one job: claim it in the store, call :mod:`rvsm`, write the artifacts, record the outcome.
+
+No Celery here: the same function runs under a worker or in a test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from rvsm.toy import SpecError, run_spec
+from service import store
+from service.artifacts import convergence_png, job_dir, media_type, write_atomic
+from service.config import Settings, get_settings
+from service.db import Artifact, get_sessionmaker
+
+log = logging.getLogger("rvsm.worker")
+LIVE_METRICS = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "nnz_u")
+
+
+class Stop(Exception):
+    """The job was cancelled, deleted or taken over: stop between iterations."""
+
+
+class Reporter:
+    """The :mod:`rvsm` progress callback: buffers trace points, writes them and the progress to the
+    store every ``progress_interval_s``, and raises :class:`Stop` when the job should stop."""
+
+    def __init__(self, settings: Settings, job_id: str, worker: str) -> None:
+        self.settings = settings
+        self.job_id = job_id
+        self.worker = worker
+        self.sessions = get_sessionmaker(settings.resolved_database_url)
+        self.buffer: list[dict] = []
+        self.last = 0.0
+        self.state: dict = {"progress": 0.0, "iteration": 0, "max_iters": 0, "eta_s": None}
+
+    def __call__(self, p: dict) -> None:
+        one = p["configs"] == 1 and p["groups"] == 1
+        point = {"iter": p["iteration"], "group": p["group"]}
+        for name in LIVE_METRICS:
+            vals = p["metrics"].get(name, [])
+            point[name] = (vals[0] if vals else None) if one else vals
+        self.buffer.append(point)
+        frac = (p["group"] + p["iteration"] / max(p["max_iters"], 1)) / p["groups"]
+        self.state = {"progress": frac, "iteration": p["iteration"], "max_iters": p["max_iters"], "eta_s": p["eta_s"]}
+        now = time.monotonic()
+        if now - self.last >= self.settings.progress_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        points, self.buffer = self.buffer, []
+        for pt in points:  # JSON has no NaN: undefined angles travel as null
+            for k, v in pt.items():
+                if isinstance(v, float) and v != v:
+                    pt[k] = None
+                elif isinstance(v, list):
+                    pt[k] = [None if isinstance(x, float) and x != x else x for x in v]
+        with self.sessions() as s:
+            ok = store.report_progress(
+                s, self.job_id, self.worker, lease_s=self.settings.lease_s, points=points, **self.state
+            )
+        if not ok:
+            raise Stop
+
+
+def summarize(result: dict) -> dict:
+    """Headline numbers for gates: one run's, or a sweep's worst case."""
+    runs = result["runs"] if "runs" in result else [result]
+    finals = [r["final"] for r in runs]
+    thetas = [f["theta_w"] for f in finals if f["theta_w"] is not None]
+    zeros = [len(f["w"]) - f["nnz_u"] for f in finals]
+    return {
+        "runs": len(runs),
+        "max_theta_w": max(thetas) if thetas else None,
+        "min_zeros": min(zeros),
+        "min_zero_fraction": min(z / len(f["w"]) for z, f in zip(zeros, finals, strict=True)),
+        "all_converged": all(f["converged"] for f in finals),
+        "any_diverged": any(f["diverged"] for f in finals),
+        "bounds_failed": sorted(
+            {b["name"] for r in runs for b in r["bounds"] if b["hypotheses_met"] and b["holds"] is False}
+        ),
+    }
+
+
+def _save(settings: Settings, job_id: str, files: dict[str, bytes]) -> list[Artifact]:
+    root = settings.resolved_artifact_dir
+    out = []
+    for name, data in files.items():
+        path = job_dir(root, job_id) / name
+        digest = write_atomic(path, data)
+        out.append(
+            Artifact(
+                job_id=job_id,
+                name=name,
+                path=str(path.relative_to(root)),
+                sha256=digest,
+                size=len(data),
+                media_type=media_type(name),
+            )
+        )
+    return out
+
+
+def execute(job_id: str, *, settings: Settings | None = None) -> str:
+    """Run ``job_id`` if this worker can claim it; returns the outcome (``skipped`` when not claimed)."""
+    settings = settings or get_settings()
+    worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    sessions = get_sessionmaker(settings.resolved_database_url)
+    with sessions() as s:
+        job = store.claim(s, job_id, worker, settings.lease_s)
+        if job is None:
+            log.info("job %s: not claimable (finished, cancelled, deleted or held by a live worker)", job_id)
+            return "skipped"
+        spec, kind = job.spec, job.kind
+    log.info("job %s: running (%s) as %s", job_id, kind, worker)
+    reporter = Reporter(settings, job_id, worker)
+    try:
+        result = run_spec(spec, device=settings.device, callback=reporter)
+        reporter.flush()
+        text = json.dumps(result, allow_nan=False).encode()
+        files = {"result.json": text, "convergence.png": convergence_png(result)}
+        arts = _save(settings, job_id, files)
+        result_path = str(Path(job_id) / "result.json")
+        outcome, error, summary = "succeeded", None, summarize(result)
+    except Stop:
+        arts, result_path, summary = [], None, None
+        outcome, error = "cancelled", None
+    except SpecError as e:
+        arts, result_path, summary = [], None, None
+        outcome, error = "failed", f"invalid spec: {e}"
+    except Exception as e:  # a failed job is a result, not a worker crash
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        arts, result_path, summary = [], None, None
+        outcome, error = "failed", f"{type(e).__name__}: {e}"
+    with sessions() as s:
+        done = store.finish(
+            s, job_id, worker, state=outcome, error=error, result_path=result_path, summary=summary, artifacts=arts
+        )
+    if not done:
+        log.info("job %s: no longer held by %s; outcome %s dropped", job_id, worker, outcome)
+        return "dropped"
+    log.info("job %s: %s", job_id, outcome)
+    return outcome
