@@ -241,6 +241,19 @@ def sweep_size(spec: dict) -> int:
     return math.prod(len(v) if isinstance(v, list) else 1 for v in sweep.values())
 
 
+def configs_from_spec(spec: dict) -> list[tuple[dict, ToyConfig]]:
+    """Every configuration of ``spec`` (its sweep's grid, or the one), validated: ``[(overrides, config)]``."""
+    out = []
+    for overrides, s in expand_sweep(spec):
+        try:
+            out.append((overrides, config_from_spec(s)))
+        except SpecError as e:
+            if overrides:
+                raise SpecError(e.field, f"{e.rule} (in the sweep configuration {overrides})") from None
+            raise
+    return out
+
+
 def _vec(t: torch.Tensor) -> list[float]:
     return t.double().tolist()
 
@@ -290,15 +303,8 @@ def run_spec(
     callback: Callable[[dict], None] | None = None,
 ) -> dict:
     """Validate ``spec``, run it (a sweep as one batched computation) and return the result JSON."""
-    expanded = expand_sweep(spec)
-    configs = []
-    for overrides, s in expanded:
-        try:
-            configs.append(config_from_spec(s))
-        except SpecError as e:
-            if overrides:
-                raise SpecError(e.field, f"{e.rule} (in the sweep configuration {overrides})") from None
-            raise
+    expanded = configs_from_spec(spec)
+    configs = [c for _, c in expanded]
     budget = spec.get("time_budget_s")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0):
         raise SpecError("time_budget_s", f"must be a number > 0, got {budget!r}")

@@ -134,6 +134,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         get_settings.cache_clear()
         print(f"embedded mode: broker {url}, database {get_settings().resolved_database_url}", file=sys.stderr)
         worker = subprocess.Popen(worker_argv("cpu,gpu"), env=os.environ.copy(), start_new_session=True)
+    def _stop(signum: int, _frame: object) -> None:
+        # uvicorn shuts down gracefully, restores this handler and raises the signal again: exit
+        # through ``finally`` so the embedded worker and broker stop too
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         uvicorn.run("service.main:app", host=args.host, port=args.port, log_level=args.loglevel)
     finally:

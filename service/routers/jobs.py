@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
-from rvsm.toy import SpecError, config_from_spec, expand_sweep, sweep_size
+from rvsm.toy import SpecError, configs_from_spec, sweep_size
 from worker.celery_app import enqueue
 
 from .. import store
@@ -53,8 +53,7 @@ def validate_toy(spec: dict, *, max_iters_cap: int, sweep_cap: int) -> int:
         raise field_error("sweep", f"expands to {n} configurations; this service allows at most {sweep_cap}")
     largest = 0
     try:
-        for overrides, one in expand_sweep(spec):
-            cfg = config_from_spec(one)
+        for overrides, cfg in configs_from_spec(spec):
             if cfg.max_iters > max_iters_cap:
                 where = "sweep.max_iters" if "max_iters" in overrides else "max_iters"
                 raise field_error(where, f"must be <= {max_iters_cap} on this service, got {cfg.max_iters}")

@@ -1,0 +1,138 @@
+"""Bad input gets a 4xx whose message names the field and the rule; nothing stored is lost; no 5xx.
+
+No worker consumes this module's queue: jobs stay queued, which is what the 409 case needs.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import Settings, get_settings
+from service.main import create_app
+from tests.service_helpers import REDIS_URL, unique_queue
+
+GOOD = {"k": 2, "d": 3, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 100}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    queue = unique_queue("noworker")
+    settings = Settings(data_dir=tmp, broker_url=REDIS_URL, toy_queue=queue, max_iters_cap=50_000, sweep_cap=8)
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: settings
+    with TestClient(app) as c:
+        yield c
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).delete(queue)
+
+
+def expect(r, status: int, *words: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    for w in words:
+        assert w in body["message"], (w, body["message"])
+
+
+def test_malformed_json(client):
+    r = client.post("/v1/jobs", content=b'{"k": 2, "d": ', headers={"content-type": "application/json"})
+    expect(r, 422, "JSON")
+
+
+@pytest.mark.parametrize(
+    "patch,words",
+    [
+        ({"colour": "red"}, ("colour", "Extra inputs are not permitted")),
+        ({"k": "two"}, ("k", "integer")),
+        ({"normalize": "maybe"}, ("normalize", "boolean")),
+        ({"k": 0}, ("k", "greater than or equal to 1")),
+        ({"d": 0}, ("d", "greater than or equal to 1")),
+        ({"beta": 0}, ("beta", "greater than 0")),
+        ({"beta": -1}, ("beta", "greater than 0")),
+        ({"lam": -0.1}, ("lam", "greater than or equal to 0")),
+        ({"eta": 0}, ("eta", "greater than 0")),
+        ({"penalty": "l2"}, ("penalty", "'l0', 'l1', 'tl1' or 'group_l1'")),
+        ({"algorithm": "sgd"}, ("algorithm", "'rvsm'")),
+        ({"teacher": {"w_star": [1.0, 2.0]}}, ("teacher.w_star", "d=3")),
+        ({"teacher": {"w_star": [0, 0, 0]}}, ("teacher.w_star", "all zeros")),
+        ({"teacher": {"seed": 1, "shape": "x"}}, ("teacher.shape", "Extra inputs")),
+        ({"init": {"w0": [1, 2]}}, ("init.w0", "d=3")),
+        ({"max_iters": 50_001}, ("max_iters", "<= 50000")),
+        ({"sweep": {"d": [1, 2, 3], "lam": [0, 1, 2]}}, ("sweep", "9 configurations", "at most 8")),
+        ({"sweep": {"beta": [1.0, -2.0]}}, ("beta", "> 0", "sweep configuration")),
+        ({"sweep": {"max_iters": [10, 60_000]}}, ("sweep.max_iters", "<= 50000")),
+        ({"sweep": {"nonsense": [1]}}, ("sweep.nonsense", "can be swept")),
+        ({"algorithm": "rvscgd"}, ("algorithm", "binary")),
+    ],
+)
+def test_bad_specs(client, patch, words):
+    expect(client.post("/v1/jobs", json=GOOD | patch), 422, *words)
+
+
+def test_nan_in_w_star_is_rejected(client):
+    body = b'{"k": 2, "d": 3, "lam": 0.0001, "beta": 0.004, "eta": 0.1, "teacher": {"w_star": [1, NaN, 0]}}'
+    expect(client.post("/v1/jobs", content=body, headers={"content-type": "application/json"}), 422, "teacher.w_star")
+
+
+def test_unknown_job_id(client):
+    for path in ("", "/metrics", "/result", "/artifacts", "/artifacts/result.json"):
+        expect(client.get(f"/v1/jobs/nope{path}"), 404, "nope")
+    expect(client.post("/v1/jobs/nope/cancel"), 404, "nope")
+    expect(client.delete("/v1/jobs/nope"), 404, "nope")
+
+
+def test_result_before_the_job_finished_is_409_and_cancel_of_a_queued_job(client):
+    job = client.post("/v1/jobs", json=GOOD).json()
+    expect(client.get(f"/v1/jobs/{job['id']}/result"), 409, "state", "queued")
+    expect(client.get(f"/v1/jobs/{job['id']}/artifacts/result.json"), 404, "result.json")
+    r = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    expect(client.get(f"/v1/jobs/{job['id']}/result"), 409, "cancelled")
+
+
+def test_bad_query_parameters(client):
+    expect(client.get("/v1/jobs", params={"state": "sleeping"}), 422, "state")
+    expect(client.get("/v1/jobs", params={"limit": 0}), 422, "limit")
+    job = client.post("/v1/jobs", json=GOOD).json()
+    expect(client.get(f"/v1/jobs/{job['id']}/metrics", params={"since": -1}), 422, "since")
+
+
+def test_failed_submissions_store_nothing(client):
+    before = client.get("/v1/jobs").json()["total"]
+    client.post("/v1/jobs", json=GOOD | {"beta": -1})
+    client.post("/v1/jobs", json=GOOD | {"max_iters": 10**9})
+    assert client.get("/v1/jobs").json()["total"] == before
+
+
+@pytest.fixture
+def keyed(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path, broker_url=REDIS_URL, toy_queue=unique_queue("keys"), api_keys=["k-a", "k-b"]
+    )
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: settings
+    with TestClient(app) as c:
+        yield c
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).delete(settings.toy_queue)
+
+
+def test_api_keys(keyed):
+    expect(keyed.get("/v1/jobs"), 401, "Authorization")
+    expect(keyed.get("/v1/jobs", headers={"Authorization": "Bearer wrong"}), 401, "not valid")
+    expect(keyed.get("/v1/jobs", headers={"Authorization": "Basic k-a"}), 401, "Bearer")
+    assert keyed.get("/v1/jobs", headers={"Authorization": "Bearer wrong"}).headers["www-authenticate"] == "Bearer"
+    a = {"Authorization": "Bearer k-a"}
+    b = {"Authorization": "Bearer k-b"}
+    job = keyed.post("/v1/jobs", json=GOOD, headers=a).json()
+    assert keyed.get(f"/v1/jobs/{job['id']}", headers=a).status_code == 200
+    # another key sees nothing of it
+    assert keyed.get(f"/v1/jobs/{job['id']}", headers=b).status_code == 404
+    assert keyed.post(f"/v1/jobs/{job['id']}/cancel", headers=b).status_code == 404
+    assert keyed.delete(f"/v1/jobs/{job['id']}", headers=b).status_code == 404
+    assert keyed.get("/v1/jobs", headers=b).json()["total"] == 0
+    assert keyed.get("/v1/jobs", headers=a).json()["total"] == 1
+    assert keyed.get("/healthz").status_code == 200  # health needs no key

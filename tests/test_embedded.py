@@ -1,0 +1,129 @@
+"""``rvsm serve`` with no configuration (embedded broker and worker), driven by the ``rvsm`` client as CI would."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from tests.service_helpers import ROOT, wait_for
+
+SPEC = {"kind": "toy", "k": 2, "d": 10, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "penalty": "l0",
+        "max_iters": 3000, "tol": 1e-14, "log_every": 10}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("embedded")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")}  # no configuration at all
+    log = open(tmp / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        cwd=tmp,  # the default data directory is ./data
+        env=env | {"PYTHONPATH": str(ROOT)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready():
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None and pytest.fail((tmp / "serve.log").read_text())
+
+    wait_for(ready, timeout=90, interval=0.3, what="the embedded service to be ready")
+    yield url, tmp, proc
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    log.close()
+
+
+def rvsm(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, cwd=cwd,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {"PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
+def test_embedded_mode_runs_a_job_and_the_client_waits_for_it(server):
+    url, tmp, _ = server
+    spec = tmp / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    out = rvsm("submit", str(spec), "--url", url, "--wait", "--poll", "0.2", "--max-theta-w", "0.01", cwd=tmp)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.splitlines()[0]
+    report = json.loads(out.stdout[len(job_id) + 1 :])
+    assert report["state"] == "succeeded" and report["final"]["converged"] is True and report["gates_failed"] == []
+    assert (tmp / "data" / "rvsm.db").exists()  # SQLite in the default data directory
+    assert (tmp / "data" / "artifacts" / job_id / "result.json").exists()
+
+    status = json.loads(rvsm("status", job_id, "--url", url, cwd=tmp).stdout)
+    assert status["state"] == "succeeded" and status["attempts"] == 1
+    assert rvsm("result", job_id, "--url", url, "--out", str(tmp / "r.json"), cwd=tmp).returncode == 0
+    assert json.loads((tmp / "r.json").read_text())["final"]["iters"] == report["final"]["iters"]
+    dl = rvsm("download", job_id, "convergence.png", "--url", url, "--out", str(tmp / "c.png"), cwd=tmp)
+    assert dl.returncode == 0, dl.stderr
+    digest = hashlib.sha256((tmp / "c.png").read_bytes()).hexdigest()
+    assert dl.stdout.split()[-1] == digest
+
+
+def test_client_exit_codes(server):
+    url, tmp, _ = server
+    spec = tmp / "gate.json"
+    spec.write_text(json.dumps(SPEC))
+    gate = rvsm("submit", str(spec), "--url", url, "--wait", "--poll", "0.2", "--min-zeros", "10", cwd=tmp)
+    assert gate.returncode == 3 and "--min-zeros" in gate.stderr
+    bad = tmp / "bad.json"
+    bad.write_text(json.dumps(SPEC | {"beta": 0}))
+    out = rvsm("submit", str(bad), "--url", url, cwd=tmp)
+    assert out.returncode == 2 and "beta" in out.stderr and "greater than 0" in out.stderr
+    down = rvsm("status", "x", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp)
+    assert down.returncode == 4 and "cannot reach" in down.stderr
+
+
+def test_serve_stops_its_worker_and_broker(server):
+    url, tmp, proc = server
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    names = {pid: open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode() for pid in children}
+    assert any("celery" in c for c in names.values()), names
+    sock = (tmp / "serve.log").read_text().split("redis+socket://", 1)[1].split(",", 1)[0]
+    assert _answers(sock)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    wait_for(lambda: not _answers(sock), timeout=30, what="the embedded broker to stop")
+    for pid in children:
+        wait_for(
+            lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), timeout=30, what=f"pid {pid} to exit"
+        )
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+def _zombie(pid: str) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
