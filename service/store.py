@@ -120,6 +120,8 @@ def finish(
     if state == "succeeded":
         job.progress = 1.0
         job.eta_s = 0.0
+        if summary and "iters" in summary:
+            job.iteration = summary["iters"]
     session.execute(delete(Artifact).where(Artifact.job_id == job_id))
     for a in artifacts or []:
         session.add(a)

@@ -79,6 +79,7 @@ def summarize(result: dict) -> dict:
     zeros = [len(f["w"]) - f["nnz_u"] for f in finals]
     return {
         "runs": len(runs),
+        "iters": max(f["iters"] for f in finals),
         "max_theta_w": max(thetas) if thetas else None,
         "min_zeros": min(zeros),
         "min_zero_fraction": min(z / len(f["w"]) for z, f in zip(zeros, finals, strict=True)),
