@@ -134,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         get_settings.cache_clear()
         print(f"embedded mode: broker {url}, database {get_settings().resolved_database_url}", file=sys.stderr)
         worker = subprocess.Popen(worker_argv("cpu,gpu"), env=os.environ.copy(), start_new_session=True)
+
     def _stop(signum: int, _frame: object) -> None:
         # uvicorn shuts down gracefully, restores this handler and raises the signal again: exit
         # through ``finally`` so the embedded worker and broker stop too
@@ -193,6 +194,14 @@ def _gates(args: argparse.Namespace, job: dict) -> list[str]:
             failed.append(f"theta_w {v} > --max-theta-w {args.max_theta_w}")
     if args.min_zeros is not None and s.get("min_zeros", -1) < args.min_zeros:
         failed.append(f"zeros in u {s.get('min_zeros')} < --min-zeros {args.min_zeros}")
+    if args.min_sparsity is not None and (s.get("sparsity") is None or s["sparsity"] < args.min_sparsity):
+        failed.append(f"sparsity {s.get('sparsity')} < --min-sparsity {args.min_sparsity}")
+    if args.max_accuracy_drop is not None and (
+        s.get("accuracy_drop") is None or s["accuracy_drop"] > args.max_accuracy_drop
+    ):
+        failed.append(f"accuracy drop {s.get('accuracy_drop')} > --max-accuracy-drop {args.max_accuracy_drop}")
+    if s.get("collapsed"):
+        failed.append("the network collapsed (validation accuracy near chance)")
     return failed
 
 
@@ -214,7 +223,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         spec = _load_json(args.spec)
     except (OSError, json.JSONDecodeError) as e:
         raise _Exit(EXIT_INPUT, f"cannot read spec {args.spec}: {e}") from None
-    created = client.call("POST", "/v1/jobs", json=spec).json()
+    uploads = {name: path for name, path in (("checkpoint", args.checkpoint), ("dataset", args.dataset)) if path}
+    if uploads:
+        try:
+            files = {name: (Path(p).name, Path(p).read_bytes()) for name, p in uploads.items()}
+        except OSError as e:
+            raise _Exit(EXIT_INPUT, f"cannot read {e.filename}: {e.strerror}") from None
+        created = client.call("POST", "/v1/jobs", data={"spec": json.dumps(spec)}, files=files).json()
+    else:
+        created = client.call("POST", "/v1/jobs", json=spec).json()
     job_id = created["id"]
     print(job_id, flush=True)
     if not args.wait:
@@ -304,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--poll", type=float, default=1.0, help="seconds between status checks")
     submit.add_argument("--max-theta-w", type=float, default=None, help="gate: fail when theta(w, w*) is larger")
     submit.add_argument("--min-zeros", type=int, default=None, help="gate: fail when u has fewer zeros")
+    submit.add_argument("--checkpoint", help="checkpoint file (.safetensors or .pt state_dict) for a checkpoint job")
+    submit.add_argument("--dataset", help="data file (.safetensors or .npz) for dataset.name 'upload'")
+    submit.add_argument(
+        "--min-sparsity", type=float, default=None, help="gate: fraction of zeros in the pruned tensors"
+    )
+    submit.add_argument("--max-accuracy-drop", type=float, default=None,
+                        help="gate: accuracy before - after, as a fraction (0.01 = one point)")  # fmt: skip
+    submit.add_argument(
+        "--download", metavar="DIR", help="after success, download every artifact here (sha256 checked)"
+    )
     progress_flags(submit)
     submit.set_defaults(func=cmd_submit)
 

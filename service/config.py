@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     sweep_cap: int = Field(100_000, ge=1, description="largest number of configurations in one sweep")
     max_upload_bytes: int = Field(256 * 2**20, ge=1, description="largest checkpoint or dataset upload")
     toy_queue: str = Field("cpu", description="Celery queue for toy jobs")
+    checkpoint_queue: str = Field("cpu", description="Celery queue for checkpoint jobs (gpu in production)")
+    datasets_dir: Path | None = Field(None, description="root of server-side ImageFolder datasets (folder jobs)")
+    max_epochs_cap: int = Field(1000, ge=1, description="largest epochs + finetune_epochs of a checkpoint job")
     visibility_timeout_s: int = Field(
         12 * 3600, ge=1, description="Redis visibility timeout: longer than the longest job"
     )

@@ -116,3 +116,51 @@ class ArtifactPublic(BaseModel):
     sha256: str
     media_type: str
     url: str
+
+
+class DatasetSpec(BaseModel):
+    """``digits`` (bundled), ``upload`` (the multipart ``dataset`` file), ``folder`` (a directory under
+    the server's RVSM_DATASETS_DIR, ImageFolder layout) or ``synthetic`` (teacher-student)."""
+
+    model_config = STRICT
+
+    name: Literal["digits", "upload", "folder", "synthetic"] = "digits"
+    path: str | None = Field(None, description="folder: path relative to RVSM_DATASETS_DIR")
+    input_size: int | None = Field(None, ge=4, le=512, description="folder: images are resized to this")
+    grayscale: bool = True
+    samples: int = Field(2000, ge=10, le=1_000_000, description="synthetic: how many")
+    num_classes: int = Field(4, ge=2, le=1000, description="synthetic: how many classes")
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+
+
+class CheckpointSpecCreate(BaseModel):
+    """A checkpoint job: train (or fine-tune an uploaded checkpoint) sparse with RVSM / RVSCGD or a baseline."""
+
+    model_config = STRICT
+
+    kind: Literal["checkpoint"]
+    architecture: Literal["mlp", "lenet5", "lenet5_binary", "vgg16", "resnet18"]
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    algorithm: Literal["sgd", "rvsm", "rvscgd", "admm", "magnitude"] = "rvsm"
+    penalty: Literal["l0", "l1", "tl1", "group_l1"] = "l0"
+    lam: float = Field(5e-5, ge=0)
+    beta: float = Field(1e-2, gt=0)
+    beta_final: float | None = Field(None, gt=0, description="grow beta to this over the epochs (mu fixed)")
+    a: float = Field(1.0, gt=0)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    batch_size: int = Field(64, ge=1, le=65536)
+    sparsity: float | None = Field(None, ge=0, lt=1, description="admm / magnitude: target fraction of zeros")
+    finetune_epochs: int = Field(0, ge=0)
+    params: list[str] | None = Field(None, description="parameter names to sparsify; default every conv/linear weight")
+    layer_scale: bool = False
+    seed: int = Field(0, ge=0)
+
+    def to_spec(self) -> dict:
+        return self.model_dump(exclude_none=True)

@@ -17,8 +17,11 @@ from pathlib import Path
 from rvsm.toy import SpecError, run_spec
 from service import store
 from service.artifacts import convergence_png, job_dir, media_type, write_atomic
+from service.checkpoints import InputError
 from service.config import Settings, get_settings
 from service.db import Artifact, get_sessionmaker
+
+from .checkpoint_jobs import resume_path, run_checkpoint_job
 
 log = logging.getLogger("rvsm.worker")
 LIVE_METRICS = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "nnz_u")
@@ -29,8 +32,11 @@ class Stop(Exception):
 
 
 class Reporter:
-    """The :mod:`rvsm` progress callback: buffers trace points, writes them and the progress to the
-    store every ``progress_interval_s``, and raises :class:`Stop` when the job should stop."""
+    """Progress out of a running job: buffers trace points, writes them with the progress to the store
+    every ``progress_interval_s`` (renewing the lease), and raises :class:`Stop` when the job should stop.
+
+    Called as the :mod:`rvsm` toy callback; :meth:`report` serves other kinds of job.
+    """
 
     def __init__(self, settings: Settings, job_id: str, worker: str) -> None:
         self.settings = settings
@@ -47,11 +53,22 @@ class Reporter:
         for name in LIVE_METRICS:
             vals = p["metrics"].get(name, [])
             point[name] = (vals[0] if vals else None) if one else vals
-        self.buffer.append(point)
         frac = (p["group"] + p["iteration"] / max(p["max_iters"], 1)) / p["groups"]
-        self.state = {"progress": frac, "iteration": p["iteration"], "max_iters": p["max_iters"], "eta_s": p["eta_s"]}
-        now = time.monotonic()
-        if now - self.last >= self.settings.progress_interval_s:
+        self.report(point, progress=frac, iteration=p["iteration"], max_iters=p["max_iters"], eta_s=p["eta_s"])
+
+    def report(
+        self, point: dict | None, *, progress: float, iteration: int, max_iters: int, eta_s: float | None,
+        force: bool = False,
+    ) -> None:  # fmt: skip
+        if point is not None:
+            self.buffer.append(point)
+        self.state = {"progress": progress, "iteration": iteration, "max_iters": max_iters, "eta_s": eta_s}
+        if force or time.monotonic() - self.last >= self.settings.progress_interval_s:
+            self.flush()
+
+    def check(self) -> None:
+        """Between training steps: a store round trip at most every ``progress_interval_s``."""
+        if time.monotonic() - self.last >= self.settings.progress_interval_s:
             self.flush()
 
     def flush(self) -> None:
@@ -71,7 +88,7 @@ class Reporter:
             raise Stop
 
 
-def summarize(result: dict) -> dict:
+def summarize_toy(result: dict) -> dict:
     """Headline numbers for gates: one run's, or a sweep's worst case."""
     runs = result["runs"] if "runs" in result else [result]
     finals = [r["final"] for r in runs]
@@ -124,19 +141,25 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
     log.info("job %s: running (%s) as %s", job_id, kind, worker)
     reporter = Reporter(settings, job_id, worker)
     try:
-        result = run_spec(spec, device=settings.device, callback=reporter)
-        reporter.flush()
-        text = json.dumps(result, allow_nan=False).encode()
-        files = {"result.json": text, "convergence.png": convergence_png(result)}
+        if kind == "checkpoint":
+            files, summary = run_checkpoint_job(job_id, spec, settings, reporter)
+            result_name = "report.json"
+        else:
+            result = run_spec(spec, device=settings.device, callback=reporter)
+            reporter.flush()
+            text = json.dumps(result, allow_nan=False).encode()
+            files = {"result.json": text, "convergence.png": convergence_png(result)}
+            summary = summarize_toy(result)
+            result_name = "result.json"
         arts = _save(settings, job_id, files)
-        result_path = str(Path(job_id) / "result.json")
-        outcome, error, summary = "succeeded", None, summarize(result)
+        result_path = str(Path(job_id) / result_name)
+        outcome, error = "succeeded", None
     except Stop:
         arts, result_path, summary = [], None, None
         outcome, error = "cancelled", None
-    except SpecError as e:
+    except (SpecError, InputError) as e:
         arts, result_path, summary = [], None, None
-        outcome, error = "failed", f"invalid spec: {e}"
+        outcome, error = "failed", f"invalid input: {e}"
     except Exception as e:  # a failed job is a result, not a worker crash
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
         arts, result_path, summary = [], None, None
@@ -148,5 +171,7 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
     if not done:
         log.info("job %s: no longer held by %s; outcome %s dropped", job_id, worker, outcome)
         return "dropped"
+    if outcome != "failed":  # a finished job needs no resume point (a failed one keeps it for a retry)
+        resume_path(settings, job_id).unlink(missing_ok=True)
     log.info("job %s: %s", job_id, outcome)
     return outcome

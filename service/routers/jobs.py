@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
+from pydantic import ValidationError
 
+from rvsm.optim import split_parameters
 from rvsm.toy import SpecError, configs_from_spec, sweep_size
 from worker.celery_app import enqueue
 
 from .. import store
-from ..artifacts import job_dir
+from ..artifacts import job_dir, write_atomic
+from ..checkpoints import InputError, build_model, check_against, load_dataset, read_checkpoint
 from ..db import Job
 from ..deps import OwnerDep, SessionDep, SettingsDep
 from ..errors import field_error
-from ..schemas import ArtifactPublic, JobCreated, JobList, JobPublic, MetricsPublic, Progress, ToySpecCreate
+from ..schemas import (
+    ArtifactPublic,
+    CheckpointSpecCreate,
+    JobCreated,
+    JobList,
+    JobPublic,
+    MetricsPublic,
+    Progress,
+    ToySpecCreate,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 StateFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -70,20 +87,165 @@ def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
-def submit_job(body: ToySpecCreate, request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
-    """Submit a toy job (SPEC §8). 202 with its id; follow it at ``url``."""
+def _body_schema() -> dict:
+    toy, ckpt = ToySpecCreate.model_json_schema(), CheckpointSpecCreate.model_json_schema()
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"oneOf": [toy, ckpt]}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["spec"],
+                        "properties": {
+                            "spec": {"type": "string", "description": "the job spec as JSON text"},
+                            "checkpoint": {"type": "string", "format": "binary",
+                                           "description": ".safetensors or a .pt state_dict"},
+                            "dataset": {"type": "string", "format": "binary",
+                                        "description": ".safetensors or .npz with x, y[, x_val, y_val]"},
+                        },
+                    }
+                },
+            },
+        }
+    }  # fmt: skip
+
+
+def _invalid(errors: list[dict], prefix: tuple = ("body",)) -> RequestValidationError:
+    return RequestValidationError([e | {"loc": (*prefix, *e.get("loc", ()))} for e in errors])
+
+
+def _parse_spec(raw: object, prefix: tuple) -> ToySpecCreate | CheckpointSpecCreate:
+    if not isinstance(raw, dict):
+        raise _invalid([{"type": "model_type", "loc": (), "msg": "the spec must be a JSON object"}], prefix)
+    model = CheckpointSpecCreate if raw.get("kind") == "checkpoint" else ToySpecCreate
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise _invalid(e.errors(include_url=False, include_context=False, include_input=False), prefix) from None
+
+
+def _too_large(what: str, cap: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE, detail=f"{what}: larger than this service accepts ({cap} bytes)"
+    )
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, openapi_extra=_body_schema())
+async def submit_job(request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
+    """Submit a job: a toy spec (SPEC §8) as JSON, or a checkpoint job as JSON (trains from scratch) or as
+    multipart with the ``spec`` JSON text, a ``checkpoint`` file and, for ``dataset.name = upload``, a
+    ``dataset`` file. 202 with the job's id; follow it at ``url``."""
+    cap = settings.max_upload_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > cap + 2**20:
+        raise _too_large("body", cap)
+    files: dict[str, bytes] = {}
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=2, max_fields=4, max_part_size=2**20)
+        unknown = sorted(set(form) - {"spec", "checkpoint", "dataset"})
+        if unknown:
+            raise field_error(unknown[0], "unknown form field (allowed: spec, checkpoint, dataset)")
+        text = form.get("spec")
+        if not isinstance(text, str):
+            raise field_error("spec", "a multipart job needs a 'spec' field holding the JSON spec")
+        try:
+            raw = json.loads(text)
+        except ValueError as e:
+            raise field_error("spec", f"is not valid JSON: {e}") from None
+        prefix: tuple = ("body", "spec")
+        for name in ("checkpoint", "dataset"):
+            part = form.get(name)
+            if part is None:
+                continue
+            if isinstance(part, str):
+                raise field_error(name, "must be a file upload")
+            if part.size is not None and part.size > cap:
+                raise _too_large(name, cap)
+            files[name] = await part.read()
+            files[f"{name}.filename"] = (part.filename or "").encode()
+    else:
+        try:
+            raw = json.loads(await request.body())
+        except ValueError as e:
+            raise _invalid([{"type": "json_invalid", "loc": (), "msg": f"JSON decode error: {e}"}]) from None
+        prefix = ("body",)
+    body = _parse_spec(raw, prefix)
+    return await run_in_threadpool(_create, body, files, request, session, settings, owner)
+
+
+def _create(
+    body: ToySpecCreate | CheckpointSpecCreate,
+    files: dict[str, bytes],
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    owner: str | None,
+) -> JobCreated:
     spec = body.to_spec()
-    max_iters = validate_toy(spec, max_iters_cap=settings.max_iters_cap, sweep_cap=settings.sweep_cap)
-    job = store.new_job(session, kind="toy", spec=spec, owner=owner, queue=settings.toy_queue, max_iters=max_iters)
+    if isinstance(body, ToySpecCreate):
+        if files:
+            raise field_error(next(iter(files)).split(".")[0], "toy jobs take no files")
+        max_iters = validate_toy(spec, max_iters_cap=settings.max_iters_cap, sweep_cap=settings.sweep_cap)
+        kind, queue = "toy", settings.toy_queue
+    else:
+        max_iters = validate_checkpoint_job(body, files, settings)
+        kind, queue = "checkpoint", settings.checkpoint_queue
+        spec["has_checkpoint"] = "checkpoint" in files
+        spec["has_dataset_file"] = "dataset" in files
+    job = store.new_job(session, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters)
+    if files:
+        inputs = job_dir(settings.resolved_artifact_dir, job.id) / "inputs"
+        for name in ("checkpoint", "dataset"):
+            if name in files:
+                write_atomic(inputs / input_name(name, files), files[name])
     try:
         enqueue(settings, job.id, job.queue)
     except Exception as e:  # the broker is down: say so, keep nothing half-queued
         store.delete_job(session, job)
+        shutil.rmtree(job_dir(settings.resolved_artifact_dir, job.id), ignore_errors=True)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the job queue is unreachable; try again ({type(e).__name__})"
         ) from None
     return JobCreated(id=job.id, state=job.state, url=job_url(request, job.id))
+
+
+def input_name(name: str, files: dict[str, bytes]) -> str:
+    """Where an upload is kept: ``checkpoint.bin`` / ``dataset.npz`` / ``dataset.safetensors``."""
+    if name == "checkpoint":
+        return "checkpoint.bin"
+    return "dataset.npz" if files[f"{name}.filename"].decode().lower().endswith(".npz") else "dataset.safetensors"
+
+
+def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes], settings: SettingsDep) -> int:
+    """Everything a worker would trip over, checked now: epochs cap, the data set, the model, the checkpoint."""
+    total = body.epochs + (body.finetune_epochs if body.algorithm in ("admm", "magnitude") else 0)
+    if total > settings.max_epochs_cap:
+        raise field_error("epochs", f"epochs (+ finetune_epochs) must be <= {settings.max_epochs_cap}, got {total}")
+    if body.algorithm in ("admm", "magnitude") and body.sparsity is None:
+        raise field_error("sparsity", f"algorithm {body.algorithm!r} needs a target sparsity in [0, 1)")
+    if body.algorithm == "rvscgd" and not body.architecture.endswith("_binary"):
+        raise field_error("algorithm", "'rvscgd' trains a binarized architecture (lenet5_binary)")
+    if ("dataset" in files) != (body.dataset.name == "upload"):
+        raise field_error("dataset", "send a 'dataset' file exactly when dataset.name is 'upload'")
+    with tempfile.TemporaryDirectory() as tmp:
+        upload = None
+        if "dataset" in files:
+            upload = Path(tmp) / input_name("dataset", files)
+            upload.write_bytes(files["dataset"])
+        try:
+            data = load_dataset(body.dataset.model_dump(), upload=upload, settings=settings)
+            model = build_model(body.to_spec(), data)
+            if "checkpoint" in files:
+                check_against(model, read_checkpoint(files["checkpoint"]))
+            if body.params is not None:
+                split_parameters(model, body.params)
+        except InputError as e:
+            raise field_error(e.field, e.rule) from None
+        except ValueError as e:  # unknown parameter names
+            raise field_error("params", str(e)) from None
+    return total
 
 
 @router.get("", response_model=JobList)

@@ -1,0 +1,244 @@
+"""RVSM for any PyTorch training loop, and the ADMM and magnitude-pruning baselines (SPEC §4, deep nets).
+
+RVSM (seed 002 Algorithm 1, mini-batch form; seed 001 §6 for binarized nets) minimises
+``f(w) + lam P(u) + beta/2 |w - u|^2`` by, every step,
+
+    u <- T_mu(w)  (mu = lam/beta);   g <- grad f(w) + beta (w - u);   w <- base_step(w, g)
+
+where ``base_step`` is the wrapped optimizer (SGD with momentum and weight decay by default). The
+sparse answer is ``u``: :meth:`RVSM.sparsify_` writes it into the weights. Parameter groups carry
+their own ``lam``, ``beta``, ``penalty``, ``a``; a group with ``rvsm=False`` (biases, norm layers)
+gets the plain base step. The pull uses torch's multi-tensor ``_foreach_*`` kernels for l0 and l1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .prox import PENALTIES, apply_threshold
+
+RVSM_DEFAULTS = {"rvsm": True, "lam": 0.0, "beta": 1.0, "penalty": "l0", "a": 1.0}
+
+
+def _group_dims(w: Tensor) -> list[int] | int:
+    return list(range(1, w.dim())) if w.dim() > 1 else 0
+
+
+def threshold_param(w: Tensor, *, lam: float, beta: float, penalty: str, a: float = 1.0) -> Tensor:
+    """``T_mu(w)`` for one weight tensor; ``group_l1`` groups are output channels (dim 0)."""
+    return apply_threshold(w, lam / beta, penalty, a, _group_dims(w))
+
+
+def rvsm_pull_(
+    params: list[Tensor], grads: list[Tensor], *, lam: float, beta: float, penalty: str, a: float = 1.0
+) -> None:
+    """``grad <- grad + beta (w - T_mu(w))`` for every pair, in place.
+
+    ``w - T_mu(w)`` is ``clamp(w, -mu, mu)`` for l1 and ``w 1{|w| <= sqrt(2 mu)}`` for l0, both in
+    multi-tensor form; TL1 and group-l1 go tensor by tensor.
+    """
+    if not params:
+        return
+    mu = lam / beta
+    if penalty == "l1":
+        diff = torch._foreach_clamp_max(torch._foreach_clamp_min(params, -mu), mu)
+    elif penalty == "l0":
+        m = torch._foreach_abs(params)
+        torch._foreach_sub_(m, math.sqrt(2 * mu))
+        torch._foreach_clamp_max_(m, 0.0)
+        torch._foreach_sign_(m)  # -1 where |w| < thr, 0 where kept
+        torch._foreach_neg_(m)
+        diff = torch._foreach_mul(params, m)
+    elif penalty in PENALTIES:
+        diff = [w - threshold_param(w, lam=lam, beta=beta, penalty=penalty, a=a) for w in params]
+    else:
+        raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+    torch._foreach_add_(grads, diff, alpha=beta)
+
+
+class RVSM:
+    """Wrap ``base`` (a ``torch.optim`` optimizer) with the RVSM pull; ``step``/``zero_grad``/state pass through.
+
+    ``base``'s parameter groups may hold ``rvsm`` (bool), ``lam``, ``beta``, ``penalty`` and ``a``;
+    missing keys take this constructor's values.
+    """
+
+    def __init__(
+        self, base: torch.optim.Optimizer, *, lam: float, beta: float, penalty: str = "l0", a: float = 1.0
+    ) -> None:
+        if not lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if penalty not in PENALTIES:
+            raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+        if not a > 0:
+            raise ValueError(f"a must be > 0, got {a}")
+        self.base = base
+        defaults = {"rvsm": True, "lam": lam, "beta": beta, "penalty": penalty, "a": a}
+        for g in base.param_groups:
+            for k, v in defaults.items():
+                g.setdefault(k, v)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.base.param_groups
+
+    def sparse_groups(self) -> Iterable[dict]:
+        return (g for g in self.base.param_groups if g["rvsm"])
+
+    @torch.no_grad()
+    def pull_(self) -> None:
+        """Add ``beta (w - T_mu(w))`` to the gradients of the sparse groups."""
+        for g in self.sparse_groups():
+            pairs = [(p, p.grad) for p in g["params"] if p.grad is not None]
+            if pairs:
+                ps, gs = zip(*pairs, strict=True)
+                rvsm_pull_(list(ps), list(gs), lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+            self.pull_()
+            self.base.step()
+            return loss
+        self.pull_()
+        return self.base.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def sparse_weights(self) -> dict[Tensor, Tensor]:
+        """``u = T_mu(w)`` of every sparse parameter."""
+        return {
+            p: threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
+            for g in self.sparse_groups()
+            for p in g["params"]
+        }
+
+    @torch.no_grad()
+    def sparsify_(self) -> None:
+        """``w <- u``: the exported model carries the sparse ``u`` (exact zeros)."""
+        for p, u in self.sparse_weights().items():
+            p.copy_(u)
+
+    def state_dict(self) -> dict:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state)
+
+
+def split_parameters(model: nn.Module, names: list[str]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(chosen, rest)``: the parameters named in ``names`` and all others. Unknown names raise."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(names) - set(params))
+    if unknown:
+        raise ValueError(f"unknown parameter names {unknown}; the model has {sorted(params)}")
+    chosen = [params[n] for n in names]
+    ids = {id(p) for p in chosen}
+    return chosen, [p for p in params.values() if id(p) not in ids]
+
+
+def rvsm_sgd(
+    model: nn.Module,
+    names: list[str],
+    *,
+    lr: float,
+    lam: float,
+    beta: float,
+    penalty: str = "l0",
+    a: float = 1.0,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+) -> RVSM:
+    """RVSM on SGD (momentum, weight decay) for the parameters ``names``; the others train plainly."""
+    sparse, rest = split_parameters(model, names)
+    base = torch.optim.SGD(
+        [{"params": sparse, "rvsm": True}, {"params": rest, "rvsm": False}],
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+    )
+    return RVSM(base, lam=lam, beta=beta, penalty=penalty, a=a)
+
+
+# ----------------------------------------------------------------------------- baselines
+@torch.no_grad()
+def magnitude_mask(w: Tensor, sparsity: float) -> Tensor:
+    """Keep the ``1 - sparsity`` fraction of entries of largest magnitude (ties by position)."""
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    n = w.numel()
+    keep = n - int(math.floor(sparsity * n))
+    order = torch.argsort(w.abs().flatten(), descending=True, stable=True)
+    mask = torch.zeros(n, dtype=torch.bool, device=w.device)
+    mask[order[:keep]] = True
+    return mask.view_as(w)
+
+
+class ADMM:
+    """ADMM pruning (SPEC §4, empirical variant) on top of ``base``.
+
+    Every step the gradient gets ``rho (w - z + y)``; :meth:`update` (call it every epoch, say) sets
+    ``z <- proj(w + y)`` (each tensor's top ``1 - sparsity`` magnitudes) and ``y <- y + w - z``.
+    :meth:`prune_` ends with ``w <- proj(w)`` and returns the masks for fine-tuning.
+    """
+
+    def __init__(self, base: torch.optim.Optimizer, params: list[Tensor], *, rho: float, sparsity: float) -> None:
+        if not rho > 0:
+            raise ValueError(f"rho must be > 0, got {rho}")
+        magnitude_mask(torch.zeros(1), sparsity)  # validates
+        self.base, self.params, self.rho, self.sparsity = base, list(params), rho, sparsity
+        with torch.no_grad():
+            self.z = [p * magnitude_mask(p, sparsity) for p in self.params]
+            self.y = [torch.zeros_like(p) for p in self.params]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.base.param_groups
+
+    @torch.no_grad()
+    def step(self) -> None:
+        pairs = [(p, p.grad, z, y) for p, z, y in zip(self.params, self.z, self.y, strict=True) if p.grad is not None]
+        for p, g, z, y in pairs:
+            g.add_(p - z + y, alpha=self.rho)
+        self.base.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for i, p in enumerate(self.params):
+            v = p + self.y[i]
+            self.z[i] = v * magnitude_mask(v, self.sparsity)
+            self.y[i] += p - self.z[i]
+
+    @torch.no_grad()
+    def prune_(self) -> list[Tensor]:
+        masks = [magnitude_mask(p, self.sparsity) for p in self.params]
+        for p, m in zip(self.params, masks, strict=True):
+            p.mul_(m)
+        return masks
+
+    def state_dict(self) -> dict:
+        return {"base": self.base.state_dict(), "z": self.z, "y": self.y}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state["base"])
+        self.z = [t.clone() for t in state["z"]]
+        self.y = [t.clone() for t in state["y"]]
+
+
+@torch.no_grad()
+def apply_masks_(params: list[Tensor], masks: list[Tensor]) -> None:
+    """Zero the pruned entries (after each fine-tuning step)."""
+    for p, m in zip(params, masks, strict=True):
+        p.mul_(m)

@@ -1,0 +1,244 @@
+"""Checkpoint jobs through the API with a real worker: upload, train sparse, download, check; resume; bad files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+import uuid
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from rvsm import data as rdata
+from rvsm import models, sparse_io
+from rvsm.train import TrainConfig, train
+from service.config import Settings, get_settings
+from service.main import create_app
+from tests.service_helpers import REDIS_URL, Worker, service_env, unique_queue, wait_for
+
+RVSM_L0 = {"kind": "checkpoint", "architecture": "lenet5", "dataset": {"name": "digits"}, "algorithm": "rvsm",
+           "penalty": "l0", "lam": 5e-5, "beta": 0.01, "beta_final": 1.0, "epochs": 8, "lr": 0.02,
+           "weight_decay": 1e-4}  # fmt: skip
+CAP = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def trained() -> dict[str, torch.Tensor]:
+    """A lenet5 trained on digits (plain SGD): what an ML engineer uploads."""
+    torch.manual_seed(0)
+    m = models.build("lenet5", in_channels=1, input_size=8, num_classes=10)
+    r = train(m, rdata.digits(), TrainConfig(algorithm="sgd", epochs=15, weight_decay=1e-4))
+    assert r.accuracy_after > 0.9
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def make_client(tmp, queue: str) -> TestClient:
+    settings = Settings(data_dir=tmp, artifact_dir=tmp / "artifacts", database_url=f"sqlite:///{tmp / 'jobs.db'}",
+                        broker_url=REDIS_URL, toy_queue=queue, checkpoint_queue=queue,
+                        max_upload_bytes=CAP)  # fmt: skip
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: settings
+    return TestClient(app)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    queue = unique_queue("ckpt")
+    worker = Worker(service_env(tmp, queue=queue), queue, tmp / "worker.log")
+    with make_client(tmp, queue) as client:
+        yield client, worker, tmp
+    worker.stop()
+
+
+def submit(client: TestClient, spec: dict, checkpoint: bytes | None = None, name: str = "model.safetensors"):
+    files = {"checkpoint": (name, checkpoint)} if checkpoint is not None else None
+    return client.post("/v1/jobs", data={"spec": json.dumps(spec)}, files=files)
+
+
+def wait_done(client: TestClient, job_id: str, timeout: float = 180) -> dict:
+    def check():
+        j = client.get(f"/v1/jobs/{job_id}").json()
+        return j if j["state"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(check, timeout=timeout, what=f"job {job_id}")
+
+
+def test_upload_sparsify_download_and_check(stack, trained, tmp_path):
+    client, worker, _ = stack
+    r = submit(client, RVSM_L0, st_save(trained))
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    job = wait_done(client, job_id)
+    assert job["state"] == "succeeded", (job, worker.output()[-3000:])
+    report = client.get(f"/v1/jobs/{job_id}/result").json()
+    assert report["from_checkpoint"] and report["accuracy_before"] > 0.9
+    assert [p["epoch"] for p in report["trace"]] == list(range(1, 9))
+
+    arts = {a["name"]: a for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()}
+    assert set(arts) == {"model.safetensors", "model.sparse", "report.json"}
+    blobs = {}
+    for name, a in arts.items():
+        body = client.get(f"/v1/jobs/{job_id}/artifacts/{name}").content
+        assert hashlib.sha256(body).hexdigest() == a["sha256"]
+        blobs[name] = body
+    dense = st_load(blobs["model.safetensors"])
+    # plain torch: a fresh lenet5 takes the file as is
+    model = models.build("lenet5", in_channels=1, input_size=8, num_classes=10)
+    model.load_state_dict(dense)
+    # the compact file gives back exactly the same tensors
+    back = sparse_io.load(blobs["model.sparse"])
+    assert set(back) == set(dense)
+    for k in dense:
+        assert back[k].dtype == dense[k].dtype and torch.equal(back[k].view(torch.uint8), dense[k].view(torch.uint8))
+    # sparsity and accuracy, recomputed here from the downloaded tensors, equal the report
+    names = report["sparsity"]["prunable_names"]
+    zeros = sum(int((dense[n] == 0).sum()) for n in names)
+    total = sum(dense[n].numel() for n in names)
+    assert zeros / total == pytest.approx(report["sparsity"]["prunable"], abs=1e-12)
+    for n in names:
+        assert report["sparsity"]["layers"][n]["zeros"] == int((dense[n] == 0).sum())
+    acc = rdata.accuracy(model, *_val())
+    assert acc == pytest.approx(report["accuracy_after"], abs=1e-12)
+    assert report["sparsity"]["prunable"] > 0.5  # it did sparsify
+    assert report["sizes"]["sparse_bytes"] < report["sizes"]["dense_safetensors_bytes"]
+    assert job["summary"]["sparsity"] == report["sparsity"]["prunable"]
+    assert not (tmp_path.parent / "resume.pt").exists()
+
+
+def _val():
+    d = rdata.digits()
+    return d.x_val, d.y_val
+
+
+def test_pt_state_dict_and_training_from_scratch(stack, trained):
+    client, worker, _ = stack
+    buf = io.BytesIO()
+    torch.save(trained, buf)
+    r = submit(client, RVSM_L0 | {"epochs": 1}, buf.getvalue(), name="model.pt")
+    assert r.status_code == 202, r.text
+    scratch = client.post("/v1/jobs", json=RVSM_L0 | {"algorithm": "magnitude", "sparsity": 0.5, "epochs": 2,
+                                                     "finetune_epochs": 1})  # fmt: skip
+    assert scratch.status_code == 202, scratch.text
+    for job_id in (r.json()["id"], scratch.json()["id"]):
+        assert wait_done(client, job_id)["state"] == "succeeded", worker.output()[-3000:]
+    rep = client.get(f"/v1/jobs/{scratch.json()['id']}/result").json()
+    assert not rep["from_checkpoint"] and rep["sparsity"]["prunable"] == pytest.approx(0.5, abs=0.01)
+    assert [p["epoch"] for p in rep["trace"]] == [1, 2, 3]
+
+
+def test_worker_killed_mid_epoch_resumes_from_its_saved_state(tmp_path):
+    queue = unique_queue("ckpt-kill")
+    env = service_env(tmp_path, queue=queue, RVSM_VISIBILITY_TIMEOUT_S="4", RVSM_LEASE_S="2")
+    spec = RVSM_L0 | {"epochs": 14, "batch_size": 8, "seed": 3}
+    with make_client(tmp_path, queue) as client:
+        first = Worker(env, queue, tmp_path / "w1.log")
+        try:
+            job_id = client.post("/v1/jobs", json=spec).json()["id"]
+            wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"]["iteration"] >= 3, timeout=120,
+                     interval=0.05, what="epoch 3 to finish")  # fmt: skip
+            time.sleep(0.15)  # into the next epoch
+        finally:
+            first.kill()
+        at_kill = client.get(f"/v1/jobs/{job_id}").json()
+        assert at_kill["state"] == "running" and at_kill["progress"]["iteration"] < 14
+        assert (tmp_path / "artifacts" / job_id / "resume.pt").exists()
+        second = Worker(env, queue, tmp_path / "w2.log")
+        try:
+            done = wait_done(client, job_id)
+        finally:
+            second.stop()
+        assert done["state"] == "succeeded", second.output()[-3000:]
+        assert done["attempts"] == 2
+        report = client.get(f"/v1/jobs/{job_id}/result").json()
+        assert report["resumed_from_epoch"] is not None and report["resumed_from_epoch"] >= 3
+        assert [p["epoch"] for p in report["trace"]] == list(range(1, 15))  # every epoch once
+        assert not (tmp_path / "artifacts" / job_id / "resume.pt").exists()
+    # resuming changed nothing: an uninterrupted run gives the same trace and result
+    torch.manual_seed(3)
+    m = models.build("lenet5", in_channels=1, input_size=8, num_classes=10)
+    fields = {k: v for k, v in spec.items() if k not in ("kind", "architecture", "dataset")}
+    ref = train(m, rdata.digits(), TrainConfig(**fields))
+    for a, b in zip(ref.trace, report["trace"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert ref.accuracy_after == pytest.approx(report["accuracy_after"], abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- bad checkpoints
+def expect(r, status: int, *words: str) -> None:
+    assert r.status_code == status, r.text
+    for w in words:
+        assert w in r.json()["message"], (w, r.json()["message"])
+
+
+class _Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_bad_checkpoints(stack, trained, tmp_path):
+    client, _, _ = stack
+    before = client.get("/v1/jobs").json()["total"]
+    expect(submit(client, RVSM_L0, b"this is not a checkpoint at all"), 422, "checkpoint", "not a safetensors")
+    good = st_save(trained)
+    expect(submit(client, RVSM_L0, good[: len(good) // 2]), 422, "checkpoint")
+    # a pickle with code in it: refused, and the code never runs
+    marker = tmp_path / f"pwned-{uuid.uuid4().hex}"
+    buf = io.BytesIO()
+    torch.save({"w": _Evil(str(marker))}, buf)
+    expect(submit(client, RVSM_L0, buf.getvalue(), name="model.pt"), 422, "checkpoint", "refused")
+    raw = io.BytesIO()
+    import pickle
+
+    pickle.dump(_Evil(str(marker)), raw, protocol=2)
+    expect(submit(client, RVSM_L0, raw.getvalue(), name="model.pkl"), 422, "checkpoint")
+    assert not marker.exists()
+    # keys and shapes that do not match the architecture are named
+    wrong = dict(trained)
+    del wrong["features.0.bias"]
+    wrong["extra.weight"] = torch.zeros(2)
+    expect(submit(client, RVSM_L0, st_save(wrong)), 422, "missing keys ['features.0.bias']",
+           "unexpected keys ['extra.weight']")  # fmt: skip
+    shaped = dict(trained)
+    shaped["classifier.5.weight"] = torch.zeros(7, 84)
+    expect(submit(client, RVSM_L0, st_save(shaped)), 422, "classifier.5.weight (7, 84) (expected (10, 84))")
+    expect(submit(client, RVSM_L0 | {"architecture": "mlp"}, good), 422, "missing keys")
+    # over the size cap
+    expect(submit(client, RVSM_L0, b"\0" * (CAP + 10)), 413, "checkpoint", "larger")
+    assert client.get("/v1/jobs").json()["total"] == before  # nothing was stored
+
+
+@pytest.mark.parametrize(
+    "patch,words",
+    [
+        ({"architecture": "alexnet"}, ("architecture",)),
+        ({"algorithm": "admm"}, ("sparsity", "target sparsity")),
+        ({"algorithm": "rvscgd"}, ("algorithm", "binarized")),
+        ({"dataset": {"name": "upload"}}, ("dataset", "exactly when")),
+        ({"dataset": {"name": "folder", "path": "x"}}, ("dataset.name", "not enabled")),
+        ({"epochs": 5000}, ("epochs", "<=")),
+        ({"params": ["nope.weight"]}, ("params", "nope.weight")),
+        ({"lr": -1}, ("lr", "greater than 0")),
+        ({"colour": 1}, ("colour", "Extra inputs")),
+    ],
+)
+def test_bad_checkpoint_specs(stack, patch, words):
+    client, _, _ = stack
+    expect(client.post("/v1/jobs", json=RVSM_L0 | patch), 422, *words)
+
+
+def test_multipart_form_errors(stack):
+    client, _, _ = stack
+    expect(client.post("/v1/jobs", data={"spec": "{not json"}, files={"checkpoint": ("m", b"x")}), 422, "spec")
+    expect(client.post("/v1/jobs", data={"nospec": "1"}, files={"checkpoint": ("m", b"x")}), 422, "nospec")
+    toy = {"kind": "toy", "k": 2, "d": 3, "lam": 0.0, "beta": 1.0, "eta": 0.1}
+    expect(client.post("/v1/jobs", data={"spec": json.dumps(toy)}, files={"checkpoint": ("m", b"x")}), 422, "toy")
