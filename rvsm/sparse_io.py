@@ -61,6 +61,8 @@ def encode_tensor(t: Tensor) -> tuple[str, bytes]:
 def decode_tensor(encoding: str, data: bytes, dtype: torch.dtype, shape: list[int]) -> Tensor:
     n = math.prod(shape)
     size = torch.empty((), dtype=dtype).element_size()
+    if n == 0:
+        return torch.empty(shape, dtype=dtype)
     if encoding == "dense":
         if len(data) != n * size:
             raise ValueError(f"dense blob has {len(data)} bytes, expected {n * size}")

@@ -13,7 +13,8 @@ Algorithms (SPEC §4, deep nets):
 
 ``callback(event)`` is called after every epoch with the epoch's numbers and ``event["state"]``, a
 resumable state (pass it back as ``resume=`` to continue after that epoch: same data order, same
-result). ``step_callback(step)`` is called after every optimizer step and may raise to stop.
+result). It references the live model and optimizer tensors: save or copy it inside the callback.
+``step_callback(step)`` is called after every optimizer step and may raise to stop.
 """
 
 from __future__ import annotations
@@ -96,10 +97,15 @@ class TrainResult:
     accuracy_dense: float  # the network before the final thresholding / pruning
     sparsity: dict
     trace: list[dict]
-    collapsed: bool
+    collapsed: bool  # accuracy no better than always answering the most common class
     resumed_from_epoch: int | None
     wall_time_s: float
     config: dict = field(default_factory=dict)
+
+
+def majority_rate(y: Tensor) -> float:
+    """Accuracy of always answering the most common class: a network no better than this has collapsed."""
+    return float(torch.bincount(y).max()) / max(len(y), 1) if len(y) else 0.0
 
 
 def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
@@ -294,7 +300,7 @@ def train(
         accuracy_dense=acc_dense,
         sparsity=sparsity_report(state, names),
         trace=trace,
-        collapsed=acc_after < 2.0 / max(data.num_classes, 2),
+        collapsed=acc_after <= majority_rate(data.y_val) + 1.0 / max(len(data.y_val), 1),
         resumed_from_epoch=start_epoch if resume is not None else None,
         wall_time_s=time.perf_counter() - t0,
         config=asdict(cfg),
