@@ -150,31 +150,32 @@ def binary_empirical_coarse_grad(w: Tensor, w_star: Tensor, z: Tensor) -> Tensor
 
 
 # --------------------------------------------------------------------------- dispatch
+_FUNCTIONS = {
+    # network: (population loss, population (coarse) gradient, empirical gradient)
+    "relu": (relu_loss, relu_grad, relu_empirical_grad),
+    "binary": (binary_loss, binary_coarse_grad, binary_empirical_coarse_grad),
+}
+
+
+def _functions(network: str) -> tuple:
+    if network not in _FUNCTIONS:
+        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    return _FUNCTIONS[network]
+
+
 def population_loss(network: str, w: Tensor, w_star: Tensor, k: Number) -> Tensor:
     """The closed-form population loss of ``network`` (``"relu"`` or ``"binary"``)."""
-    if network == "relu":
-        return relu_loss(w, w_star, k)
-    if network == "binary":
-        return binary_loss(w, w_star, k)
-    raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    return _functions(network)[0](w, w_star, k)
 
 
 def population_grad(network: str, w: Tensor, w_star: Tensor, k: Number) -> Tensor:
     """The closed-form gradient (ReLU) or expected coarse gradient (binarized)."""
-    if network == "relu":
-        return relu_grad(w, w_star, k)
-    if network == "binary":
-        return binary_coarse_grad(w, w_star, k)
-    raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    return _functions(network)[1](w, w_star, k)
 
 
 def empirical_grad(network: str, w: Tensor, w_star: Tensor, z: Tensor) -> Tensor:
     """Sample gradient: autograd for ReLU, the coarse gradient for the binarized net."""
-    if network == "relu":
-        return relu_empirical_grad(w, w_star, z)
-    if network == "binary":
-        return binary_empirical_coarse_grad(w, w_star, z)
-    raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    return _functions(network)[2](w, w_star, z)
 
 
 def loss_at_zero(network: str, k: Number, w_star_norm: Number = 1.0) -> Number:
@@ -222,11 +223,7 @@ def make_teacher(
     if d < 1:
         raise ValueError(f"d must be >= 1, got {d}")
     if w_star is not None:
-        v = torch.as_tensor(w_star, dtype=torch.float64).flatten()
-        if v.numel() != d:
-            raise ValueError(f"w_star must have d={d} entries, got {v.numel()}")
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError("w_star must be finite")
+        v = _given_vector("w_star", w_star, d)
         n = torch.linalg.vector_norm(v)
         if n == 0:
             raise ValueError("w_star must not be all zeros")
@@ -244,8 +241,7 @@ def make_teacher(
         else:
             raise ValueError(f"values must be 'equal' or 'gaussian', got {values!r}")
         return v / torch.linalg.vector_norm(v)
-    v = torch.randn(d, generator=gen, dtype=torch.float64)
-    return v / torch.linalg.vector_norm(v)
+    return _unit_gaussian(d, seed)
 
 
 def make_init(d: int, *, seed: int | None = None, w0: list[float] | Tensor | None = None) -> Tensor:
@@ -253,14 +249,22 @@ def make_init(d: int, *, seed: int | None = None, w0: list[float] | Tensor | Non
     if d < 1:
         raise ValueError(f"d must be >= 1, got {d}")
     if w0 is not None:
-        v = torch.as_tensor(w0, dtype=torch.float64).flatten()
-        if v.numel() != d:
-            raise ValueError(f"w0 must have d={d} entries, got {v.numel()}")
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError("w0 must be finite")
-        return v.clone()
-    gen = torch.Generator().manual_seed(int(seed or 0))
-    v = torch.randn(d, generator=gen, dtype=torch.float64)
+        return _given_vector("w0", w0, d).clone()
+    return _unit_gaussian(d, seed)
+
+
+def _given_vector(name: str, values: list[float] | Tensor, d: int) -> Tensor:
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() != d:
+        raise ValueError(f"{name} must have d={d} entries, got {v.numel()}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must be finite")
+    return v
+
+
+def _unit_gaussian(d: int, seed: int | None) -> Tensor:
+    """Uniform on the unit sphere, from ``seed`` (a normalised N(0, I) draw)."""
+    v = torch.randn(d, generator=torch.Generator().manual_seed(int(seed or 0)), dtype=torch.float64)
     return v / torch.linalg.vector_norm(v)
 
 

@@ -23,6 +23,21 @@ def unique_queue(prefix: str = "test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def make_client(tmp: Path, queue: str, **overrides: object):
+    """The real ASGI app on a test's own store, artifact directory and queue (``overrides``: more Settings)."""
+    from fastapi.testclient import TestClient
+
+    from service.config import Settings, get_settings
+    from service.main import create_app
+
+    values: dict = dict(data_dir=tmp, database_url=f"sqlite:///{tmp / 'jobs.db'}", artifact_dir=tmp / "artifacts",
+                        broker_url=REDIS_URL, toy_queue=queue, checkpoint_queue=queue)  # fmt: skip
+    settings = Settings(**(values | overrides))
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: settings
+    return TestClient(app)
+
+
 def service_env(tmp: Path, *, queue: str, database_url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")}
     env.update(

@@ -18,9 +18,8 @@ from safetensors.torch import save as st_save
 from rvsm import data as rdata
 from rvsm import models, sparse_io
 from rvsm.train import TrainConfig, train
-from service.config import Settings, get_settings
-from service.main import create_app
-from tests.service_helpers import REDIS_URL, Worker, service_env, unique_queue, wait_for
+from tests import service_helpers as helpers
+from tests.service_helpers import Worker, service_env, unique_queue, wait_for
 
 RVSM_L0 = {"kind": "checkpoint", "architecture": "lenet5", "dataset": {"name": "digits"}, "algorithm": "rvsm",
            "penalty": "l0", "lam": 5e-5, "beta": 0.01, "beta_final": 1.0, "epochs": 8, "lr": 0.02,
@@ -39,12 +38,7 @@ def trained() -> dict[str, torch.Tensor]:
 
 
 def make_client(tmp, queue: str) -> TestClient:
-    settings = Settings(data_dir=tmp, artifact_dir=tmp / "artifacts", database_url=f"sqlite:///{tmp / 'jobs.db'}",
-                        broker_url=REDIS_URL, toy_queue=queue, checkpoint_queue=queue,
-                        max_upload_bytes=CAP)  # fmt: skip
-    app = create_app()
-    app.dependency_overrides[get_settings] = lambda: settings
-    return TestClient(app)
+    return helpers.make_client(tmp, queue, max_upload_bytes=CAP)
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings, get_settings
 from service.main import create_app
+from tests import service_helpers as helpers
 from tests.service_helpers import (
     POSTGRES_URL,
-    REDIS_URL,
     ROOT,
     Worker,
     service_env,
@@ -30,18 +30,8 @@ SHORT = LONG | {"d": 10, "max_iters": 300, "log_every": 10}
 
 
 def make_client(tmp, queue: str, database_url: str | None = None) -> TestClient:
-    settings = Settings(
-        data_dir=tmp,
-        database_url=database_url or f"sqlite:///{tmp / 'jobs.db'}",
-        artifact_dir=tmp / "artifacts",
-        broker_url=REDIS_URL,
-        toy_queue=queue,
-        max_iters_cap=1_000_000,
-        sweep_cap=1000,
-    )
-    app = create_app()
-    app.dependency_overrides[get_settings] = lambda: settings
-    return TestClient(app)
+    extra = {"database_url": database_url} if database_url else {}
+    return helpers.make_client(tmp, queue, max_iters_cap=1_000_000, sweep_cap=1000, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +146,9 @@ def test_sweep_job_returns_every_run(stack):
     job_id = client.post("/v1/jobs", json=spec).json()["id"]
     assert wait_state(client, job_id, ("succeeded", "failed"))["state"] == "succeeded"
     result = client.get(f"/v1/jobs/{job_id}/result").json()
+    pts = client.get(f"/v1/jobs/{job_id}/metrics").json()["points"]
+    assert pts and set(pts[0]["theta_w"]) == {"min", "mean", "max"}  # a sweep's live metrics are aggregates
+    assert {p["group"] for p in pts} == {0, 1}  # l0 and l1 run as two batches
     assert [r["config"] for r in result["runs"]] == [{"penalty": p, "d": d} for p in ("l0", "l1") for d in (5, 8)]
     assert_same(result, rvsm_toy(spec, tmp))
 

@@ -48,11 +48,19 @@ class Reporter:
         self.state: dict = {"progress": 0.0, "iteration": 0, "max_iters": 0, "eta_s": None}
 
     def __call__(self, p: dict) -> None:
+        """A toy progress event: one run's metrics as numbers; a sweep's as min / mean / max over the
+        batch (the full per-run traces are in the result), so a large sweep does not flood the store."""
         one = p["configs"] == 1 and p["groups"] == 1
-        point = {"iter": p["iteration"], "group": p["group"]}
+        point: dict = {"iter": p["iteration"], "group": p["group"], "active": p["active"]}
         for name in LIVE_METRICS:
             vals = p["metrics"].get(name, [])
-            point[name] = (vals[0] if vals else None) if one else vals
+            if one:
+                point[name] = vals[0] if vals else None
+            else:
+                finite = [v for v in vals if v == v]
+                point[name] = (
+                    {"min": min(finite), "mean": sum(finite) / len(finite), "max": max(finite)} if finite else None
+                )
         frac = (p["group"] + p["iteration"] / max(p["max_iters"], 1)) / p["groups"]
         self.report(point, progress=frac, iteration=p["iteration"], max_iters=p["max_iters"], eta_s=p["eta_s"])
 
@@ -78,8 +86,6 @@ class Reporter:
             for k, v in pt.items():
                 if isinstance(v, float) and v != v:
                     pt[k] = None
-                elif isinstance(v, list):
-                    pt[k] = [None if isinstance(x, float) and x != x else x for x in v]
         with self.sessions() as s:
             ok = store.report_progress(
                 s, self.job_id, self.worker, lease_s=self.settings.lease_s, points=points, **self.state
