@@ -55,9 +55,8 @@ class _Progress:
             self.key = key
             self.bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, leave=False)
         self.bar.total = total
-        self.bar.n = n
         self.bar.set_postfix(postfix, refresh=False)
-        self.bar.refresh()
+        self.bar.update(n - self.bar.n)  # through update(), so the rate and ETA are right
 
     def __call__(self, p: dict) -> None:  # the rvsm callback
         desc = f"batch {p['group'] + 1}/{p['groups']} ({p['configs']} configs)"
