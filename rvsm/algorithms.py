@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -160,7 +160,6 @@ class ToyRun:
     trace: dict[str, list]
     max_step_norm: float  # max_t |eta grad f(w^t) + eta beta (w^t - u^{t+1})| (Theorem 1 (i))
     wall_time_s: float
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers

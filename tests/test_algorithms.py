@@ -246,3 +246,10 @@ def test_bad_sweep_field():
         run_spec({"k": 2, "d": 3, "lam": 0.1, "beta": 1.0, "eta": 0.1, "sweep": {"teacher.colour": [1]}})
     with pytest.raises(SpecError, match="in the sweep configuration"):
         run_spec({"k": 2, "d": 3, "lam": 0.1, "beta": 1.0, "eta": 0.1, "sweep": {"beta": [1.0, -1.0]}})
+
+
+def test_run_one_is_a_batch_of_one():
+    cfg = config_from_spec({"k": 2, "d": 6, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 50})
+    one = algorithms.run_one(cfg, device="cpu")
+    assert one.iters == 50 and one.w.shape == (6,) and one.stopped_by == "max_iters"
+    torch.testing.assert_close(one.w, algorithms.run_toy([cfg], device="cpu")[0].w)

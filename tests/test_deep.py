@@ -199,3 +199,11 @@ def test_collapse_is_reported():
     m = models.build("mlp", in_channels=1, input_size=8, num_classes=4)
     r = train(m, data, TrainConfig(algorithm="rvsm", penalty="l0", lam=10.0, beta=1.0, epochs=1))
     assert r.sparsity["prunable"] == 1.0 and r.collapsed
+
+
+def test_sparse_io_file_round_trip(tmp_path):
+    sd = {"w": torch.tensor([[0.0, 1.5], [0.0, 0.0]])}
+    sparse_io.save(sd, str(tmp_path / "m.sparse"))
+    assert torch.equal(sparse_io.load(str(tmp_path / "m.sparse"))["w"], sd["w"])
+    with open(tmp_path / "m.sparse", "rb") as f:
+        assert torch.equal(sparse_io.load(f)["w"], sd["w"])

@@ -126,3 +126,16 @@ def test_teachers_and_inits():
         problems.make_teacher(2, w_star=[0.0, 0.0])
     with pytest.raises(ValueError, match="d=3"):
         problems.make_teacher(3, w_star=[1.0])
+
+
+def test_toy_problem_class_is_the_functional_forms(vectors):
+    w, ws = vectors
+    p = problems.ToyProblem("relu", k=3, w_star=ws)
+    torch.testing.assert_close(p.loss(w), problems.relu_loss(w, ws, 3))
+    torch.testing.assert_close(p.grad(w), problems.relu_grad(w, ws, 3))
+    z = torch.randn(4, 20, 3, 6, dtype=torch.float64)
+    torch.testing.assert_close(p.grad(w, z), problems.relu_empirical_grad(w, ws, z))
+    b = problems.ToyProblem("binary", k=3, w_star=ws)
+    torch.testing.assert_close(b.grad(w), problems.binary_coarse_grad(w, ws, 3))
+    with pytest.raises(ValueError, match="'cnn'"):
+        problems.ToyProblem("cnn", k=3, w_star=ws)

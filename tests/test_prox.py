@@ -149,3 +149,12 @@ def test_bad_parameters_raise_value_error_with_the_value():
         prox.threshold(x, 0.1, penalty="l2")
     with pytest.raises(ValueError, match="a must be > 0"):
         prox.tl1_threshold(x, 0.1, a=0.0)
+
+
+def test_threshold_class_binds_the_penalty():
+    x = torch.linspace(-2, 2, 41, dtype=torch.float64)
+    t = prox.Threshold("tl1", a=0.5)
+    torch.testing.assert_close(t(x, 0.3), prox.tl1_threshold(x, 0.3, a=0.5))
+    assert t.value(x).item() == pytest.approx(prox.penalty_value(x, penalty="tl1", a=0.5).item())
+    with pytest.raises(ValueError, match="'l3'"):
+        prox.Threshold("l3")
