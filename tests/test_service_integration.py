@@ -258,3 +258,15 @@ def test_postgresql_job_store(tmp_path):
         worker.stop()
     with create_engine(POSTGRES_URL).connect() as conn:
         assert conn.execute(text("select count(*) from rvsm_jobs where id = :i"), {"i": job_id}).scalar() == 0
+
+
+def test_delete_a_running_job_stops_it_and_leaves_nothing(stack):
+    client, worker, tmp = stack
+    job_id = client.post("/v1/jobs", json=LONG | {"max_iters": 1_000_000}).json()["id"]
+    wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"]["iteration"] > 0, timeout=60, what="start")
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    wait_for(lambda: f"job {job_id}: no longer held" in worker.output(), timeout=30, what="the worker to drop it")
+    assert not (tmp / "artifacts" / job_id).exists()
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+    nxt = client.post("/v1/jobs", json=SHORT).json()["id"]  # the worker is free again
+    assert wait_state(client, nxt, ("succeeded", "failed"))["state"] == "succeeded"

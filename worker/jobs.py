@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -19,7 +20,7 @@ from service import store
 from service.artifacts import convergence_png, job_dir, media_type, write_atomic
 from service.checkpoints import InputError
 from service.config import Settings, get_settings
-from service.db import Artifact, get_sessionmaker
+from service.db import Artifact, Job, get_sessionmaker
 
 from .checkpoint_jobs import resume_path, run_checkpoint_job
 
@@ -176,6 +177,10 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
         )
     if not done:
         log.info("job %s: no longer held by %s; outcome %s dropped", job_id, worker, outcome)
+        with sessions() as s:
+            gone = s.get(Job, job_id) is None
+        if gone:  # deleted while it ran: leave no files behind
+            shutil.rmtree(job_dir(settings.resolved_artifact_dir, job_id), ignore_errors=True)
         return "dropped"
     if outcome != "failed":  # a finished job needs no resume point (a failed one keeps it for a retry)
         resume_path(settings, job_id).unlink(missing_ok=True)
