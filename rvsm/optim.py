@@ -34,29 +34,45 @@ def threshold_param(w: Tensor, *, lam: float, beta: float, penalty: str, a: floa
 
 
 def rvsm_pull_(
-    params: list[Tensor], grads: list[Tensor], *, lam: float, beta: float, penalty: str, a: float = 1.0
+    params: list[Tensor],
+    grads: list[Tensor],
+    *,
+    lam: float,
+    beta: float,
+    penalty: str,
+    a: float = 1.0,
+    foreach: bool | None = None,
 ) -> None:
     """``grad <- grad + beta (w - T_mu(w))`` for every pair, in place.
 
-    ``w - T_mu(w)`` is ``clamp(w, -mu, mu)`` for l1 and ``w 1{|w| <= sqrt(2 mu)}`` for l0, both in
-    multi-tensor form; TL1 and group-l1 go tensor by tensor.
+    ``w - T_mu(w)`` is ``clamp(w, -mu, mu)`` for l1 and ``w 1{|w| <= sqrt(2 mu)}`` for l0. With
+    ``foreach`` (default: when the parameters are on CUDA, as ``torch.optim`` does) both are built from
+    multi-tensor kernels, a handful of launches for all tensors; on the CPU, where those kernels loop
+    over the tensors anyway, the per-tensor form needs fewer passes. TL1 and group-l1 go tensor by tensor.
     """
     if not params:
         return
+    if penalty not in PENALTIES:
+        raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+    if foreach is None:
+        foreach = params[0].device.type == "cuda"
     mu = lam / beta
-    if penalty == "l1":
+    if penalty == "l1" and foreach:
         diff = torch._foreach_clamp_max(torch._foreach_clamp_min(params, -mu), mu)
-    elif penalty == "l0":
+    elif penalty == "l1":
+        diff = [w.clamp(-mu, mu) for w in params]
+    elif penalty == "l0" and foreach:
         m = torch._foreach_abs(params)
         torch._foreach_sub_(m, math.sqrt(2 * mu))
         torch._foreach_clamp_max_(m, 0.0)
         torch._foreach_sign_(m)  # -1 where |w| < thr, 0 where kept
         torch._foreach_neg_(m)
         diff = torch._foreach_mul(params, m)
-    elif penalty in PENALTIES:
-        diff = [w - threshold_param(w, lam=lam, beta=beta, penalty=penalty, a=a) for w in params]
+    elif penalty == "l0":  # hardshrink is the hard threshold, fused: x where |x| > thr, else 0
+        thr = math.sqrt(2 * mu)
+        diff = [w - torch.nn.functional.hardshrink(w, thr) for w in params]
     else:
-        raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+        diff = [w - threshold_param(w, lam=lam, beta=beta, penalty=penalty, a=a) for w in params]
     torch._foreach_add_(grads, diff, alpha=beta)
 
 

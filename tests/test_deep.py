@@ -14,8 +14,9 @@ from rvsm import models, optim, prox, sparse_io
 from rvsm.train import TrainConfig, sparsity_report, train
 
 
+@pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("penalty", prox.PENALTIES)
-def test_rvsm_pull_is_beta_times_w_minus_prox(penalty):
+def test_rvsm_pull_is_beta_times_w_minus_prox(penalty, foreach):
     """The multi-tensor pull equals beta (w - T_mu(w)) with T_mu the brute-force-checked prox."""
     g = torch.Generator().manual_seed(0)
     ws = [torch.randn(4, 3, 2, 2, generator=g) * 0.3, torch.randn(7, 5, generator=g) * 0.3, torch.randn(6, generator=g)]
@@ -24,7 +25,7 @@ def test_rvsm_pull_is_beta_times_w_minus_prox(penalty):
     want = [gr + beta * (w - prox.threshold(w, lam / beta, penalty=penalty, a=a, dims=list(range(1, w.dim())) or 0))
             for w, gr in zip(ws, grads, strict=True)]  # fmt: skip
     got = [gr.clone() for gr in grads]
-    optim.rvsm_pull_(ws, got, lam=lam, beta=beta, penalty=penalty, a=a)
+    optim.rvsm_pull_(ws, got, lam=lam, beta=beta, penalty=penalty, a=a, foreach=foreach)
     for a_, b_ in zip(got, want, strict=True):
         torch.testing.assert_close(a_, b_, rtol=1e-6, atol=1e-7)
 
