@@ -237,13 +237,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     job = _wait(client, job_id, _Progress(_progress_enabled(args)), args.poll)
     report = {"id": job_id, "state": job["state"], "error": job["error"], "summary": job["summary"]}
-    if job["state"] == "succeeded":
+    if job["state"] == "succeeded" and job["kind"] == "toy":
         result = client.call("GET", f"/v1/jobs/{job_id}/result").json()
-        report["final"] = (
-            {k: v for k, v in result["final"].items() if k not in ("w", "u", "w_star", "w0")}
-            if ("final" in result)
-            else None
-        )
+        if "final" in result:  # one run (a sweep's are in the result document)
+            report["final"] = {k: v for k, v in result["final"].items() if k not in ("w", "u", "w_star", "w0")}
+    if job["state"] == "succeeded" and args.download:
+        report["downloaded"] = _download_all(client, job_id, Path(args.download))
     failed = _gates(args, job) if job["state"] == "succeeded" else []
     report["gates_failed"] = failed
     print(json.dumps(report, indent=2))
@@ -254,6 +253,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _err("gate failed: " + "; ".join(failed))
         return EXIT_GATE
     return 0
+
+
+def _download_all(client: _Client, job_id: str, out: Path) -> dict[str, str]:
+    """Every artifact of the job into ``out``, each checked against its sha256; ``{name: sha256}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    got = {}
+    for a in client.call("GET", f"/v1/jobs/{job_id}/artifacts").json():
+        body = client.call("GET", f"/v1/jobs/{job_id}/artifacts/{a['name']}").content
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != a["sha256"]:
+            raise _Exit(EXIT_FAILED, f"sha256 mismatch for {a['name']}: got {digest}, expected {a['sha256']}")
+        (out / a["name"]).write_bytes(body)
+        got[a["name"]] = digest
+    return got
 
 
 def cmd_status(args: argparse.Namespace) -> int:

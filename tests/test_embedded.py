@@ -64,11 +64,16 @@ def test_embedded_mode_runs_a_job_and_the_client_waits_for_it(server):
     url, tmp, _ = server
     spec = tmp / "spec.json"
     spec.write_text(json.dumps(SPEC))
-    out = rvsm("submit", str(spec), "--url", url, "--wait", "--poll", "0.2", "--max-theta-w", "0.01", cwd=tmp)
+    out = rvsm("submit", str(spec), "--url", url, "--wait", "--poll", "0.2", "--max-theta-w", "0.01",
+               "--download", str(tmp / "arts"), cwd=tmp)  # fmt: skip
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.splitlines()[0]
     report = json.loads(out.stdout[len(job_id) + 1 :])
     assert report["state"] == "succeeded" and report["final"]["converged"] is True and report["gates_failed"] == []
+    assert set(report["downloaded"]) == {"result.json", "convergence.png"}
+    for name, digest in report["downloaded"].items():
+        assert hashlib.sha256((tmp / "arts" / name).read_bytes()).hexdigest() == digest
+    assert json.loads((tmp / "arts" / "result.json").read_text())["final"]["converged"] is True
     assert (tmp / "data" / "rvsm.db").exists()  # SQLite in the default data directory
     assert (tmp / "data" / "artifacts" / job_id / "result.json").exists()
 
@@ -94,6 +99,45 @@ def test_client_exit_codes(server):
     assert out.returncode == 2 and "beta" in out.stderr and "greater than 0" in out.stderr
     down = rvsm("status", "x", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp)
     assert down.returncode == 4 and "cannot reach" in down.stderr
+
+
+def test_checkpoint_job_from_the_cli_with_gates_and_download(server):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rvsm import data as rdata
+    from rvsm import models
+    from rvsm.train import TrainConfig, train
+
+    url, tmp, _ = server
+    torch.manual_seed(0)
+    model = models.build("lenet5", in_channels=1, input_size=8, num_classes=10)
+    train(model, rdata.digits(), TrainConfig(algorithm="sgd", epochs=10))
+    save_file(model.state_dict(), str(tmp / "lenet5.safetensors"))
+    spec = tmp / "ckpt.json"
+    spec.write_text(json.dumps({"kind": "checkpoint", "architecture": "lenet5", "algorithm": "magnitude",
+                                "sparsity": 0.6, "epochs": 1, "finetune_epochs": 1, "lr": 0.01}))  # fmt: skip
+    args = [
+        "submit",
+        str(spec),
+        "--url",
+        url,
+        "--checkpoint",
+        str(tmp / "lenet5.safetensors"),
+        "--wait",
+        "--poll",
+        "0.2",
+    ]
+    ok = rvsm(*args, "--min-sparsity", "0.55", "--max-accuracy-drop", "0.05", "--download", str(tmp / "ck"), cwd=tmp)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout.split("\n", 1)[1])
+    assert report["summary"]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert set(report["downloaded"]) == {"model.safetensors", "model.sparse", "report.json"}
+    back = load_file(str(tmp / "ck" / "model.safetensors"))
+    fresh = models.build("lenet5", in_channels=1, input_size=8, num_classes=10)
+    fresh.load_state_dict(back)  # plain torch loads it
+    gate = rvsm(*args, "--min-sparsity", "0.9", cwd=tmp)
+    assert gate.returncode == 3 and "--min-sparsity" in gate.stderr
 
 
 def test_serve_stops_its_worker_and_broker(server):
