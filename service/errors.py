@@ -14,7 +14,9 @@ def field_error(field: str, rule: str, status_code: int = status.HTTP_422_UNPROC
 
 
 def _describe(err: dict) -> str:
-    loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
+    loc = [str(x) for x in err.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header"):  # where it came from, not the field's name
+        loc = loc[1:]
     where = ".".join(loc) or "body"
     return f"{where}: {err.get('msg', 'invalid')}"
 

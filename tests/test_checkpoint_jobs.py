@@ -236,3 +236,42 @@ def test_multipart_form_errors(stack):
     expect(client.post("/v1/jobs", data={"nospec": "1"}, files={"checkpoint": ("m", b"x")}), 422, "nospec")
     toy = {"kind": "toy", "k": 2, "d": 3, "lam": 0.0, "beta": 1.0, "eta": 0.1}
     expect(client.post("/v1/jobs", data={"spec": json.dumps(toy)}, files={"checkpoint": ("m", b"x")}), 422, "toy")
+
+
+def test_uploaded_and_folder_datasets(tmp_path):
+    """dataset.name = upload (a multipart .npz) and = folder (ImageFolder under RVSM_DATASETS_DIR), end to end."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "datasets"
+    for c, shade in (("dark", 30), ("light", 220)):
+        (root / "shapes" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.new("L", (12, 12), color=shade + i).save(root / "shapes" / c / f"{i}.png")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 1, 4, 4, generator=g)
+    y = (x.flatten(1).sum(1) > 0).long()
+    buf = io.BytesIO()
+    np.savez(buf, x=x.numpy(), y=y.numpy())
+    queue = unique_queue("data")
+    env = service_env(tmp_path, queue=queue, RVSM_DATASETS_DIR=str(root))
+    worker = Worker(env, queue, tmp_path / "w.log")
+    try:
+        with helpers.make_client(tmp_path, queue, datasets_dir=root) as client:
+            spec = {"kind": "checkpoint", "architecture": "mlp", "algorithm": "rvsm", "epochs": 2, "batch_size": 16}
+            up = client.post("/v1/jobs", data={"spec": json.dumps(spec | {"dataset": {"name": "upload"}})},
+                             files={"dataset": ("d.npz", buf.getvalue())})  # fmt: skip
+            assert up.status_code == 202, up.text
+            folder = spec | {"architecture": "lenet5", "dataset": {"name": "folder", "path": "shapes", "input_size": 8}}
+            fo = client.post("/v1/jobs", json=folder)
+            assert fo.status_code == 202, fo.text
+            escape = client.post("/v1/jobs", json=spec | {"dataset": {"name": "folder", "path": "../"}})
+            expect(escape, 422, "dataset.path", "inside")
+            for r, n_classes, n in ((up, 2, 120), (fo, 2, 24)):
+                job = wait_done(client, r.json()["id"])
+                assert job["state"] == "succeeded", worker.output()[-3000:]
+                rep = client.get(f"/v1/jobs/{job['id']}/result").json()
+                ds = rep["dataset"]
+                assert ds["num_classes"] == n_classes and ds["train_samples"] + ds["val_samples"] == n
+    finally:
+        worker.stop()
