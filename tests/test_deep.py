@@ -208,3 +208,25 @@ def test_sparse_io_file_round_trip(tmp_path):
     assert torch.equal(sparse_io.load(str(tmp_path / "m.sparse"))["w"], sd["w"])
     with open(tmp_path / "m.sparse", "rb") as f:
         assert torch.equal(sparse_io.load(f)["w"], sd["w"])
+
+
+def test_layer_scales_and_beta_growth_keep_each_threshold():
+    from rvsm.train import layer_scales, set_beta
+
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(4, 9, generator=g) * 0.3), torch.nn.Parameter(torch.randn(3, 2, generator=g))]
+    rms = [float(p.detach().pow(2).mean().sqrt()) for p in ps]
+    assert layer_scales(ps, "l0", enabled=True) == pytest.approx([r * r for r in rms])
+    assert layer_scales(ps, "l1", enabled=True) == pytest.approx(rms)
+    assert layer_scales(ps, "group_l1", enabled=True) == pytest.approx([rms[0] * 3.0, rms[1] * 2**0.5])
+    assert layer_scales(ps, "l0", enabled=False) == [1.0, 1.0]
+    cfg = TrainConfig(lam=1e-4, beta=0.01, beta_final=1.0)
+    scales = layer_scales(ps, "l0", enabled=True)
+    base = torch.optim.SGD([{"params": [p], "scale": s} for p, s in zip(ps, scales, strict=True)], lr=0.1)
+    opt = optim.RVSM(base, lam=cfg.lam, beta=cfg.beta, penalty="l0")
+    for beta in (0.01, 0.3, 1.0):
+        set_beta(opt, cfg, beta)
+        for grp, s in zip(opt.param_groups, scales, strict=True):
+            assert grp["beta"] == beta
+            # l0 threshold sqrt(2 lam/beta) = rms * sqrt(2 * 1e-4 / 0.01): in units of the layer's rms, fixed
+            assert math.sqrt(2 * grp["lam"] / grp["beta"]) == pytest.approx(math.sqrt(s) * math.sqrt(2e-2))
