@@ -26,7 +26,6 @@ import torch
 
 from . import problems
 from .algorithms import ToyRun
-from .prox import apply_threshold
 
 SQRT_2PI = math.sqrt(2 * math.pi)
 
@@ -99,7 +98,7 @@ def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
     tol = _tolerances(c.dtype)
     w = run.w.double()
     ws = c.w_star.double()
-    u = apply_threshold(w, c.mu, c.penalty, c.a, -1) if c.algorithm in ("rvsm", "rvscgd", "gd") else run.u.double()
+    u = run.u.double()  # T_mu(w) for rvsm / rvscgd / gd, the algorithm's sparse answer otherwise
     theta = problems.angle(w, ws).item()
     gamma = problems.angle(w, u).item()
     gamma_ok = not math.isnan(gamma)

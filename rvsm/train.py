@@ -265,12 +265,13 @@ def train(
             u = opt.sparse_weights()
             zeros = sum(int((t == 0).sum()) for t in u.values())
             point["sparsity_u"] = zeros / max(sum(t.numel() for t in u.values()), 1)
-            with torch.no_grad():  # accuracy of the sparse u, which is what gets exported
-                saved = [p.detach().clone() for p in u]
-                opt.sparsify_()
+            with torch.no_grad():  # accuracy of the sparse u, which is what gets exported: swap u in, then w back
+                for p, t in u.items():
+                    u[p] = p.detach().clone()
+                    p.copy_(t)
                 point["val_accuracy_u"] = accuracy(model, data.x_val, data.y_val)
-                for p, s in zip(u, saved, strict=True):
-                    p.copy_(s)
+                for p, w in u.items():
+                    p.copy_(w)
         elif masks is not None:
             point["sparsity_u"] = sum(int((p == 0).sum()) for p in chosen) / max(sum(p.numel() for p in chosen), 1)
         trace.append(point)

@@ -255,18 +255,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(client: _Client, job_id: str, name: str, out: Path) -> str:
+    """One artifact into ``out``, checked against the sha256 the service sent with it; returns the sha256."""
+    r = client.call("GET", f"/v1/jobs/{job_id}/artifacts/{name}")
+    digest = hashlib.sha256(r.content).hexdigest()
+    if r.headers.get("X-Content-SHA256") != digest:
+        raise _Exit(EXIT_FAILED, f"sha256 mismatch for {name}: got {digest}, sent {r.headers.get('X-Content-SHA256')}")
+    out.write_bytes(r.content)
+    return digest
+
+
 def _download_all(client: _Client, job_id: str, out: Path) -> dict[str, str]:
-    """Every artifact of the job into ``out``, each checked against its sha256; ``{name: sha256}``."""
+    """Every artifact of the job into ``out``; ``{name: sha256}``."""
     out.mkdir(parents=True, exist_ok=True)
-    got = {}
-    for a in client.call("GET", f"/v1/jobs/{job_id}/artifacts").json():
-        body = client.call("GET", f"/v1/jobs/{job_id}/artifacts/{a['name']}").content
-        digest = hashlib.sha256(body).hexdigest()
-        if digest != a["sha256"]:
-            raise _Exit(EXIT_FAILED, f"sha256 mismatch for {a['name']}: got {digest}, expected {a['sha256']}")
-        (out / a["name"]).write_bytes(body)
-        got[a["name"]] = digest
-    return got
+    names = [a["name"] for a in client.call("GET", f"/v1/jobs/{job_id}/artifacts").json()]
+    return {name: _fetch(client, job_id, name, out / name) for name in names}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -284,13 +287,8 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    r = _Client(args).call("GET", f"/v1/jobs/{args.id}/artifacts/{args.name}")
-    digest = hashlib.sha256(r.content).hexdigest()
-    if r.headers.get("X-Content-SHA256") and r.headers["X-Content-SHA256"] != digest:
-        raise _Exit(EXIT_FAILED, f"sha256 mismatch for {args.name}: got {digest}")
     out = Path(args.out or args.name)
-    out.write_bytes(r.content)
-    print(f"{out} {digest}")
+    print(f"{out} {_fetch(_Client(args), args.id, args.name, out)}")
     return 0
 
 
