@@ -1,33 +1,47 @@
 """Data sets for checkpoint jobs, as in-memory tensors.
 
 - :func:`digits`: scikit-learn's bundled handwritten digits (real data, 1,797 8x8 images, 10 classes).
-- :func:`load_tensor_file`: a user's ``.safetensors`` or ``.npz`` with ``x``, ``y`` and optional ``x_val``, ``y_val``.
+- :func:`load_tensor_file`: a user's ``.safetensors`` or ``.npz`` with ``x``, ``y`` and optional ``x_val``,
+  ``y_val``; ``x`` of any per-sample shape (images, flat features), ``y`` class labels (classification) or
+  float targets (regression).
 - :func:`image_folder`: a server-side directory ``root/<class name>/<image files>`` (ImageFolder layout;
   classes sorted by name; images resized to ``input_size`` square; grayscale or RGB).
 - :func:`synthetic`: a teacher-student set (a random teacher network labels Gaussian inputs), for tests.
+- :func:`load_dataset`: a checkpoint job's ``dataset`` spec to one of the above, errors naming the field.
 
 scikit-learn, NumPy and Pillow are imported only by the loaders that need them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .errors import InputError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+TASKS = ("classification", "regression")
+MAX_CLASSES = 10_000
 
 
 @dataclass
 class TensorData:
-    """Train and validation tensors: ``x`` is ``(N, C, H, W)`` float32, ``y`` is ``(N,)`` int64."""
+    """Train and validation tensors: ``x`` is ``(N, *sample_shape)`` float32; ``y`` is ``(N,)`` int64 class
+    labels (classification) or ``(N,)`` / ``(N, T)`` float32 targets (regression)."""
 
     x_train: Tensor
     y_train: Tensor
     x_val: Tensor
     y_val: Tensor
+    task: str = "classification"
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
 
     @property
     def in_channels(self) -> int:
@@ -41,30 +55,52 @@ class TensorData:
     def num_classes(self) -> int:
         return int(max(self.y_train.max(), self.y_val.max()) + 1)
 
+    @property
+    def num_outputs(self) -> int:
+        """Classes (classification) or targets per sample (regression): the model's output width."""
+        if self.task == "classification":
+            return self.num_classes
+        return int(self.y_train.shape[1]) if self.y_train.dim() == 2 else 1
 
-def split(x: Tensor, y: Tensor, *, val_fraction: float = 0.2, seed: int = 0) -> TensorData:
+
+def split(
+    x: Tensor, y: Tensor, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification"
+) -> TensorData:
     """A seeded random train/validation split."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"a data set needs at least 2 samples to split into train and validation, got {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(round(val_fraction * n)))
+    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
     va, tr = perm[:n_val], perm[n_val:]
-    return TensorData(x[tr], y[tr], x[va], y[va])
+    return TensorData(x[tr], y[tr], x[va], y[va], task)
 
 
-def _check(x: Tensor, y: Tensor, what: str) -> tuple[Tensor, Tensor]:
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or x.shape[2] != x.shape[3]:
-        raise ValueError(f"{what}: x must have shape (N, C, S, S) or (N, S, S), got {tuple(x.shape)}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"{what}: y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    if y.is_floating_point() or (y.numel() and int(y.min()) < 0):
-        raise ValueError(f"{what}: y must hold non-negative integer class labels")
-    if not torch.isfinite(x.float()).all():
+def _check(x: Tensor, y: Tensor, what: str, task: str) -> tuple[Tensor, Tensor]:
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"{what}: x must have shape (N, ...) with N >= 1 samples, got {tuple(x.shape)}")
+    if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise ValueError(f"{what}: x must hold numbers, got dtype {x.dtype}")
+    if y.shape[:1] != x.shape[:1]:
+        raise ValueError(f"{what}: y must have {x.shape[0]} rows like x, got shape {tuple(y.shape)}")
+    x = x.float()
+    if not torch.isfinite(x).all():
         raise ValueError(f"{what}: x must be finite")
-    return x.float(), y.long()
+    if task == "classification":
+        if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+            raise ValueError(f"{what}: y must be integer class labels of shape ({x.shape[0]},) (or set task to "
+                             f"'regression'), got {y.dtype} of shape {tuple(y.shape)}")  # fmt: skip
+        if int(y.min()) < 0 or int(y.max()) >= MAX_CLASSES:
+            raise ValueError(f"{what}: class labels must be in [0, {MAX_CLASSES}), got {int(y.min())}..{int(y.max())}")
+        return x, y.long()
+    if y.dim() not in (1, 2) or not (y.is_floating_point() or y.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{what}: regression targets must be numbers of shape (N,) or (N, T), got {tuple(y.shape)}")
+    y = y.float()
+    if not torch.isfinite(y).all():
+        raise ValueError(f"{what}: y must be finite")
+    return x, y
 
 
 def from_tensors(
@@ -75,14 +111,18 @@ def from_tensors(
     *,
     val_fraction: float = 0.2,
     seed: int = 0,
+    task: str = "classification",
 ) -> TensorData:
-    x, y = _check(x, y, "train")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    x, y = _check(x, y, "train", task)
     if x_val is None or y_val is None:
-        return split(x, y, val_fraction=val_fraction, seed=seed)
-    xv, yv = _check(x_val, y_val, "validation")
-    if xv.shape[1:] != x.shape[1:]:
-        raise ValueError(f"x_val has shape {tuple(xv.shape[1:])} per sample, x has {tuple(x.shape[1:])}")
-    return TensorData(x, y, xv, yv)
+        return split(x, y, val_fraction=val_fraction, seed=seed, task=task)
+    xv, yv = _check(x_val, y_val, "validation", task)
+    if xv.shape[1:] != x.shape[1:] or yv.shape[1:] != y.shape[1:]:
+        raise ValueError(f"x_val / y_val have per-sample shapes {tuple(xv.shape[1:])} / {tuple(yv.shape[1:])}, "
+                         f"x / y have {tuple(x.shape[1:])} / {tuple(y.shape[1:])}")  # fmt: skip
+    return TensorData(x, y, xv, yv, task)
 
 
 def digits(*, val_fraction: float = 0.2, seed: int = 0) -> TensorData:
@@ -95,14 +135,16 @@ def digits(*, val_fraction: float = 0.2, seed: int = 0) -> TensorData:
     return split(x, y, val_fraction=val_fraction, seed=seed)
 
 
-def load_tensor_file(path: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> TensorData:
+def load_tensor_file(
+    path: str | Path, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification"
+) -> TensorData:
     """``.safetensors`` or ``.npz`` (no pickles) with ``x``, ``y`` and optionally ``x_val``, ``y_val``."""
     path = Path(path)
     if path.suffix == ".npz":
         import numpy as np
 
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: torch.from_numpy(z[k]) for k in z.files}
+            arrays = {k: torch.from_numpy(np.ascontiguousarray(z[k])) for k in z.files}
     else:
         from safetensors.torch import load_file
 
@@ -111,30 +153,41 @@ def load_tensor_file(path: str | Path, *, val_fraction: float = 0.2, seed: int =
     if missing:
         raise ValueError(f"the data file needs arrays {missing} (has {sorted(arrays)})")
     return from_tensors(
-        arrays["x"], arrays["y"], arrays.get("x_val"), arrays.get("y_val"), val_fraction=val_fraction, seed=seed
-    )
+        arrays["x"], arrays["y"], arrays.get("x_val"), arrays.get("y_val"), val_fraction=val_fraction, seed=seed,
+        task=task,
+    )  # fmt: skip
 
 
 def image_folder(
-    root: str | Path, *, input_size: int, grayscale: bool = True, val_fraction: float = 0.2, seed: int = 0
-) -> TensorData:
-    """Images under ``root/<class>/``; classes are the sorted sub-directory names."""
+    root: str | Path, *, input_size: int, grayscale: bool = True, val_fraction: float = 0.2, seed: int = 0,
+    within: str | Path | None = None,
+) -> TensorData:  # fmt: skip
+    """Images under ``root/<class>/``; classes are the sorted sub-directory names. With ``within``, every
+    directory and file must resolve inside it (symbolic links included); messages name paths relative to it."""
     from PIL import Image
 
     root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    base = Path(within).resolve() if within is not None else None
+
+    def shown(p: Path) -> str:
+        return str(p.relative_to(within)) if within is not None and p.is_relative_to(within) else str(p)
+
+    def inside(p: Path) -> bool:
+        return base is None or p.resolve().is_relative_to(base)
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and inside(p)) if root.is_dir() else []
     if not classes:
-        raise ValueError(f"{root}: expected one sub-directory per class")
+        raise ValueError(f"{shown(root)}: expected one sub-directory per class")
     xs, ys = [], []
     for label, name in enumerate(classes):
         for f in sorted((root / name).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and inside(f):
                 img = Image.open(f).convert("L" if grayscale else "RGB").resize((input_size, input_size))
                 t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float() / 255.0
                 xs.append(t.view(input_size, input_size, -1).permute(2, 0, 1))
                 ys.append(label)
     if not xs:
-        raise ValueError(f"{root}: no images found")
+        raise ValueError(f"{shown(root)}: no images found")
     return split(torch.stack(xs), torch.tensor(ys), val_fraction=val_fraction, seed=seed)
 
 
@@ -151,15 +204,102 @@ def synthetic(
     return split(x, y, seed=seed)
 
 
+def load_dataset(
+    spec: dict, *, task: str = "classification", upload: Path | None = None, datasets_dir: Path | None = None
+) -> TensorData:
+    """A checkpoint job's ``dataset`` spec (``name``: ``digits``, ``synthetic``, ``upload`` with the uploaded
+    file, ``folder`` under ``datasets_dir``) as tensors; ``InputError`` naming the field otherwise."""
+    name = spec.get("name", "digits")
+    vf, seed = spec.get("val_fraction", 0.2), spec.get("seed", 0)
+    if task != "classification" and name != "upload":
+        raise InputError("task", f"'{task}' needs an uploaded data set with float targets (dataset.name 'upload')")
+    try:
+        if name == "digits":
+            return digits(val_fraction=vf, seed=seed)
+        if name == "synthetic":
+            return synthetic(spec.get("samples", 2000), num_classes=spec.get("num_classes", 4), seed=seed)
+        if name == "upload":
+            if upload is None:
+                raise InputError("dataset", "name 'upload' needs a multipart 'dataset' file (.safetensors or .npz)")
+            return load_tensor_file(upload, val_fraction=vf, seed=seed, task=task)
+        if name == "folder":
+            return _folder(spec, datasets_dir, vf, seed)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a reader raises on a bad file is a bad input
+        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise InputError("dataset", f"cannot be read: {text}") from None
+    raise InputError("dataset.name", f"unknown data set {name!r}")
+
+
+def _folder(spec: dict, root: Path | None, vf: float, seed: int) -> TensorData:
+    if root is None:
+        raise InputError("dataset.name", "'folder' data sets are not enabled here (RVSM_DATASETS_DIR is unset)")
+    rel = spec.get("path")
+    if not rel:
+        raise InputError("dataset.path", "is required for a folder data set")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise InputError("dataset.path", "must stay inside the server's datasets directory")
+    if not path.is_dir():
+        raise InputError("dataset.path", f"no such directory: {rel}")
+    size = spec.get("input_size") or 32
+    return image_folder(path, input_size=size, grayscale=spec.get("grayscale", True), val_fraction=vf, seed=seed,
+                        within=root.resolve())  # fmt: skip
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``(x, y)``, on the model's device."""
+def _outputs(model: nn.Module, x: Tensor, batch_size: int) -> list[Tensor]:
+    dev = next(model.parameters()).device
+    return [model(x[i : i + batch_size].to(dev)).cpu() for i in range(0, x.shape[0], batch_size)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, task: str = "classification", batch_size: int = 1024) -> float:
+    """Top-1 accuracy (classification) or mean squared error (regression) of ``model`` in eval mode."""
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device
-    correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        out = model(x[i : i + batch_size].to(dev))
-        correct += int((out.argmax(dim=1).cpu() == y[i : i + batch_size]).sum())
-    model.train(was_training)
-    return correct / max(x.shape[0], 1)
+    try:
+        outs = _outputs(model, x, batch_size)
+    finally:
+        model.train(was_training)
+    if task == "classification":
+        pred = torch.cat([o.argmax(dim=1) for o in outs])
+        return int((pred == y).sum()) / max(x.shape[0], 1)
+    out = torch.cat(outs).reshape(y.shape).double()
+    return float((out - y.double()).pow(2).mean())
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on ``(x, y)``, on the model's device."""
+    return evaluate(model, x, y, task="classification", batch_size=batch_size)
+
+
+def baseline_score(data: TensorData) -> float:
+    """What a network that learned nothing scores on the validation set: the majority class's accuracy
+    (classification) or the MSE of predicting the training mean (regression)."""
+    if data.task == "classification":
+        return float(torch.bincount(data.y_val).max()) / max(len(data.y_val), 1)
+    mean = data.y_train.double().mean(dim=0)
+    return float((data.y_val.double() - mean).pow(2).mean())
+
+
+def is_collapsed(score: float, data: TensorData) -> bool:
+    """No better than :func:`baseline_score` (classification: within one sample; regression: MSE at least
+    99% of it)."""
+    base = baseline_score(data)
+    if data.task == "classification":
+        return score <= base + 1.0 / max(len(data.y_val), 1)
+    return score >= 0.99 * base
+
+
+def check_input_shape(sample_shape: tuple[int, ...], model_input: tuple[int, ...]) -> None:
+    if tuple(sample_shape) != tuple(model_input):
+        raise InputError(
+            "dataset", f"the data's samples have shape {tuple(sample_shape)}, the model takes inputs of shape "
+            f"{tuple(model_input)} (per sample, the batch dimension left out)",
+        )  # fmt: skip
+
+
+def output_width(shape: tuple[int, ...]) -> int:
+    return math.prod(shape) if shape else 1

@@ -13,6 +13,7 @@ CIFAR-size images: ``build("lenet5", in_channels=1, input_size=8, num_classes=10
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -45,16 +46,23 @@ class BinaryActivation(nn.Module):
         return binary_step(x)
 
 
-def mlp(*, in_channels: int = 1, input_size: int = 8, num_classes: int = 10, hidden: int = 128) -> nn.Module:
-    d = in_channels * input_size * input_size
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(d, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, num_classes),
-    )
+MLP_HIDDEN = (128, 128)
+
+
+def mlp(
+    *, in_features: int, num_classes: int = 10, hidden: list[int] | tuple[int, ...] = MLP_HIDDEN
+) -> nn.Sequential:
+    """Flatten, then ``Linear -> ReLU`` for each size in ``hidden``, then a linear output layer. Takes any
+    input shape whose elements number ``in_features`` (flat features or images)."""
+    if in_features < 1 or any(h < 1 for h in hidden):
+        raise ValueError(f"mlp needs in_features and hidden sizes >= 1, got {in_features} and {list(hidden)}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
 
 
 class LeNet5(nn.Module):
@@ -156,7 +164,10 @@ class ResNet18(nn.Module):
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp,
+    "mlp": lambda *, in_channels, input_size, num_classes, in_features=None, hidden=None: mlp(
+        in_features=in_features or in_channels * input_size * input_size, num_classes=num_classes,
+        hidden=MLP_HIDDEN if hidden is None else hidden,
+    ),
     "lenet5": lambda **kw: LeNet5(**kw),
     "lenet5_binary": lambda **kw: LeNet5(binary=True, **kw),
     "vgg16": lambda **kw: VGG16(**kw),
@@ -164,14 +175,40 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build(name: str, *, in_channels: int, input_size: int, num_classes: int) -> nn.Module:
-    """Build architecture ``name`` for ``in_channels x input_size x input_size`` inputs and ``num_classes``."""
+def build(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 1,
+    input_size: int = 8,
+    in_features: int | None = None,
+    hidden: list[int] | None = None,
+) -> nn.Module:
+    """Build architecture ``name`` for ``in_channels x input_size x input_size`` inputs (``mlp``: any input of
+    ``in_features`` elements, layer widths ``hidden``) and ``num_classes`` outputs."""
     if name not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    if hidden is not None and name != "mlp":
+        raise ValueError(f"hidden sizes apply to the mlp only, not to {name!r}")
     for field, v in (("in_channels", in_channels), ("input_size", input_size), ("num_classes", num_classes)):
         if v < 1:
             raise ValueError(f"{field} must be >= 1, got {v}")
+    if name == "mlp":
+        return ARCHITECTURES[name](in_channels=in_channels, input_size=input_size, num_classes=num_classes,
+                                   in_features=in_features, hidden=hidden)  # fmt: skip
     return ARCHITECTURES[name](in_channels=in_channels, input_size=input_size, num_classes=num_classes)
+
+
+def build_for(
+    name: str, sample_shape: tuple[int, ...], num_outputs: int, *, hidden: list[int] | None = None
+) -> nn.Module:
+    """Architecture ``name`` for samples of ``sample_shape``: the ``mlp`` takes any shape; the convolutional
+    networks take ``(C, S, S)`` images."""
+    if name == "mlp":
+        return build(name, num_classes=num_outputs, in_features=math.prod(sample_shape), hidden=hidden)
+    if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+        raise ValueError(f"{name} takes square images (C, S, S); the data's samples have shape {sample_shape}")
+    return build(name, num_classes=num_outputs, in_channels=sample_shape[0], input_size=sample_shape[1], hidden=hidden)
 
 
 def default_sparse_parameters(model: nn.Module) -> list[str]:

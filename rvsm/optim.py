@@ -9,6 +9,11 @@ where ``base_step`` is the wrapped optimizer (SGD with momentum and weight decay
 sparse answer is ``u``: :meth:`RVSM.sparsify_` writes it into the weights. Parameter groups carry
 their own ``lam``, ``beta``, ``penalty``, ``a``; a group with ``rvsm=False`` (biases, norm layers)
 gets the plain base step. The pull uses torch's multi-tensor ``_foreach_*`` kernels for l0 and l1.
+
+With ``target_sparsity = p`` (SPEC §6b) the splitting is l0 with an adaptive threshold: at every step
+``u`` keeps the largest ``(1 - p)`` fraction of ``|w|`` (over all sparse tensors together, ``scope =
+"global"``, or tensor by tensor, ``"layer"``) and zeroes the rest, the deep-net form of seed 000's
+Algorithm 2 (adaptive hard thresholding). The training loop may ramp ``RVSM.target`` up to ``p``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,45 @@ from torch import Tensor, nn
 from .prox import PENALTIES, apply_threshold
 
 RVSM_DEFAULTS = {"rvsm": True, "lam": 0.0, "beta": 1.0, "penalty": "l0", "a": 1.0}
+SCOPES = ("global", "layer")
+
+
+def _check_target(sparsity: float, scope: str) -> None:
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"target sparsity must be in [0, 1), got {sparsity}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+
+
+def _kth_abs(v: Tensor, k: int) -> float:
+    """The ``k``-th smallest of ``|v|`` (``-1`` when ``k = 0``: nothing to zero)."""
+    return float(torch.kthvalue(v.detach().abs().flatten().float(), k).values) if k >= 1 else -1.0
+
+
+@torch.no_grad()
+def target_thresholds(params: list[Tensor], sparsity: float, *, scope: str = "global") -> list[float]:
+    """Per tensor, the ``tau`` for which zeroing ``|w| <= tau`` zeroes ``floor(sparsity n)`` entries (ties
+    aside): ``n`` is each tensor's size (``"layer"``) or all tensors' together (``"global"``)."""
+    _check_target(sparsity, scope)
+    if scope == "layer":
+        return [_kth_abs(p, math.floor(sparsity * p.numel())) for p in params]
+    flat = torch.cat([p.detach().abs().flatten().float() for p in params])
+    return [_kth_abs(flat, math.floor(sparsity * flat.numel()))] * len(params)
+
+
+@torch.no_grad()
+def magnitude_masks(params: list[Tensor], sparsity: float, *, scope: str = "layer") -> list[Tensor]:
+    """Keep-masks zeroing exactly ``floor(sparsity n)`` entries of smallest magnitude (ties by position), per
+    tensor (``"layer"``) or over all tensors together (``"global"``)."""
+    _check_target(sparsity, scope)
+    if scope == "layer":
+        return [magnitude_mask(p, sparsity) for p in params]
+    flat = torch.cat([p.detach().abs().flatten().float() for p in params])
+    keep = flat.numel() - math.floor(sparsity * flat.numel())
+    order = torch.argsort(flat, descending=True, stable=True)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[order[:keep]] = True
+    return [m.view_as(p) for m, p in zip(mask.split([p.numel() for p in params]), params, strict=True)]
 
 
 def _group_dims(w: Tensor) -> list[int] | int:
@@ -76,15 +120,31 @@ def rvsm_pull_(
     torch._foreach_add_(grads, diff, alpha=beta)
 
 
+def hard_pull_(params: list[Tensor], grads: list[Tensor], thresholds: list[float], *, beta: float) -> None:
+    """``grad <- grad + beta (w - u)`` with ``u = w 1{|w| > tau}`` for each tensor's own ``tau`` (target mode)."""
+    for w, g, tau in zip(params, grads, thresholds, strict=True):
+        if tau >= 0:
+            g.add_(w - torch.nn.functional.hardshrink(w, tau), alpha=beta)
+
+
 class RVSM:
     """Wrap ``base`` (a ``torch.optim`` optimizer) with the RVSM pull; ``step``/``zero_grad``/state pass through.
 
     ``base``'s parameter groups may hold ``rvsm`` (bool), ``lam``, ``beta``, ``penalty`` and ``a``;
-    missing keys take this constructor's values.
+    missing keys take this constructor's values. With ``target_sparsity`` the threshold is adaptive (module
+    docstring) and ``lam``/``penalty`` are unused; :attr:`target` is the sparsity in force (ramp it).
     """
 
     def __init__(
-        self, base: torch.optim.Optimizer, *, lam: float, beta: float, penalty: str = "l0", a: float = 1.0
+        self,
+        base: torch.optim.Optimizer,
+        *,
+        lam: float,
+        beta: float,
+        penalty: str = "l0",
+        a: float = 1.0,
+        target_sparsity: float | None = None,
+        scope: str = "global",
     ) -> None:
         if not lam >= 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
@@ -94,6 +154,9 @@ class RVSM:
             raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
         if not a > 0:
             raise ValueError(f"a must be > 0, got {a}")
+        if target_sparsity is not None:
+            _check_target(target_sparsity, scope)
+        self.target, self.scope = target_sparsity, scope
         self.base = base
         defaults = {"rvsm": True, "lam": lam, "beta": beta, "penalty": penalty, "a": a}
         for g in base.param_groups:
@@ -107,9 +170,19 @@ class RVSM:
     def sparse_groups(self) -> Iterable[dict]:
         return (g for g in self.base.param_groups if g["rvsm"])
 
+    def sparse_params(self) -> list[Tensor]:
+        return [p for g in self.sparse_groups() for p in g["params"]]
+
     @torch.no_grad()
     def pull_(self) -> None:
-        """Add ``beta (w - T_mu(w))`` to the gradients of the sparse groups."""
+        """Add ``beta (w - T_mu(w))`` (target mode: ``beta (w - u)``) to the gradients of the sparse groups."""
+        if self.target is not None:
+            taus = dict(zip(self.sparse_params(), target_thresholds(self.sparse_params(), self.target,
+                                                                    scope=self.scope), strict=True))  # fmt: skip
+            for g in self.sparse_groups():
+                ps = [p for p in g["params"] if p.grad is not None]
+                hard_pull_(ps, [p.grad for p in ps], [taus[p] for p in ps], beta=g["beta"])
+            return
         for g in self.sparse_groups():
             pairs = [(p, p.grad) for p in g["params"] if p.grad is not None]
             if pairs:
@@ -131,7 +204,10 @@ class RVSM:
 
     @torch.no_grad()
     def sparse_weights(self) -> dict[Tensor, Tensor]:
-        """``u = T_mu(w)`` of every sparse parameter."""
+        """``u = T_mu(w)`` of every sparse parameter (target mode: exactly ``floor(target n)`` zeros)."""
+        if self.target is not None:
+            ps = self.sparse_params()
+            return {p: p * m for p, m in zip(ps, magnitude_masks(ps, self.target, scope=self.scope), strict=True)}
         return {
             p: threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
             for g in self.sparse_groups()
@@ -203,18 +279,24 @@ class ADMM:
     """ADMM pruning (SPEC §4, empirical variant) on top of ``base``.
 
     Every step the gradient gets ``rho (w - z + y)``; :meth:`update` (call it every epoch, say) sets
-    ``z <- proj(w + y)`` (each tensor's top ``1 - sparsity`` magnitudes) and ``y <- y + w - z``.
-    :meth:`prune_` ends with ``w <- proj(w)`` and returns the masks for fine-tuning.
+    ``z <- proj(w + y)`` (the top ``1 - sparsity`` magnitudes of each tensor, ``scope = "layer"``, or of all
+    together, ``"global"``) and ``y <- y + w - z``. :meth:`prune_` ends with ``w <- proj(w)`` and returns the
+    masks for fine-tuning.
     """
 
-    def __init__(self, base: torch.optim.Optimizer, params: list[Tensor], *, rho: float, sparsity: float) -> None:
+    def __init__(
+        self, base: torch.optim.Optimizer, params: list[Tensor], *, rho: float, sparsity: float, scope: str = "layer"
+    ) -> None:
         if not rho > 0:
             raise ValueError(f"rho must be > 0, got {rho}")
-        magnitude_mask(torch.zeros(1), sparsity)  # validates
-        self.base, self.params, self.rho, self.sparsity = base, list(params), rho, sparsity
+        _check_target(sparsity, scope)
+        self.base, self.params, self.rho, self.sparsity, self.scope = base, list(params), rho, sparsity, scope
         with torch.no_grad():
-            self.z = [p * magnitude_mask(p, sparsity) for p in self.params]
+            self.z = self._project(self.params)
             self.y = [torch.zeros_like(p) for p in self.params]
+
+    def _project(self, vs: list[Tensor]) -> list[Tensor]:
+        return [v * m for v, m in zip(vs, magnitude_masks(vs, self.sparsity, scope=self.scope), strict=True)]
 
     @property
     def param_groups(self) -> list[dict]:
@@ -232,14 +314,13 @@ class ADMM:
 
     @torch.no_grad()
     def update(self) -> None:
-        for i, p in enumerate(self.params):
-            v = p + self.y[i]
-            self.z[i] = v * magnitude_mask(v, self.sparsity)
-            self.y[i] += p - self.z[i]
+        self.z = self._project([p + y for p, y in zip(self.params, self.y, strict=True)])
+        for p, y, z in zip(self.params, self.y, self.z, strict=True):
+            y += p - z
 
     @torch.no_grad()
     def prune_(self) -> list[Tensor]:
-        masks = [magnitude_mask(p, self.sparsity) for p in self.params]
+        masks = magnitude_masks(self.params, self.sparsity, scope=self.scope)
         for p, m in zip(self.params, masks, strict=True):
             p.mul_(m)
         return masks

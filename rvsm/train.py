@@ -6,6 +6,14 @@ Algorithms (SPEC §4, deep nets):
 - ``rvsm``: SGD on the task loss plus the ``beta (w - u)`` pull, ``u = T_mu(w)`` every step
   (:class:`rvsm.optim.RVSM`), for ``epochs``; the exported model carries ``u``.
 - ``rvscgd``: the same on a binarized architecture (straight-through activations, seed 001 §6).
+- ``target_sparsity = p`` (``rvsm``, ``rvscgd``, ``admm``, ``magnitude``): the chosen tensors end with
+  exactly ``floor(p n)`` zeros, ``n`` counted over all of them (``sparsity_scope = "global"``) or per tensor
+  (``"layer"``). RVSM then uses the l0 splitting with an adaptive threshold (SPEC §6b), its target ramped
+  from 0 to ``p`` by the cubic schedule of gradual magnitude pruning, ``p_t = p (1 - (1 - (t - t0)/T)^3)``,
+  step by step: ``warmup_epochs`` of dense training (``t0``; default a tenth of the epochs, so a network
+  trained from scratch learns before it is pruned), then ``ramp_epochs`` (``T``; default 40%).
+- ``task``: ``classification`` (cross-entropy; scores are accuracy) or ``regression`` (mean squared
+  error; scores are the validation MSE).
 - ``magnitude``: dense SGD for ``epochs``, one-shot magnitude pruning of each chosen tensor to
   ``sparsity``, then ``finetune_epochs`` of SGD with the pruned entries held at zero.
 - ``admm``: ADMM (``rho = beta``, ``z`` = each tensor's top ``1 - sparsity`` magnitudes, dual update every
@@ -22,17 +30,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import Tensor, nn
 
-from .data import TensorData, accuracy
+from .data import TASKS, TensorData, evaluate, is_collapsed
+from .errors import InputError
 from .models import default_sparse_parameters
-from .optim import ADMM, RVSM, apply_masks_, magnitude_mask, split_parameters
+from .optim import ADMM, RVSM, SCOPES, apply_masks_, magnitude_masks, split_parameters
 from .prox import PENALTIES
 
 TRAIN_ALGORITHMS = ("sgd", "rvsm", "rvscgd", "admm", "magnitude")
+TARGET_ALGORITHMS = ("rvsm", "rvscgd", "admm", "magnitude")
 SCHEDULES = ("constant", "step", "cosine")
 
 
@@ -52,19 +62,22 @@ class TrainConfig:
     step_size: int = 10
     gamma: float = 0.1
     batch_size: int = 64
-    sparsity: float | None = None
+    sparsity: float | None = None  # admm / magnitude only: the older name of target_sparsity
+    target_sparsity: float | None = None
+    sparsity_scope: str = "global"
+    warmup_epochs: int | None = None  # RVSM target: dense epochs before the ramp; default epochs // 10
+    ramp_epochs: int | None = None  # RVSM target: epochs over which it ramps up; default 40% of the epochs
     finetune_epochs: int = 0
     params: list[str] | None = None
-    layer_scale: bool = False  # thresholds in units of each layer's initial weight RMS (per-group lam)
+    layer_scale: bool = True  # lambda mode: thresholds in units of each layer's initial weight RMS
+    task: str = "classification"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.algorithm not in TRAIN_ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {TRAIN_ALGORITHMS}, got {self.algorithm!r}")
-        if self.penalty not in PENALTIES:
-            raise ValueError(f"penalty must be one of {PENALTIES}, got {self.penalty!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name, allowed in (("algorithm", TRAIN_ALGORITHMS), ("penalty", PENALTIES), ("schedule", SCHEDULES),
+                              ("sparsity_scope", SCOPES), ("task", TASKS)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise InputError(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
         for name, ok, rule in (
             ("lam", self.lam >= 0, ">= 0"),
             ("beta", self.beta > 0, "> 0"),
@@ -79,10 +92,51 @@ class TrainConfig:
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
         ):
             if not ok:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
-        if self.algorithm in ("admm", "magnitude"):
-            if self.sparsity is None or not 0 <= self.sparsity < 1:
-                raise ValueError(f"algorithm {self.algorithm!r} needs sparsity in [0, 1), got {self.sparsity}")
+                raise InputError(name, f"must be {rule}, got {getattr(self, name)}")
+        self._check_target()
+
+    def _check_target(self) -> None:
+        """Which algorithms use which sparsity field: a field an algorithm would ignore is an error."""
+        if self.sparsity is not None and self.algorithm not in ("admm", "magnitude"):
+            raise InputError("sparsity", f"is not used by algorithm {self.algorithm!r}; use target_sparsity "
+                             "(rvsm, rvscgd, admm, magnitude) or lam/beta")  # fmt: skip
+        if self.sparsity is not None and self.target_sparsity not in (None, self.sparsity):
+            raise InputError("sparsity", "give target_sparsity or sparsity, not both")
+        if self.target_sparsity is not None and self.algorithm not in TARGET_ALGORITHMS:
+            raise InputError("target_sparsity", f"is not used by algorithm {self.algorithm!r} (dense training)")
+        p = self.target
+        if p is not None and not 0 < p < 1:
+            raise InputError("target_sparsity", f"must be in (0, 1), got {p}")
+        if p is None and self.algorithm in ("admm", "magnitude"):
+            raise InputError("target_sparsity", f"algorithm {self.algorithm!r} needs a target sparsity in (0, 1)")
+        if p is not None and self.algorithm in ("rvsm", "rvscgd") and self.penalty != "l0":
+            raise InputError("penalty", "target_sparsity is the l0 splitting with an adaptive threshold; "
+                             f"penalty must be 'l0', got {self.penalty!r}")  # fmt: skip
+        if (self.ramp_epochs is not None or self.warmup_epochs is not None) and self.target is None:
+            raise InputError("ramp_epochs" if self.ramp_epochs is not None else "warmup_epochs",
+                             "applies only with target_sparsity")  # fmt: skip
+        if self.warmup + self.ramp > self.epochs:
+            raise InputError("ramp_epochs", f"warmup_epochs + ramp_epochs must be <= epochs = {self.epochs}, got "
+                             f"{self.warmup} + {self.ramp}")  # fmt: skip
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> TrainConfig:
+        """The config from a job spec's fields (others, such as ``kind`` or ``dataset``, are left out)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in spec.items() if k in names})
+
+    @property
+    def target(self) -> float | None:
+        """The target sparsity in force (``target_sparsity``, or ``sparsity`` for admm / magnitude)."""
+        return self.target_sparsity if self.target_sparsity is not None else self.sparsity
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_epochs if self.warmup_epochs is not None else self.epochs // 10
+
+    @property
+    def ramp(self) -> int:
+        return self.ramp_epochs if self.ramp_epochs is not None else (self.epochs * 2) // 5
 
     @property
     def total_epochs(self) -> int:
@@ -92,20 +146,28 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     model: nn.Module
-    accuracy_before: float
-    accuracy_after: float
-    accuracy_dense: float  # the network before the final thresholding / pruning
+    metric: str  # "accuracy" (classification) or "mse" (regression): what the scores are
+    score_before: float
+    score_after: float
+    score_dense: float  # the network before the final thresholding / pruning
     sparsity: dict
     trace: list[dict]
-    collapsed: bool  # accuracy no better than always answering the most common class
+    collapsed: bool  # no better than a network that learned nothing (data.is_collapsed)
     resumed_from_epoch: int | None
     wall_time_s: float
     config: dict = field(default_factory=dict)
 
+    @property
+    def accuracy_before(self) -> float:
+        return self.score_before
 
-def majority_rate(y: Tensor) -> float:
-    """Accuracy of always answering the most common class: a network no better than this has collapsed."""
-    return float(torch.bincount(y).max()) / max(len(y), 1) if len(y) else 0.0
+    @property
+    def accuracy_after(self) -> float:
+        return self.score_after
+
+    @property
+    def accuracy_dense(self) -> float:
+        return self.score_dense
 
 
 def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
@@ -160,12 +222,54 @@ def set_beta(opt: RVSM, cfg: TrainConfig, beta: float) -> None:
         g["lam"] = cfg.lam / cfg.beta * g["scale"] * beta
 
 
+def ramped_target(p: float, step: int, start: int, ramp_steps: int) -> float:
+    """The cubic ramp of gradual magnitude pruning (Zhu and Gupta 2017): 0 before ``start``, then
+    ``p (1 - (1 - (t - start)/T)^3)`` for ``T = ramp_steps`` steps, then ``p``."""
+    if step < start:
+        return 0.0
+    if step >= start + ramp_steps:
+        return p
+    return p * (1.0 - (1.0 - (step - start) / ramp_steps) ** 3)
+
+
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, epochs: int):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _e: 1.0)
+
+
+def _loss_fn(task: str) -> Callable[[Tensor, Tensor], Tensor]:
+    if task == "classification":
+        return nn.functional.cross_entropy
+    return lambda out, y: nn.functional.mse_loss(out.reshape(y.shape), y)
+
+
+def _main_optimizer(cfg: TrainConfig, base: torch.optim.SGD, chosen: list[nn.Parameter]) -> object:
+    if cfg.algorithm in ("rvsm", "rvscgd"):
+        opt = RVSM(base, lam=cfg.lam, beta=cfg.beta, penalty=cfg.penalty, a=cfg.a, scope=cfg.sparsity_scope,
+                   target_sparsity=0.0 if cfg.target is not None else None)  # fmt: skip
+        set_beta(opt, cfg, cfg.beta)
+        return opt
+    if cfg.algorithm == "admm":
+        return ADMM(base, chosen, rho=cfg.beta, sparsity=cfg.target or 0.0, scope=cfg.sparsity_scope)
+    return base
+
+
+@torch.no_grad()
+def _u_point(opt: RVSM, model: nn.Module, data: TensorData, metric: str) -> dict:
+    """Sparsity of ``u`` and the score of the network with ``u`` swapped in (what gets exported)."""
+    u = opt.sparse_weights()
+    zeros = sum(int((t == 0).sum()) for t in u.values())
+    point = {"sparsity_u": zeros / max(sum(t.numel() for t in u.values()), 1)}
+    for p, t in u.items():
+        u[p] = p.detach().clone()
+        p.copy_(t)
+    point[f"val_{metric}_u"] = evaluate(model, data.x_val, data.y_val, task=data.task)
+    for p, w in u.items():
+        p.copy_(w)
+    return point
 
 
 def train(
@@ -182,12 +286,15 @@ def train(
     t0 = time.perf_counter()
     dev = torch.device(device)
     model.to(dev)
+    if data.task != cfg.task:
+        raise InputError("task", f"the config says {cfg.task!r}, the data set was loaded for {data.task!r}")
+    metric = "accuracy" if cfg.task == "classification" else "mse"
     names = cfg.params if cfg.params is not None else default_sparse_parameters(model)
     chosen, rest = split_parameters(model, names)
     x_tr, y_tr = data.x_train, data.y_train
-    acc_before = accuracy(model, data.x_val, data.y_val) if resume is None else resume["accuracy_before"]
-
-    scales = resume["scales"] if resume is not None else layer_scales(chosen, cfg.penalty, enabled=cfg.layer_scale)
+    before = evaluate(model, data.x_val, data.y_val, task=data.task) if resume is None else resume["accuracy_before"]
+    enabled = cfg.layer_scale and cfg.target is None
+    scales = resume["scales"] if resume is not None else layer_scales(chosen, cfg.penalty, enabled=enabled)
 
     def base_sgd(lr: float) -> torch.optim.SGD:
         groups = [{"params": [p], "rvsm": True, "scale": s} for p, s in zip(chosen, scales, strict=True)]
@@ -200,13 +307,7 @@ def train(
 
     # phase 1: the main training
     base = base_sgd(cfg.lr)
-    if cfg.algorithm in ("rvsm", "rvscgd"):
-        opt: object = RVSM(base, lam=cfg.lam, beta=cfg.beta, penalty=cfg.penalty, a=cfg.a)
-        set_beta(opt, cfg, cfg.beta)
-    elif cfg.algorithm == "admm":
-        opt = ADMM(base, chosen, rho=cfg.beta, sparsity=cfg.sparsity or 0.0)
-    else:
-        opt = base
+    opt = _main_optimizer(cfg, base, chosen)
     sched = _scheduler(base, cfg, cfg.epochs)
     masks: list[Tensor] | None = None
     trace: list[dict] = []
@@ -223,12 +324,14 @@ def train(
         opt.load_state_dict(resume["optimizer"])  # type: ignore[union-attr]
         sched.load_state_dict(resume["scheduler"])
 
-    loss_fn = nn.CrossEntropyLoss()
-    step = 0
+    loss_fn = _loss_fn(cfg.task)
+    steps_per_epoch = math.ceil(x_tr.shape[0] / cfg.batch_size)
+    step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.total_epochs):
         if epoch == cfg.epochs and masks is None and cfg.algorithm in ("admm", "magnitude"):
             # end of phase 1: prune, then fine-tune with the pruned entries held at zero
-            masks = opt.prune_() if isinstance(opt, ADMM) else [magnitude_mask(p, cfg.sparsity or 0.0) for p in chosen]
+            p, scope = cfg.target or 0.0, cfg.sparsity_scope
+            masks = opt.prune_() if isinstance(opt, ADMM) else magnitude_masks(chosen, p, scope=scope)
             apply_masks_(chosen, masks)
             base = base_sgd(cfg.lr)
             opt = base
@@ -242,6 +345,8 @@ def train(
         for i in range(0, x_tr.shape[0], cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             xb, yb = x_tr[idx].to(dev, non_blocking=True), y_tr[idx].to(dev, non_blocking=True)
+            if isinstance(opt, RVSM) and cfg.target is not None:
+                opt.target = ramped_target(cfg.target, step, cfg.warmup * steps_per_epoch, cfg.ramp * steps_per_epoch)
             opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
             loss = loss_fn(model(xb), yb)
             loss.backward()
@@ -259,19 +364,10 @@ def train(
         sched.step()
         if not math.isfinite(total):
             raise FloatingPointError(f"training diverged: the loss is {total / max(count, 1)} in epoch {epoch + 1}")
-        val_acc = accuracy(model, data.x_val, data.y_val)
-        point = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": val_acc, "lr": lr_now}
+        point = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
+                 f"val_{metric}": evaluate(model, data.x_val, data.y_val, task=data.task), "lr": lr_now}  # fmt: skip
         if isinstance(opt, RVSM):
-            u = opt.sparse_weights()
-            zeros = sum(int((t == 0).sum()) for t in u.values())
-            point["sparsity_u"] = zeros / max(sum(t.numel() for t in u.values()), 1)
-            with torch.no_grad():  # accuracy of the sparse u, which is what gets exported: swap u in, then w back
-                for p, t in u.items():
-                    u[p] = p.detach().clone()
-                    p.copy_(t)
-                point["val_accuracy_u"] = accuracy(model, data.x_val, data.y_val)
-                for p, w in u.items():
-                    p.copy_(w)
+            point |= _u_point(opt, model, data, metric)
         elif masks is not None:
             point["sparsity_u"] = sum(int((p == 0).sum()) for p in chosen) / max(sum(p.numel() for p in chosen), 1)
         trace.append(point)
@@ -283,25 +379,28 @@ def train(
                 "scheduler": sched.state_dict(),
                 "masks": masks,
                 "trace": trace,
-                "accuracy_before": acc_before,
+                "accuracy_before": before,
                 "scales": scales,
             }
             callback(point | {"epochs": cfg.total_epochs, "state": state})
 
-    acc_dense = accuracy(model, data.x_val, data.y_val)
+    dense = evaluate(model, data.x_val, data.y_val, task=data.task)
     if isinstance(opt, RVSM):
+        if cfg.target is not None:
+            opt.target = cfg.target
         opt.sparsify_()
     model.eval()
-    acc_after = accuracy(model, data.x_val, data.y_val)
+    after = evaluate(model, data.x_val, data.y_val, task=data.task)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return TrainResult(
         model=model,
-        accuracy_before=acc_before,
-        accuracy_after=acc_after,
-        accuracy_dense=acc_dense,
+        metric=metric,
+        score_before=before,
+        score_after=after,
+        score_dense=dense,
         sparsity=sparsity_report(state, names),
         trace=trace,
-        collapsed=acc_after <= majority_rate(data.y_val) + 1.0 / max(len(data.y_val), 1),
+        collapsed=is_collapsed(after, data),
         resumed_from_epoch=start_epoch if resume is not None else None,
         wall_time_s=time.perf_counter() - t0,
         config=asdict(cfg),

@@ -8,9 +8,11 @@ length ``d``, an ``s`` no larger than ``d``, each sweep configuration) are check
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from rvsm.train import TrainConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -134,33 +136,59 @@ class DatasetSpec(BaseModel):
     seed: int = Field(0, ge=0)
 
 
+CKPT = TrainConfig()  # the training defaults, from their one source
+Architecture = Literal["mlp", "lenet5", "lenet5_binary", "vgg16", "resnet18", "exported"]
+
+
 class CheckpointSpecCreate(BaseModel):
-    """A checkpoint job: train (or fine-tune an uploaded checkpoint) sparse with RVSM / RVSCGD or a baseline."""
+    """A checkpoint job: train (or fine-tune an uploaded model) sparse with RVSM / RVSCGD or a baseline.
+
+    The model is a built-in ``architecture`` (with an optional uploaded state_dict) or the user's own,
+    uploaded as a ``torch.export`` ``.pt2`` (then ``architecture`` is left out or ``"exported"``). Say the
+    sparsity you want with ``target_sparsity``, or set the splitting's ``lam``/``beta`` yourself."""
 
     model_config = STRICT
 
     kind: Literal["checkpoint"]
-    architecture: Literal["mlp", "lenet5", "lenet5_binary", "vgg16", "resnet18"]
+    architecture: Architecture | None = Field(None, description="a built-in, or 'exported' (or unset) for a .pt2")
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
+        None, min_length=1, max_length=32, description="mlp: hidden layer widths (default [128, 128])"
+    )
+    task: Literal["classification", "regression"] = Field(CKPT.task, description="cross-entropy, or MSE")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
-    algorithm: Literal["sgd", "rvsm", "rvscgd", "admm", "magnitude"] = "rvsm"
-    penalty: Literal["l0", "l1", "tl1", "group_l1"] = "l0"
-    lam: float = Field(5e-5, ge=0)
-    beta: float = Field(1e-2, gt=0)
+    algorithm: Literal["sgd", "rvsm", "rvscgd", "admm", "magnitude"] = CKPT.algorithm  # type: ignore[assignment]
+    target_sparsity: float | None = Field(
+        None, gt=0, lt=1, description="the fraction of zeros the sparsified tensors end with (rvsm, rvscgd, admm, "
+        "magnitude)",
+    )  # fmt: skip
+    sparsity_scope: Literal["global", "layer"] = Field(
+        CKPT.sparsity_scope, description="target over all sparsified tensors together, or per tensor"
+    )  # type: ignore[assignment]
+    warmup_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: dense epochs before pruning "
+                                      "starts (default a tenth)")  # fmt: skip
+    ramp_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: epochs over which the target ramps "
+                                    "up (default 40%)")  # fmt: skip
+    penalty: Literal["l0", "l1", "tl1", "group_l1"] = CKPT.penalty  # type: ignore[assignment]
+    lam: float = Field(CKPT.lam, ge=0, description="lambda mode: the penalty weight (thresholds mu = lam/beta)")
+    beta: float = Field(CKPT.beta, gt=0, description="the splitting's coupling; admm's rho")
     beta_final: float | None = Field(None, gt=0, description="grow beta to this over the epochs (mu fixed)")
-    a: float = Field(1.0, gt=0)
-    epochs: int = Field(20, ge=1)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["constant", "step", "cosine"] = "cosine"
-    step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.1, gt=0, le=1)
-    batch_size: int = Field(64, ge=1, le=65536)
-    sparsity: float | None = Field(None, ge=0, lt=1, description="admm / magnitude: target fraction of zeros")
-    finetune_epochs: int = Field(0, ge=0)
-    params: list[str] | None = Field(None, description="parameter names to sparsify; default every conv/linear weight")
-    layer_scale: bool = False
-    seed: int = Field(0, ge=0)
+    a: float = Field(CKPT.a, gt=0)
+    epochs: int = Field(CKPT.epochs, ge=1)
+    lr: float = Field(CKPT.lr, gt=0)
+    momentum: float = Field(CKPT.momentum, ge=0, lt=1)
+    weight_decay: float = Field(CKPT.weight_decay, ge=0)
+    schedule: Literal["constant", "step", "cosine"] = CKPT.schedule  # type: ignore[assignment]
+    step_size: int = Field(CKPT.step_size, ge=1)
+    gamma: float = Field(CKPT.gamma, gt=0, le=1)
+    batch_size: int = Field(CKPT.batch_size, ge=1, le=65536)
+    sparsity: float | None = Field(None, gt=0, lt=1, description="admm / magnitude: the older name of target_sparsity")
+    finetune_epochs: int = Field(CKPT.finetune_epochs, ge=0)
+    params: list[str] | None = Field(
+        None, max_length=10_000, description="parameter names or glob patterns to sparsify; default: every "
+        "convolution and linear weight (for a .pt2, the weights its conv / linear / matmul nodes consume)",
+    )  # fmt: skip
+    layer_scale: bool = Field(CKPT.layer_scale, description="lambda mode: thresholds in units of each layer's RMS")
+    seed: int = Field(CKPT.seed, ge=0, lt=2**63)
 
     def to_spec(self) -> dict:
         return self.model_dump(exclude_none=True)

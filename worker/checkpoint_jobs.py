@@ -1,5 +1,7 @@
-"""A checkpoint job: load the data and (optionally) the uploaded checkpoint, train sparse with
-:func:`rvsm.train.train`, and produce ``model.safetensors``, ``model.sparse`` and ``report.json``.
+"""A checkpoint job: prepare its inputs with :func:`rvsm.prepare.prepare` (the data set, a built-in model with
+optional uploaded weights, or the user's exported ``.pt2``), train sparse with :func:`rvsm.train.train`, and
+produce ``model.safetensors`` (keyed by the model's own parameter names), ``model.sparse``, ``model.pt2`` for an
+exported model, and ``report.json``.
 
 After every epoch the resumable training state is written atomically to ``<job dir>/resume.pt``; a
 worker that picks the job up again (the previous one died) continues from it instead of starting over.
@@ -7,7 +9,6 @@ worker that picks the job up again (the previous one died) continues from it ins
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import time
@@ -17,15 +18,14 @@ from typing import Protocol
 import torch
 from safetensors.torch import save as safetensors_save
 
-from rvsm import sparse_io
+from rvsm import exported, sparse_io
 from rvsm.algorithms import default_device
-from rvsm.train import TrainConfig, train
+from rvsm.prepare import Prepared, prepare
+from rvsm.train import TrainConfig, TrainResult, train
 from service.artifacts import job_dir, write_atomic
-from service.checkpoints import build_model, check_against, load_dataset, read_checkpoint
 from service.config import Settings
 
 RESUME = "resume.pt"
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 class Progress(Protocol):
@@ -43,17 +43,13 @@ def resume_path(settings: Settings, job_id: str) -> Path:
 
 def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Progress) -> tuple[dict, dict]:
     """Train the job; returns its artifact files (name -> bytes) and a summary for the job row."""
-    root = job_dir(settings.resolved_artifact_dir, job_id)
-    inputs = root / "inputs"
+    inputs = job_dir(settings.resolved_artifact_dir, job_id) / "inputs"
     upload = next(iter(sorted(inputs.glob("dataset.*"))), None) if spec.get("has_dataset_file") else None
-    data = load_dataset(spec.get("dataset", {}), upload=upload, settings=settings)
+    blob = (inputs / "checkpoint.bin").read_bytes() if spec.get("has_checkpoint") else None
     torch.manual_seed(spec.get("seed", 0))
-    model = build_model(spec, data)
-    if spec.get("has_checkpoint"):
-        state = read_checkpoint((inputs / "checkpoint.bin").read_bytes())
-        check_against(model, state)
-        model.load_state_dict(state)
-    cfg = TrainConfig(**{k: v for k, v in spec.items() if k in TRAIN_FIELDS})
+    prep = prepare(spec, checkpoint=blob, dataset_file=upload, datasets_dir=settings.datasets_dir,
+                   max_bytes=settings.max_upload_bytes)  # fmt: skip
+    cfg = TrainConfig.from_spec(spec | {"params": prep.sparse_names})
     device = torch.device(settings.device) if settings.device else default_device()
 
     rpath = resume_path(settings, job_id)
@@ -78,28 +74,47 @@ def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Pr
         )
 
     result = train(
-        model, data, cfg, device=device, callback=on_epoch, step_callback=lambda _s: progress.check(), resume=resume
-    )
+        prep.model, prep.data, cfg, device=device, callback=on_epoch, step_callback=lambda _s: progress.check(),
+        resume=resume,
+    )  # fmt: skip
+    return _outputs(spec, prep, cfg, result, device)
+
+
+def _scores(result: TrainResult) -> dict:
+    """Scores before / after / before the final thresholding: accuracy, or the validation MSE as ``loss``."""
+    b, a, d = result.score_before, result.score_after, result.score_dense
+    if result.metric == "accuracy":
+        return {"accuracy_before": b, "accuracy_after": a, "accuracy_dense": d, "accuracy_drop": b - a}
+    return {"loss_before": b, "loss_after": a, "loss_dense": d, "loss_increase": a - b}
+
+
+def _outputs(
+    spec: dict, prep: Prepared, cfg: TrainConfig, result: TrainResult, device: torch.device
+) -> tuple[dict, dict]:
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    dense = safetensors_save(state)
-    sparse = sparse_io.dumps(state)
+    files = {"model.safetensors": safetensors_save(state), "model.sparse": sparse_io.dumps(state)}
+    if prep.exported is not None:
+        files["model.pt2"] = exported.save(prep.exported, state)
+    data = prep.data
     report = {
-        "architecture": spec["architecture"],
+        "architecture": prep.architecture,
+        "task": cfg.task,
+        "metric": result.metric,
         "dataset": spec.get("dataset", {}) | {
-            "in_channels": data.in_channels, "input_size": data.input_size, "num_classes": data.num_classes,
+            "sample_shape": list(data.sample_shape), "outputs": data.num_outputs,
             "train_samples": int(data.x_train.shape[0]), "val_samples": int(data.x_val.shape[0]),
-        },
+        } | ({"num_classes": data.num_classes} if cfg.task == "classification" else {}),
         "algorithm": cfg.algorithm,
+        "target_sparsity": cfg.target,
+        "sparsity_scope": cfg.sparsity_scope if cfg.target is not None else None,
         "from_checkpoint": bool(spec.get("has_checkpoint")),
-        "accuracy_before": result.accuracy_before,
-        "accuracy_after": result.accuracy_after,
-        "accuracy_dense": result.accuracy_dense,
-        "accuracy_drop": result.accuracy_before - result.accuracy_after,
+        "normalised": prep.normalised,
+        **_scores(result),
         "collapsed": result.collapsed,
         "sparsity": result.sparsity,
         "sizes": {
-            "dense_safetensors_bytes": len(dense),
-            "sparse_bytes": len(sparse),
+            "dense_safetensors_bytes": len(files["model.safetensors"]),
+            "sparse_bytes": len(files["model.sparse"]),
             "information_limit_bytes": sparse_io.information_limit_bytes(state),
         },
         "trace": result.trace,
@@ -109,18 +124,11 @@ def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Pr
         "wall_time_s": result.wall_time_s,
         "config": result.config,
     }  # fmt: skip
-    summary = {
-        "accuracy_before": result.accuracy_before,
-        "accuracy_after": result.accuracy_after,
-        "accuracy_drop": result.accuracy_before - result.accuracy_after,
+    summary = _scores(result) | {
         "sparsity": result.sparsity["prunable"],
         "sparsity_overall": result.sparsity["overall"],
         "collapsed": result.collapsed,
         "resumed_from_epoch": result.resumed_from_epoch,
     }
-    files = {
-        "model.safetensors": dense,
-        "model.sparse": sparse,
-        "report.json": json.dumps(report, allow_nan=False, indent=1).encode(),
-    }
+    files["report.json"] = json.dumps(report, allow_nan=False, indent=1).encode()
     return files, summary

@@ -15,10 +15,10 @@ import traceback
 import uuid
 from pathlib import Path
 
+from rvsm.errors import InputError
 from rvsm.toy import SpecError, run_spec
 from service import store
 from service.artifacts import convergence_png, job_dir, media_type, write_atomic
-from service.checkpoints import InputError
 from service.config import Settings, get_settings
 from service.db import Artifact, Job, get_sessionmaker
 

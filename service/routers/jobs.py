@@ -14,13 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
-from rvsm.optim import split_parameters
+from rvsm.errors import InputError
+from rvsm.prepare import prepare
 from rvsm.toy import SpecError, configs_from_spec, sweep_size
+from rvsm.train import TrainConfig
 from worker.celery_app import enqueue
 
 from .. import store
 from ..artifacts import job_dir, write_atomic
-from ..checkpoints import InputError, build_model, check_against, load_dataset, read_checkpoint
 from ..db import Job
 from ..deps import OwnerDep, SessionDep, SettingsDep
 from ..errors import field_error
@@ -101,7 +102,8 @@ def _body_schema() -> dict:
                         "properties": {
                             "spec": {"type": "string", "description": "the job spec as JSON text"},
                             "checkpoint": {"type": "string", "format": "binary",
-                                           "description": ".safetensors or a .pt state_dict"},
+                                           "description": "a torch.export .pt2 (any architecture), or "
+                                                          ".safetensors / a .pt state_dict of a built-in"},
                             "dataset": {"type": "string", "format": "binary",
                                         "description": ".safetensors or .npz with x, y[, x_val, y_val]"},
                         },
@@ -219,32 +221,24 @@ def input_name(name: str, files: dict[str, bytes]) -> str:
 
 
 def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes], settings: SettingsDep) -> int:
-    """Everything a worker would trip over, checked now: epochs cap, the data set, the model, the checkpoint."""
-    total = body.epochs + (body.finetune_epochs if body.algorithm in ("admm", "magnitude") else 0)
-    if total > settings.max_epochs_cap:
-        raise field_error("epochs", f"epochs (+ finetune_epochs) must be <= {settings.max_epochs_cap}, got {total}")
-    if body.algorithm in ("admm", "magnitude") and body.sparsity is None:
-        raise field_error("sparsity", f"algorithm {body.algorithm!r} needs a target sparsity in [0, 1)")
-    if body.algorithm == "rvscgd" and not body.architecture.endswith("_binary"):
-        raise field_error("algorithm", "'rvscgd' trains a binarized architecture (lenet5_binary)")
+    """Everything a worker would trip over, checked now by the code the worker runs (:mod:`rvsm.prepare`):
+    the training config, the epochs cap, the data set, the model, the checkpoint. Returns the epochs."""
+    spec = body.to_spec()
     if ("dataset" in files) != (body.dataset.name == "upload"):
         raise field_error("dataset", "send a 'dataset' file exactly when dataset.name is 'upload'")
-    with tempfile.TemporaryDirectory() as tmp:
-        upload = None
-        if "dataset" in files:
-            upload = Path(tmp) / input_name("dataset", files)
-            upload.write_bytes(files["dataset"])
-        try:
-            data = load_dataset(body.dataset.model_dump(), upload=upload, settings=settings)
-            model = build_model(body.to_spec(), data)
-            if "checkpoint" in files:
-                check_against(model, read_checkpoint(files["checkpoint"]))
-            if body.params is not None:
-                split_parameters(model, body.params)
-        except InputError as e:
-            raise field_error(e.field, e.rule) from None
-        except ValueError as e:  # unknown parameter names
-            raise field_error("params", str(e)) from None
+    try:
+        total = TrainConfig.from_spec(spec).total_epochs
+        if total > settings.max_epochs_cap:
+            raise InputError("epochs", f"epochs (+ finetune_epochs) must be <= {settings.max_epochs_cap}, got {total}")
+        with tempfile.TemporaryDirectory() as tmp:
+            upload = None
+            if "dataset" in files:
+                upload = Path(tmp) / input_name("dataset", files)
+                upload.write_bytes(files["dataset"])
+            prepare(spec, checkpoint=files.get("checkpoint"), dataset_file=upload, datasets_dir=settings.datasets_dir,
+                    max_bytes=settings.max_upload_bytes)  # fmt: skip
+    except InputError as e:
+        raise field_error(e.field, e.rule) from None
     return total
 
 

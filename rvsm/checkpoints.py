@@ -1,0 +1,133 @@
+"""Uploaded checkpoints, read safely: safetensors, or ``.pt`` state_dicts in the forms people save them.
+
+``.pt`` files are read with ``torch.load(weights_only=True)``, which refuses any pickle that is more
+than tensors and containers: code inside a pickle never runs. What training scripts wrap around a
+state_dict is unwrapped (``{"state_dict": ...}`` as Lightning saves it, ``{"model": ...}``,
+``{"model_state_dict": ...}``), and the prefixes that wrappers add to every key are stripped
+(``module.`` from DataParallel / DistributedDataParallel, ``_orig_mod.`` from ``torch.compile``); each
+step taken is reported, so the job says what it normalised.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InputError
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+PREFIXES = ("module.", "_orig_mod.")
+WHOLE_MODEL = (
+    "this .pt holds a whole pickled model, which is never unpickled here; save its weights instead, "
+    "torch.save(model.state_dict(), 'model.pt'), or export it: "
+    "torch.export.save(torch.export.export(model, (x,)), 'model.pt2')"
+)
+
+
+@dataclass
+class StateDict:
+    tensors: dict[str, Tensor]
+    normalised: list[str] = field(default_factory=list)  # what was unwrapped or stripped, in words
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _unsafe_globals(data: bytes) -> list[str]:
+    """The classes and functions a ``.pt`` pickle names beyond tensors (read from its opcodes, never run)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint (a bare pickle): inspect nothing more
+        return []
+
+
+def _load_pt(data: bytes) -> object:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = _unsafe_globals(data)
+        if any(n.startswith(("torch.nn.modules.", "__main__.")) or ".nn." in n for n in names):
+            raise InputError("checkpoint", WHOLE_MODEL) from None
+        shown = f" ({', '.join(names[:5])})" if names else ""
+        raise InputError(
+            "checkpoint", f"refused: the pickle holds more than tensors{shown}; only a state_dict is accepted, "
+            "and the pickle was not run",
+        ) from None  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
+        raise InputError(
+            "checkpoint", f"not a readable .pt state_dict (truncated or corrupt?): {_first_line(e)}"
+        ) from None
+
+
+def unwrap(obj: object) -> StateDict:
+    """A flat ``{name: tensor}`` from what training scripts save, with the steps taken."""
+    notes = []
+    while isinstance(obj, dict):
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None or all(isinstance(v, Tensor) for v in obj.values()):
+            break
+        notes.append(f"unwrapped {{{key!r}: ...}}" + (f" (ignored {sorted(set(obj) - {key})})" if len(obj) > 1 else ""))
+        obj = obj[key]
+    if not isinstance(obj, dict) or not obj:
+        raise InputError("checkpoint", "a .pt checkpoint must be a state_dict: a dict of name -> tensor")
+    bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
+    if bad:
+        raise InputError("checkpoint", f"a state_dict maps names to tensors; these entries are not tensors: {bad[:10]}")
+    tensors: dict[str, Tensor] = dict(obj)
+    for prefix in PREFIXES:
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+            notes.append(f"stripped the prefix {prefix!r} from every key")
+    return StateDict(tensors, notes)
+
+
+def read_state_dict(data: bytes) -> StateDict:
+    """A state_dict from safetensors or ``.pt`` bytes (see the module docstring); ``InputError`` otherwise."""
+    if not data:
+        raise InputError("checkpoint", "the file is empty")
+    if data[:2] == b"PK" or data[:1] == b"\x80":  # a torch.save zip archive, or a bare pickle
+        return unwrap(_load_pt(data))
+    try:
+        from safetensors.torch import load
+
+        return unwrap(load(data))
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise InputError(
+            "checkpoint", f"not a safetensors file, a .pt state_dict or a .pt2 export (truncated?): {_first_line(e)}"
+        ) from None
+
+
+def check_against(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Same keys, shapes and floating dtypes as ``model``'s state_dict, or an ``InputError`` naming the differences."""
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(want[k].shape)})"
+        for k in want
+        if k in state and state[k].shape != want[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append(f"shape mismatches {shapes}")
+    if problems:
+        raise InputError("checkpoint", "does not match the architecture: " + "; ".join(problems))
+    odd = [f"{k} ({v.dtype})" for k, v in state.items() if want[k].is_floating_point() and v.dtype not in
+           (torch.float16, torch.bfloat16, torch.float32, torch.float64)]  # fmt: skip
+    if odd:
+        raise InputError("checkpoint", f"tensors of a dtype that cannot be trained: {odd}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError("checkpoint", f"tensors with NaN or Inf: {bad}")
