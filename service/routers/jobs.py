@@ -15,12 +15,13 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from rvsm.optim import split_parameters
-from rvsm.toy import SpecError, configs_from_spec, sweep_size
+from rvsm.toy import SpecError, ToyLimits, validate_spec
 from worker.celery_app import enqueue
 
 from .. import store
 from ..artifacts import job_dir, write_atomic
 from ..checkpoints import InputError, build_model, check_against, load_dataset, read_checkpoint
+from ..config import Settings, get_settings
 from ..db import Job
 from ..deps import OwnerDep, SessionDep, SettingsDep
 from ..errors import field_error
@@ -62,22 +63,21 @@ def to_public(request: Request, job: Job) -> JobPublic:
     )
 
 
-def validate_toy(spec: dict, *, max_iters_cap: int, sweep_cap: int) -> int:
-    """The cross-field rules and the service caps, on every configuration of a sweep. Returns the
-    largest ``max_iters``."""
-    n = sweep_size(spec)
-    if n > sweep_cap:
-        raise field_error("sweep", f"expands to {n} configurations; this service allows at most {sweep_cap}")
-    largest = 0
+def validate_toy(spec: dict, *, max_iters_cap: int, sweep_cap: int, settings: Settings | None = None) -> int:
+    """Every rule and cap of a toy spec, by :func:`rvsm.toy.validate_spec` (the caps on the raw spec
+    first, no vector built), as a 422 naming the field. Returns the largest ``max_iters``.
+
+    The caps other than ``max_iters`` and the sweep size come from ``settings`` (default: the
+    process's settings)."""
+    s = settings or get_settings()
+    limits = ToyLimits(
+        max_iters=max_iters_cap, sweep=sweep_cap, d=s.toy_d_cap, k=s.toy_k_cap, samples=s.toy_samples_cap,
+        elements=s.toy_elements_cap, sample_elements=s.toy_sample_elements_cap,
+    )  # fmt: skip
     try:
-        for overrides, cfg in configs_from_spec(spec):
-            if cfg.max_iters > max_iters_cap:
-                where = "sweep.max_iters" if "max_iters" in overrides else "max_iters"
-                raise field_error(where, f"must be <= {max_iters_cap} on this service, got {cfg.max_iters}")
-            largest = max(largest, cfg.max_iters)
+        return validate_spec(spec, limits=limits).max_iters
     except SpecError as e:
         raise field_error(e.field, e.rule) from None
-    return largest
 
 
 def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
