@@ -94,7 +94,7 @@ def _int(
     spec: dict, name: str, *, minimum: int | None = None, maximum: int | None = None, default: Any = None,
     path: str = "",
 ) -> Any:  # fmt: skip
-    v = spec.get(name, default)
+    v = _given(spec, name, default, path)
     where = path + name
     if v is None:
         return None
@@ -104,6 +104,16 @@ def _int(
         raise SpecError(where, f"must be >= {minimum}, got {v}")
     if maximum is not None and v > maximum:
         raise SpecError(where, f"must be <= {maximum}, got {v}")
+    return v
+
+
+def _given(spec: dict, name: str, default: Any, path: str = "") -> Any:
+    """``spec[name]``, or ``default`` when absent; ``null`` is absent only for an optional field (no default)."""
+    v = spec.get(name)
+    if v is None:
+        if name in spec and default is not None:
+            raise SpecError(path + name, f"must not be null (leave it out for the default, {default!r})")
+        return default
     return v
 
 
@@ -123,7 +133,7 @@ def _as_float(v: object, where: str) -> float:
 
 
 def _float(spec: dict, name: str, *, rule: str, default: Any = None) -> Any:
-    v = spec.get(name, default)
+    v = _given(spec, name, default)
     if v is None:
         return None
     v = _as_float(v, name)
@@ -282,7 +292,7 @@ def _resolve(spec: dict) -> dict:
         raise SpecError("spec", f"must be a JSON object, got {type(spec).__name__}")
     unknown = sorted(set(spec) - TOP_FIELDS)
     if unknown:
-        raise SpecError(unknown[0], f"unknown field (allowed: {sorted(TOP_FIELDS)})")
+        raise SpecError(unknown[0] or "spec", f"unknown field {_show(unknown[0])} (allowed: {sorted(TOP_FIELDS)})")
     if spec.get("kind", "toy") != "toy":
         raise SpecError("kind", f"must be 'toy', got {_show(spec.get('kind'))}")
     for name in REQUIRED:
@@ -299,12 +309,14 @@ def _resolve(spec: dict) -> dict:
     if not isinstance(normalize, bool):
         raise SpecError("normalize", f"must be true or false, got {_show(normalize)}")
 
-    teacher = spec.get("teacher", {"seed": 0})
+    teacher = _given(spec, "teacher", None)
+    teacher = {"seed": 0} if teacher is None else teacher
     if not isinstance(teacher, dict):
         raise SpecError("teacher", "must be an object: {seed} | {w_star} | {seed, sparsity, values}")
+    teacher = {k: v for k, v in teacher.items() if v is not None}  # null: not given (as the API reads it)
     bad = sorted(set(teacher) - TEACHER_FIELDS)
     if bad:
-        raise SpecError(f"teacher.{bad[0]}", f"unknown field (allowed: {sorted(TEACHER_FIELDS)})")
+        raise SpecError(f"teacher.{bad[0]}", f"unknown field {_show(bad[0])} (allowed: {sorted(TEACHER_FIELDS)})")
     sparsity = _int(teacher, "sparsity", minimum=1, path="teacher.")
     if sparsity is not None and sparsity > d:
         raise SpecError("teacher.sparsity", f"must be <= d={d}, got {sparsity}")
@@ -324,12 +336,14 @@ def _resolve(spec: dict) -> dict:
         teacher_desc = ("seed", seed, sparsity, values)
         nonzero = sparsity if sparsity is not None else d  # a Gaussian draw has no exact zeros
 
-    init = spec.get("init", {"seed": 1})
+    init = _given(spec, "init", None)
+    init = {"seed": 1} if init is None else init
     if not isinstance(init, dict):
         raise SpecError("init", "must be an object: {seed} | {w0}")
+    init = {k: v for k, v in init.items() if v is not None}
     bad = sorted(set(init) - INIT_FIELDS)
     if bad:
-        raise SpecError(f"init.{bad[0]}", f"unknown field (allowed: {sorted(INIT_FIELDS)})")
+        raise SpecError(f"init.{bad[0]}", f"unknown field {_show(bad[0])} (allowed: {sorted(INIT_FIELDS)})")
     if "w0" in init:
         if "seed" in init:
             raise SpecError("init", "give either w0 or seed, not both")

@@ -3,8 +3,9 @@
 Bodies mix valid toy specs with extreme values (huge, subnormal and negative floats, zeros, big
 integers, nulls in sweeps, nested junk). For every body: no 5xx; every 4xx names a field; every
 accepted spec runs to completion in-process with :func:`rvsm.toy.run_spec` (what the worker calls,
-on the spec the API stored) and its result serialises as strict JSON. No worker consumes the
-module's queue; it is deleted at the end.
+on the spec the API stored) and its result serialises as strict JSON. The same bodies go straight to
+:func:`rvsm.toy.validate_spec` / :func:`rvsm.toy.run_spec` too (the CLI's path, no pydantic in front).
+No worker consumes the module's queue; it is deleted at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rvsm.toy import run_spec
+from rvsm.toy import SpecError, ToyLimits, run_spec, validate_spec
+from service.config import Settings
 from service.schemas import ToySpecCreate
 from tests.service_helpers import REDIS_URL, make_client, unique_queue
 
@@ -138,6 +140,23 @@ def _check_names_a_field(body: object, response) -> None:
 
 
 SEEN = {"accepted": 0, "rejected": 0}
+_S = Settings()
+LIMITS = ToyLimits(
+    max_iters=_S.max_iters_cap, sweep=_S.sweep_cap, d=_S.toy_d_cap, k=_S.toy_k_cap, samples=_S.toy_samples_cap,
+    elements=_S.toy_elements_cap, sample_elements=_S.toy_sample_elements_cap,
+)  # fmt: skip
+
+
+def _check_rvsm_directly(body: object) -> None:
+    """The CLI's path (no pydantic in front): a SpecError naming a field, or a run that gives strict JSON."""
+    try:
+        validate_spec(body, limits=LIMITS)  # type: ignore[arg-type]
+    except SpecError as e:
+        assert e.field and str(e).startswith(f"{e.field}: "), str(e)
+        with pytest.raises(SpecError):
+            run_spec(body, limits=LIMITS)  # type: ignore[arg-type]
+        return
+    json.dumps(run_spec(body, limits=LIMITS), allow_nan=False)  # type: ignore[arg-type]
 
 
 @settings(
@@ -146,6 +165,7 @@ SEEN = {"accepted": 0, "rejected": 0}
 )  # fmt: skip
 @given(body=bodies())
 def test_no_request_hurts_the_service(client, body):
+    _check_rvsm_directly(body)
     r = client.post("/v1/jobs", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code < 500, (body, r.text)
     if r.status_code != 202:

@@ -289,3 +289,20 @@ def test_junk_values_are_left_to_the_type_rules():
     rejected(BASE | {"d": "many"}, "d", "integer", limits=LIMITS)
     rejected(BASE | {"sweep": {"d": [3, [4]]}}, "d", "integer", limits=LIMITS)
     rejected(BASE | {"teacher": [1, 2]}, "teacher", limits=LIMITS)
+
+
+@pytest.mark.parametrize("name", ["max_iters", "log_every", "tol", "a", "data_seed"])
+def test_null_for_a_field_with_a_default_is_rejected(name):
+    rejected(BASE | {name: None}, name, "null")
+
+
+def test_null_optional_fields_are_absent_as_the_api_reads_them():
+    spec = BASE | {"teacher": None, "init": {"seed": None}, "samples": None, "time_budget_s": None}
+    assert validate_spec(spec).configs == 1
+    r = strict(run_spec(spec))
+    assert r["final"]["w_star"] == strict(run_spec(BASE))["final"]["w_star"]
+
+
+def test_an_unnamed_unknown_field_is_reported_as_the_spec():
+    e = rejected(BASE | {"": 1}, "spec", "unknown field ''")
+    assert str(e).startswith("spec: ")
