@@ -52,6 +52,7 @@ METRICS = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "f_u_normalized", "
 TRACE_POINTS_PER_RUN = 10_000  # most trace points one run keeps
 TRACE_POINTS_TOTAL = 1_000_000  # most trace points a batch keeps, shared by its runs
 TRACE_POINTS_MIN = 10  # fewest points per run that the total budget may leave
+REPORT_INTERVAL_S = 0.5  # longest time between progress callbacks when the trace interval was raised
 
 ProgressCallback = Callable[[dict], None]
 
@@ -453,36 +454,46 @@ def _run_group(
 
     snapshot(0)
     limit = int(group.max_iters.max())
-    log_every = trace_interval(group.log_every, limit, max_points)
+    check_every = group.log_every  # the requested interval: stopping, the time budget and progress
+    keep_every = trace_interval(check_every, limit, max_points)  # the trace's interval (>= check_every)
     timed_out = False
     t = 0
+    last_report = time.perf_counter()
     advance = _compiled_advance(group) if compile else group.advance
     while t < limit:
         state, book = advance(state, book)
         active, last_step = book["active"], book["last_step"]
         t += 1
-        if t % log_every == 0 or t == limit:
+        if t % check_every and t != limit:
+            continue
+        on_grid = t % keep_every == 0 or t == limit
+        if on_grid:
             snapshot(t)
-            if deadline is not None and time.perf_counter() > deadline:
-                timed_out = bool(active.any())
-                break
-            if not bool(active.any()):
-                break
-            if callback is not None:
-                elapsed = time.perf_counter() - t_start
-                callback(
-                    {
-                        "group": group_index,
-                        "groups": groups,
-                        "iteration": t,
-                        "max_iters": limit,
-                        "active": int(active.sum()),
-                        "configs": n,
-                        "elapsed_s": elapsed,
-                        "eta_s": elapsed * (limit - t) / t,
-                        "metrics": {k: _finite_or_nan(v) for k, v in snaps[-1].items()},  # NaN: undefined
-                    }
-                )
+        now = time.perf_counter()
+        if deadline is not None and now > deadline:
+            timed_out = bool(active.any())
+            break
+        if not bool(active.any()):
+            break
+        # progress on the trace's grid, and between its points at least every REPORT_INTERVAL_S (the
+        # callback is how a caller stops the run, so a raised trace interval must not delay it)
+        if callback is not None and (on_grid or now - last_report >= REPORT_INTERVAL_S):
+            last_report = now
+            metrics = snaps[-1] if on_grid else group.metrics(state["w"], group.sparse_answer(state))
+            elapsed = now - t_start
+            callback(
+                {
+                    "group": group_index,
+                    "groups": groups,
+                    "iteration": t,
+                    "max_iters": limit,
+                    "active": int(active.sum()),
+                    "configs": n,
+                    "elapsed_s": elapsed,
+                    "eta_s": elapsed * (limit - t) / t,
+                    "metrics": {k: _finite_or_nan(v) for k, v in metrics.items()},  # NaN: undefined
+                }
+            )
     wall = time.perf_counter() - t_start
     iters, converged, diverged, max_delta = book["iters"], book["converged"], book["diverged"], book["max_delta"]
 
@@ -540,7 +551,7 @@ def _run_group(
                 trace=trace,
                 max_step_norm=max_delta_l[i],
                 wall_time_s=wall,
-                trace_log_every=log_every,
+                trace_log_every=keep_every,
                 max_trace_points=max_points,
             )
         )
@@ -563,11 +574,14 @@ def run_toy(
 ) -> list[ToyRun]:
     """Run ``configs`` batched: rows sharing :meth:`ToyConfig.group_key` advance as one tensor.
 
-    ``callback(progress)`` is called every ``log_every`` iterations with a plain dict (iteration,
-    max_iters, active rows, elapsed and estimated remaining seconds, the latest metrics); it may
-    raise to stop the run. Results come back in the order of ``configs``. ``compile=True`` fuses
-    each iteration with ``torch.compile`` (worth it for large batches, mostly on a GPU; the first
-    call of each batch shape pays the compilation).
+    ``callback(progress)`` is called at each trace point (every ``log_every`` iterations) with a plain
+    dict (iteration, max_iters, active rows, elapsed and estimated remaining seconds, the latest
+    metrics, NaN where undefined or not finite); it may raise to stop the run. Stopping, the time
+    budget and (when the trace interval was raised) the callback, at least every
+    :data:`REPORT_INTERVAL_S`, are still checked every requested ``log_every`` iterations.
+    Results come back in the order of ``configs``. ``compile=True`` fuses each iteration with
+    ``torch.compile`` (worth it for large batches, mostly on a GPU; the first call of each batch shape
+    pays the compilation).
 
     Each run's trace keeps at most ``max_trace_points`` points (default: :data:`TRACE_POINTS_PER_RUN`,
     lowered to ``TRACE_POINTS_TOTAL / len(configs)``, at least :data:`TRACE_POINTS_MIN`, so that a large

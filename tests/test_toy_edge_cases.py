@@ -306,3 +306,28 @@ def test_null_optional_fields_are_absent_as_the_api_reads_them():
 def test_an_unnamed_unknown_field_is_reported_as_the_spec():
     e = rejected(BASE | {"": 1}, "spec", "unknown field ''")
     assert str(e).startswith("spec: ")
+
+
+def test_a_raised_trace_interval_does_not_delay_stopping():
+    """The trace interval is raised to max_iters here; the time budget and the callback (how a worker
+    cancels) are still checked every requested log_every."""
+    import time
+
+    cfg = toy.config_from_spec(BASE | {"max_iters": 10_000_000, "log_every": 100})
+    t0 = time.perf_counter()
+    run = algorithms.run_toy([cfg], device="cpu", time_budget_s=0.3, max_trace_points=3)[0]
+    assert run.stopped_by == "time_budget" and time.perf_counter() - t0 < 5
+    assert run.trace_log_every == 10_000_000 and run.trace["iter"] == [0, run.iters]
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def cb(p):
+        seen.append(p["iteration"])
+        raise Stop
+
+    with pytest.raises(Stop):
+        algorithms.run_toy([cfg], device="cpu", callback=cb, max_trace_points=3)
+    assert len(seen) == 1 and seen[0] % 100 == 0 and seen[0] < 10_000_000
