@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rvsm.toy import SpecError, ToyLimits, run_spec, validate_spec
+from service.artifacts import convergence_png
 from service.config import Settings
 from service.schemas import ToySpecCreate
 from tests.service_helpers import REDIS_URL, make_client, unique_queue
+from worker.jobs import summarize_toy
 
 FLOATS = st.one_of(
     st.sampled_from(
@@ -180,7 +182,10 @@ def test_no_request_hurts_the_service(client, body):
     text = json.dumps(result, allow_nan=False)  # strict JSON: null for undefined or non-finite numbers
     runs = result["runs"] if "runs" in result else [result]
     assert all(len(run["final"]["w"]) == len(run["final"]["w_star"]) for run in runs)
-    assert text
+    # what the worker does next with the result: its summary for gates (a JSON column) and the plot
+    json.dumps(summarize_toy(json.loads(text)), allow_nan=False)
+    if any(None in run["trace"][name] for run in runs for name in ("lagrangian", "theta_w")):
+        assert convergence_png(result).startswith(b"\x89PNG")  # undefined points: the plot still draws
 
 
 def test_the_fuzzer_exercised_both_outcomes():
