@@ -25,6 +25,11 @@ Algorithms (``mu = lam / beta``, ``T_mu`` from :mod:`rvsm.prox`):
 
 Stopping per row: ``max_iters``, ``|w^{t+1} - w^t| < tol``, NaN/Inf (diverged, with the iteration),
 or the wall-clock budget of the call.
+
+Whatever the run's ``dtype``, the metrics of SPEC §5 (losses, angles, ``L_beta``, ``|u|_0``) are
+computed in float64 from the iterates: the closed-form losses cancel catastrophically near the limit
+in float32. The trace keeps at most ``max_trace_points`` points per run (:data:`TRACE_POINTS_PER_RUN`,
+and :data:`TRACE_POINTS_TOTAL` shared by a batch): ``log_every`` is raised to fit, and the run says so.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ ALGORITHMS = ("rvsm", "rvscgd", "aht", "gd", "admm")
 GRADIENTS = ("population", "empirical")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 METRICS = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "f_u_normalized", "nnz_u")
+TRACE_POINTS_PER_RUN = 10_000  # most trace points one run keeps
+TRACE_POINTS_TOTAL = 1_000_000  # most trace points a batch keeps, shared by its runs
+TRACE_POINTS_MIN = 10  # fewest points per run that the total budget may leave
+REPORT_INTERVAL_S = 0.5  # longest time between progress callbacks when the trace interval was raised
 
 ProgressCallback = Callable[[dict], None]
 
@@ -96,6 +105,12 @@ class ToyConfig:
             v = getattr(self, name)
             if v.shape != (self.d,):
                 raise ValueError(f"{name} must have shape ({self.d},), got {tuple(v.shape)}")
+        bad = number_rule(
+            dtype=self.dtype, k=self.k, lam=self.lam, beta=self.beta, eta=self.eta, a=self.a,
+            w0_norm=math.hypot(*self.w0.tolist()),
+        )  # fmt: skip
+        if bad is not None:
+            raise ValueError(f"{bad[0]} {bad[1]}")
         if self.algorithm == "rvscgd" and self.network != "binary":
             raise ValueError("algorithm 'rvscgd' needs network 'binary' (use 'rvsm' for the ReLU network)")
         if self.algorithm in ("aht", "admm"):
@@ -144,6 +159,44 @@ def _choice(name: str, value: object, allowed: tuple) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def number_rule(
+    *, dtype: str, k: int, lam: float, beta: float, eta: float, a: float, w0_norm: float | None
+) -> tuple[str, str] | None:
+    """The first ``(field, rule broken)`` that makes a run meaningless in ``dtype``, or ``None``.
+
+    Every parameter is used as a ``dtype`` number, so ``beta``, ``eta``, ``a`` and a non-zero ``lam``
+    must be normal numbers of that type (a subnormal ``a`` is 0 in float32; a huge one is Inf), and so
+    must the products the step forms: ``mu = lam/beta`` (the threshold parameter), ``eta beta`` (the
+    splitting step) and ``k^2`` (in the loss). ``|w0|^2`` must be a normal number too, or the first
+    step's norm underflows to 0 (``w0 = 0``: ``theta(w0, w*)`` is undefined and the normalised step
+    is 0/0) or overflows.
+    """
+    fi = torch.finfo(DTYPES[dtype])
+    lo, hi = fi.tiny, fi.max
+    span = f"[{lo:.4g}, {hi:.4g}], the normal {dtype} numbers"
+    for name, v in (("beta", beta), ("eta", eta), ("a", a), ("lam", lam)):
+        if name == "lam" and v == 0:
+            continue
+        if not lo <= v <= hi:
+            return name, f"must be in {span} (dtype {dtype}), got {v!r}"
+    if lam / beta > hi:
+        return "lam", f"lam/beta (mu, the threshold parameter) must be <= {hi:.4g} in {dtype}, got {lam / beta!r}"
+    if eta * beta > hi:
+        return "eta", f"eta*beta (the splitting step) must be <= {hi:.4g} in {dtype}, got {eta * beta!r}"
+    if k > math.sqrt(hi):  # exact for any int
+        shown = k if k < 10**20 else f"an integer of {len(str(k))} digits"
+        return "k", f"k^2 must be <= {hi:.4g} in {dtype}, got k={shown}"
+    if w0_norm is not None:
+        if w0_norm == 0:
+            return "w0", "must not be all zeros (theta(w0, w*) is undefined and the normalised step is 0/0)"
+        if not math.sqrt(lo) <= w0_norm <= math.sqrt(hi):
+            return "w0", (
+                f"its norm must be in [{math.sqrt(lo):.4g}, {math.sqrt(hi):.4g}] so that |w0|^2 is a normal "
+                f"{dtype} number, got {w0_norm!r}"
+            )
+    return None
+
+
 @dataclass(eq=False)
 class ToyRun:
     """What one configuration produced. Tensors are float64 on the CPU."""
@@ -160,6 +213,8 @@ class ToyRun:
     trace: dict[str, list]
     max_step_norm: float  # max_t |eta grad f(w^t) + eta beta (w^t - u^{t+1})| (Theorem 1 (i))
     wall_time_s: float
+    trace_log_every: int = 0  # the logging interval used: log_every, raised when the trace would be too long
+    max_trace_points: int = 0  # the cap that interval keeps the trace under
 
 
 # --------------------------------------------------------------------------- helpers
@@ -197,6 +252,11 @@ class _Group:
 
         self.k = torch.tensor([float(c.k) for c in cfgs], **dt)
         self.lam, self.beta, self.eta, self.a = col("lam"), col("beta"), col("eta"), col("a")
+        f64 = dict(dtype=torch.float64, device=device)  # the metrics' copies
+        self.k64 = torch.tensor([float(c.k) for c in cfgs], **f64)
+        self.lam64 = torch.tensor([c.lam for c in cfgs], **f64)
+        self.beta64 = torch.tensor([c.beta for c in cfgs], **f64)
+        self.a64 = torch.tensor([c.a for c in cfgs], **f64).unsqueeze(-1)
         self.mu = self.lam / self.beta
         self.tol = torch.tensor([c.tol for c in cfgs], **dt)
         self.max_iters = torch.tensor([c.max_iters for c in cfgs], device=device)
@@ -207,9 +267,10 @@ class _Group:
             out = torch.zeros(len(cfgs), self.dmax, dtype=torch.float64)
             for i, c in enumerate(cfgs):
                 out[i, : c.d] = getattr(c, name)
-            return out.to(**dt)
+            return out.to(device)
 
-        self.w_star, self.w0 = padded("w_star"), padded("w0")
+        self.w_star64 = padded("w_star")  # the metrics' teacher: exact, not rounded to the run's dtype
+        self.w_star, self.w0 = self.w_star64.to(self.dtype), padded("w0").to(self.dtype)
         self.generators = [torch.Generator().manual_seed(int(c.data_seed)) for c in cfgs]
         self.fixed: Tensor | None = None
         if self.gradient == "empirical" and c0.samples is not None:
@@ -311,23 +372,25 @@ class _Group:
         return self.threshold(state["w"])
 
     def metrics(self, w: Tensor, u: Tensor) -> dict[str, Tensor]:
-        """SPEC §5 metrics per row, with ``L_beta(u, w) = f(w) + lam P(u) + beta/2 |w - u|^2``."""
+        """SPEC §5 metrics per row, with ``L_beta(u, w) = f(w) + lam P(u) + beta/2 |w - u|^2``,
+        in float64 whatever the run's dtype (the iterates are exact in float64)."""
         net = self.network
-        f_w = problems.population_loss(net, w, self.w_star, self.k)
-        f_u = problems.population_loss(net, u, self.w_star, self.k)
+        w, u, ws, k = w.to(torch.float64), u.to(torch.float64), self.w_star64, self.k64
+        f_w = problems.population_loss(net, w, ws, k)
+        f_u = problems.population_loss(net, u, ws, k)
         nu = _norm(u).unsqueeze(-1)
         u_hat = u / torch.where(nu > 0, nu, torch.ones_like(nu))
-        f_un = problems.population_loss(net, u_hat, self.w_star, self.k)
-        pen = penalty_value(u, penalty=self.penalty, a=self.a, dim=-1, dims=-1)
-        lag = f_w + self.lam.squeeze(-1) * pen + 0.5 * self.beta.squeeze(-1) * _norm(w - u) ** 2
+        f_un = problems.population_loss(net, u_hat, ws, k)
+        pen = penalty_value(u, penalty=self.penalty, a=self.a64, dim=-1, dims=-1)
+        lag = f_w + self.lam64 * pen + 0.5 * self.beta64 * _norm(w - u) ** 2
         return {
             "lagrangian": lag,
-            "theta_w": problems.angle(w, self.w_star),
-            "theta_u": problems.angle(u, self.w_star),
+            "theta_w": problems.angle(w, ws),
+            "theta_u": problems.angle(u, ws),
             "f_w": f_w,
             "f_u": f_u,
             "f_u_normalized": f_un,
-            "nnz_u": (u != 0).sum(dim=-1).to(w.dtype),
+            "nnz_u": (u != 0).sum(dim=-1).to(torch.float64),
         }
 
 
@@ -340,7 +403,19 @@ def _compiled_advance(group: _Group) -> Callable:
 
 
 def _nan_to_none(x: float) -> float | None:
-    return None if math.isnan(x) else x
+    return x if math.isfinite(x) else None
+
+
+def trace_interval(log_every: int, max_iters: int, max_points: int) -> int:
+    """``log_every``, raised so that a run of ``max_iters`` keeps at most ``max_points`` trace points
+    (iteration 0, every ``log_every``-th and an off-grid last one: ``max_iters/log_every + 2``)."""
+    if max_points < 3:
+        raise ValueError(f"max_points must be >= 3, got {max_points}")
+    return max(log_every, math.ceil(max_iters / (max_points - 2)))
+
+
+def _finite_or_nan(v: Tensor) -> list[float]:
+    return torch.where(torch.isfinite(v), v, torch.full_like(v, math.nan)).tolist()
 
 
 def _run_group(
@@ -351,6 +426,7 @@ def _run_group(
     group_index: int,
     groups: int,
     compile: bool = False,
+    max_points: int = TRACE_POINTS_PER_RUN,
 ) -> list[ToyRun]:
     t_start = time.perf_counter()
     n = len(group.cfgs)
@@ -378,36 +454,46 @@ def _run_group(
 
     snapshot(0)
     limit = int(group.max_iters.max())
-    log_every = group.log_every
+    check_every = group.log_every  # the requested interval: stopping, the time budget and progress
+    keep_every = trace_interval(check_every, limit, max_points)  # the trace's interval (>= check_every)
     timed_out = False
     t = 0
+    last_report = time.perf_counter()
     advance = _compiled_advance(group) if compile else group.advance
     while t < limit:
         state, book = advance(state, book)
         active, last_step = book["active"], book["last_step"]
         t += 1
-        if t % log_every == 0 or t == limit:
+        if t % check_every and t != limit:
+            continue
+        on_grid = t % keep_every == 0 or t == limit
+        if on_grid:
             snapshot(t)
-            if deadline is not None and time.perf_counter() > deadline:
-                timed_out = bool(active.any())
-                break
-            if not bool(active.any()):
-                break
-            if callback is not None:
-                elapsed = time.perf_counter() - t_start
-                callback(
-                    {
-                        "group": group_index,
-                        "groups": groups,
-                        "iteration": t,
-                        "max_iters": limit,
-                        "active": int(active.sum()),
-                        "configs": n,
-                        "elapsed_s": elapsed,
-                        "eta_s": elapsed * (limit - t) / t,
-                        "metrics": {k: v.tolist() for k, v in snaps[-1].items()},
-                    }
-                )
+        now = time.perf_counter()
+        if deadline is not None and now > deadline:
+            timed_out = bool(active.any())
+            break
+        if not bool(active.any()):
+            break
+        # progress on the trace's grid, and between its points at least every REPORT_INTERVAL_S (the
+        # callback is how a caller stops the run, so a raised trace interval must not delay it)
+        if callback is not None and (on_grid or now - last_report >= REPORT_INTERVAL_S):
+            last_report = now
+            metrics = snaps[-1] if on_grid else group.metrics(state["w"], group.sparse_answer(state))
+            elapsed = now - t_start
+            callback(
+                {
+                    "group": group_index,
+                    "groups": groups,
+                    "iteration": t,
+                    "max_iters": limit,
+                    "active": int(active.sum()),
+                    "configs": n,
+                    "elapsed_s": elapsed,
+                    "eta_s": elapsed * (limit - t) / t,
+                    "metrics": {k: _finite_or_nan(v) for k, v in metrics.items()},  # NaN: undefined
+                }
+            )
     wall = time.perf_counter() - t_start
     iters, converged, diverged, max_delta = book["iters"], book["converged"], book["diverged"], book["max_delta"]
 
@@ -440,7 +526,7 @@ def _run_group(
                 if name != "f_u_normalized":
                     trace[name].append(final[name][i].item())
             trace["step"].append(steps_final[i].item())
-        for name in ("theta_w", "theta_u", "step"):
+        for name in ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "step"):
             trace[name] = [_nan_to_none(x) for x in trace[name]]
         trace["nnz_u"] = [int(x) for x in trace["nnz_u"]]
         if diverged_l[i]:
@@ -465,6 +551,8 @@ def _run_group(
                 trace=trace,
                 max_step_norm=max_delta_l[i],
                 wall_time_s=wall,
+                trace_log_every=keep_every,
+                max_trace_points=max_points,
             )
         )
     return runs
@@ -482,17 +570,29 @@ def run_toy(
     callback: ProgressCallback | None = None,
     time_budget_s: float | None = None,
     compile: bool = False,
+    max_trace_points: int | None = None,
 ) -> list[ToyRun]:
     """Run ``configs`` batched: rows sharing :meth:`ToyConfig.group_key` advance as one tensor.
 
-    ``callback(progress)`` is called every ``log_every`` iterations with a plain dict (iteration,
-    max_iters, active rows, elapsed and estimated remaining seconds, the latest metrics); it may
-    raise to stop the run. Results come back in the order of ``configs``. ``compile=True`` fuses
-    each iteration with ``torch.compile`` (worth it for large batches, mostly on a GPU; the first
-    call of each batch shape pays the compilation).
+    ``callback(progress)`` is called at each trace point (every ``log_every`` iterations) with a plain
+    dict (iteration, max_iters, active rows, elapsed and estimated remaining seconds, the latest
+    metrics, NaN where undefined or not finite); it may raise to stop the run. Stopping, the time
+    budget and (when the trace interval was raised) the callback, at least every
+    :data:`REPORT_INTERVAL_S`, are still checked every requested ``log_every`` iterations.
+    Results come back in the order of ``configs``. ``compile=True`` fuses each iteration with
+    ``torch.compile`` (worth it for large batches, mostly on a GPU; the first call of each batch shape
+    pays the compilation).
+
+    Each run's trace keeps at most ``max_trace_points`` points (default: :data:`TRACE_POINTS_PER_RUN`,
+    lowered to ``TRACE_POINTS_TOTAL / len(configs)``, at least :data:`TRACE_POINTS_MIN`, so that a large
+    sweep's traces stay bounded too); ``log_every`` is raised to fit and each run reports the interval used.
     """
     if not configs:
         raise ValueError("configs must not be empty")
+    if max_trace_points is None:
+        max_trace_points = max(TRACE_POINTS_MIN, min(TRACE_POINTS_PER_RUN, TRACE_POINTS_TOTAL // len(configs)))
+    elif max_trace_points < 3:
+        raise ValueError(f"max_trace_points must be >= 3, got {max_trace_points}")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be > 0, got {time_budget_s}")
     dev = torch.device(device) if device is not None else default_device()
@@ -505,7 +605,13 @@ def run_toy(
         for gi, idx in enumerate(order.values()):
             group = _Group([configs[i] for i in idx], dev)
             runs = _run_group(
-                group, deadline=deadline, callback=callback, group_index=gi, groups=len(order), compile=compile
+                group,
+                deadline=deadline,
+                callback=callback,
+                group_index=gi,
+                groups=len(order),
+                compile=compile,
+                max_points=max_trace_points,
             )
             for i, run in zip(idx, runs, strict=True):
                 out[i] = run

@@ -10,12 +10,15 @@ fixed point of normalised RVSM (seed 000 eq. 17) ``((pi - theta)/(k pi)) sin(the
 
 RVSCGD, seed 001 Theorem 1: ``beta <= k sin(delta)/(2 sqrt(2 pi))``, ``lam < k/(2 sqrt(2 pi) d)``,
 ``eta <= min(1/(beta+L), 2 sqrt(2 pi)/k)`` with ``L = k/pi`` (seed 001 Lemma 4), the 1/2 condition;
-eq. 13 ``|w* - w| <= 4 sqrt(2 pi) beta sin(gamma) / k``, eq. 12 with the constant ``2 sqrt(2 pi)/k``.
-With the exact expected coarse gradient the fixed point is ``(k/(2 pi)) sin(theta) = beta |u| sin(gamma)``
-(the seed 003 constant ``2 pi / k``); both are reported.
+eq. 13 ``|w* - w| <= 4 sqrt(2 pi) beta sin(gamma) / k``, eq. 12 with the constant ``2 sqrt(2 pi)/k`` and
+``C >= (k - 2 lam sqrt(2 pi) d)/k``; seed 003 (eq. 10) states eq. 12 with the constant ``2 pi / k`` and
+``0 < C <= k/(k - 2 pi lam sqrt(d))``: both are reported (SPEC §6). With the exact expected coarse
+gradient the fixed point is ``(k/(2 pi)) sin(theta) = beta |u| sin(gamma)`` (the seed 003 constant).
 
 ``delta = pi - theta(w^0, w*)``, ``gamma = theta(w, u)`` at the limit. A bound whose hypotheses
-fail is still evaluated and marked ``hypotheses_met: False``.
+fail is still evaluated and marked ``hypotheses_met: False``. A number that is undefined or not finite
+(``theta = pi`` makes the ReLU constant ``k pi / (pi - theta)`` infinite) is reported as ``None``, and
+a check that needs it has ``holds: None``; nothing here raises on a finished run.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ from . import problems
 from .algorithms import ToyRun
 
 SQRT_2PI = math.sqrt(2 * math.pi)
+
+
+def _finite(x: float) -> float | None:
+    """``x``, or ``None`` where it is NaN or infinite (JSON has neither)."""
+    return x if math.isfinite(x) else None
 
 
 def _tolerances(dtype: str) -> dict[str, float]:
@@ -82,11 +90,11 @@ def _monotone(name: str, iters: list[int], values: list[float | None], rel_tol: 
     return {
         "name": name,
         "formula": f"{name.split('_')[0]}(t+1) <= {name.split('_')[0]}(t) along the trace",
-        "lhs": largest,
+        "lhs": _finite(largest),
         "rhs": 0.0,
         "holds": first is None,
         "first_violation": first,
-        "max_increase": largest,
+        "max_increase": _finite(largest),
         "tolerance": rel_tol,
     }
 
@@ -114,8 +122,8 @@ def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
             {
                 "name": name,
                 "formula": formula,
-                "lhs": None if math.isnan(lhs) else lhs,
-                "rhs": None if math.isnan(rhs) else rhs,
+                "lhs": _finite(lhs),
+                "rhs": _finite(rhs),
                 "holds": ok,
                 "hypotheses_met": hyp_met,
                 **extra,
@@ -137,7 +145,7 @@ def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
             met and c.penalty == "l1",
             note="Theorem 1 proves eq. 14 for l1; Corollary 1.1 carries only eqs. 12-13 to l0 and TL1",
         )
-        const = c.k * math.pi / (math.pi - theta)
+        const = c.k * math.pi / (math.pi - theta) if theta < math.pi else math.nan  # NaN theta: NaN too
         const_name = "k pi / (pi - theta)"
     else:
         rhs13 = 4 * SQRT_2PI * c.beta * sin_g / c.k
@@ -145,28 +153,48 @@ def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
         const = 2 * SQRT_2PI / c.k
         const_name = "2 sqrt(2 pi) / k"
 
-    # eq. 12: w* - const beta (w - T(w)) = C w, with 0 < C <= 1 / (1 - 2 k lam sqrt(d))
+    # eq. 12: w* - const beta (w - T(w)) = C w: C is the projection on w, the residual the rest
     def parallel(cst: float) -> tuple[float, float]:
+        if not math.isfinite(cst):
+            return math.nan, math.nan
         v = ws - cst * c.beta * (w - u)
         cc = (v @ w / (w @ w)).item()
         return cc, torch.linalg.vector_norm(v - cc * w).item()
 
     cc, resid = parallel(const)
-    denom = 1 - 2 * c.k * c.lam * math.sqrt(c.d)
-    c_max = 1 / denom if denom > 0 else math.inf
-    extra: dict = {"C": cc, "parallel_residual": resid, "parallel_tolerance": tol["parallel"]}
-    if not relu:
-        cc2, resid2 = parallel(2 * math.pi / c.k)
-        extra |= {"C_exact_constant": cc2, "parallel_residual_exact_constant": resid2}
-    add(
-        "limit_equation_eq12",
-        f"w* - ({const_name}) beta (w - T(w)) = C w, 0 < C <= 1/(1 - 2 k lam sqrt(d))",
-        cc,
-        c_max,
-        bool(0 < cc <= c_max and resid <= tol["parallel"]),
-        met,
-        **extra,
-    )
+    ok_resid = resid <= tol["parallel"]
+    extra: dict = {"C": _finite(cc), "parallel_residual": _finite(resid), "parallel_tolerance": tol["parallel"]}
+    if relu:  # seed 000: 0 < C <= 1/(1 - 2 k lam sqrt(d)); no upper bound (rhs None) when 1 - 2 k lam sqrt(d) <= 0
+        denom = 1 - 2 * c.k * c.lam * math.sqrt(c.d)
+        c_max = 1 / denom if denom > 0 else math.inf
+        formula = f"w* - ({const_name}) beta (w - T(w)) = C w, 0 < C <= 1/(1 - 2 k lam sqrt(d))"
+        holds = bool(0 < cc <= c_max and ok_resid)
+        lhs12, rhs12 = cc, c_max
+        if math.isnan(const):
+            extra["note"] = "theta(w, w*) = pi: the constant k pi / (pi - theta) is infinite"
+    else:
+        # seed 001 (Theorem 1, eq. 12): constant 2 sqrt(2 pi)/k and C >= (k - 2 lam sqrt(2 pi) d)/k
+        c_min = (c.k - 2 * c.lam * SQRT_2PI * c.d) / c.k
+        formula = f"w* - ({const_name}) beta (w - T(w)) = C w, C >= (k - 2 lam sqrt(2 pi) d)/k (seed 001)"
+        holds = bool(cc >= c_min and ok_resid)
+        lhs12, rhs12 = cc, c_min
+        # seed 003 (eq. 10): constant 2 pi/k and 0 < C <= k/(k - 2 pi lam sqrt(d)) (no upper bound when <= 0)
+        cc3, resid3 = parallel(2 * math.pi / c.k)
+        denom3 = c.k - 2 * math.pi * c.lam * math.sqrt(c.d)
+        c_max3 = c.k / denom3 if denom3 > 0 else math.inf
+        holds3 = None if math.isnan(cc3) else bool(0 < cc3 <= c_max3 and resid3 <= tol["parallel"])
+        extra |= {
+            "C_min_seed001": _finite(c_min),
+            "seed003": {
+                "formula": "w* - (2 pi / k) beta (w - T(w)) = C w, 0 < C <= k/(k - 2 pi lam sqrt(d))",
+                "C": _finite(cc3),
+                "C_max": _finite(c_max3),
+                "parallel_residual": _finite(resid3),
+                "holds": holds3,
+            },
+            "note": "seeds 001 and 003 state eq. 12 with different constants and ranges of C; both are checked",
+        }
+    add("limit_equation_eq12", formula, lhs12, rhs12, holds, met, **extra)
     add("theta_below_delta", "theta(w, w*) < delta", theta, hyp["delta"], theta < hyp["delta"], met)
 
     if relu:
@@ -183,7 +211,7 @@ def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
         rhs,
         abs(lhs - rhs) <= tol["identity"],
         hyp["normalized_splitting_run"] and hyp["population_gradient"] and run.stopped_by in ("tol", "max_iters"),
-        residual=None if math.isnan(rhs) else abs(lhs - rhs),
+        residual=_finite(abs(lhs - rhs)),
         tolerance=tol["identity"],
         note="exact at a fixed point of normalised RVSM; the residual measures how far the run is from it",
     )

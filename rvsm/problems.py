@@ -71,14 +71,21 @@ def relu_grad(w: Tensor, w_star: Tensor, k: Number) -> Tensor:
 
     grad f(w) = (1/k^2) [ (k + (k^2-k)/pi - (k |w*| / (pi |w|)) sin theta
                            - ((k^2-k)/pi) |w*|/|w|) w  -  (k/pi)(pi - theta) w* ].
+
+    ``f`` is not differentiable at ``w = 0`` (it has a ``|w|`` term); there this returns 0, the
+    value autograd gives the empirical loss at 0 (``relu'(0) = 0``: every patch response is 0).
     """
     nw = torch.linalg.vector_norm(w, dim=-1)
     ns = torch.linalg.vector_norm(w_star, dim=-1)
-    theta = angle(w, w_star)
+    zero = nw == 0
+    theta = torch.nan_to_num(angle(w, w_star), nan=0.0)
+    nw_safe = torch.where(zero, torch.ones_like(nw), nw)
     kk = k * k - k
-    coef_w = (k + kk / math.pi - (k * ns / (math.pi * nw)) * torch.sin(theta) - (kk / math.pi) * (ns / nw)) / (k * k)
+    coef_w = (k + kk / math.pi - (k * ns / (math.pi * nw_safe)) * torch.sin(theta) - (kk / math.pi) * (ns / nw_safe))
+    coef_w = coef_w / (k * k)
     coef_s = (k / math.pi) * (math.pi - theta) / (k * k)
-    return coef_w.unsqueeze(-1) * w - coef_s.unsqueeze(-1) * w_star
+    grad = coef_w.unsqueeze(-1) * w - coef_s.unsqueeze(-1) * w_star
+    return torch.where(zero.unsqueeze(-1), torch.zeros_like(grad), grad)
 
 
 def relu_forward(w: Tensor, z: Tensor) -> Tensor:
@@ -115,16 +122,20 @@ def binary_loss(w: Tensor, w_star: Tensor, k: Number) -> Tensor:
 def binary_coarse_grad(w: Tensor, w_star: Tensor, k: Number) -> Tensor:
     """Expected coarse gradient (seed 001 eq. 15; it contains the sqrt(2/pi) of eq. 8)::
 
-        E[g(w, Z)] = (k/pi) [ w_hat - cos(theta/2) (w_hat + w*) / |w_hat + w*| ],  w_hat = w/|w|,
+        E[g(w, Z)] = (k/pi) [ w_hat - cos(theta/2) (w_hat + w*) / |w_hat + w*| ],  w_hat = w/|w|.
 
-    which is ``(k/(2 pi)) (w - w*)`` when ``|w| = |w*| = 1``. ``w*`` is taken unit length.
+    For unit ``w_hat`` and ``w*``, ``|w_hat + w*| = 2 cos(theta/2)``, so eq. 15 is exactly
+    ``(k/(2 pi)) (w_hat - w*)``, which is what is computed: it needs no division by
+    ``|w_hat + w*|``, which is 0 at ``w = -w*`` (eq. 15 is 0/0 there; its limit, and the Monte Carlo
+    mean, is ``(k/pi) w_hat``). At ``w = 0`` every indicator ``1{Z_i . w > 0}`` is 0, so ``g = 0``
+    for every sample and the expectation is 0. ``w*`` is taken unit length.
     """
-    wh = w / torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+    nw = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+    zero = nw == 0
+    wh = w / torch.where(zero, torch.ones_like(nw), nw)
     ws = w_star / torch.linalg.vector_norm(w_star, dim=-1, keepdim=True)
-    theta = angle(w, w_star)
-    s = wh + ws
-    s = s / torch.linalg.vector_norm(s, dim=-1, keepdim=True)
-    return (_vec(k) / math.pi) * (wh - torch.cos(theta / 2).unsqueeze(-1) * s)
+    grad = (_vec(k) / (2 * math.pi)) * (wh - ws)
+    return torch.where(zero, torch.zeros_like(grad), grad)
 
 
 def binary_forward(w: Tensor, z: Tensor) -> Tensor:
@@ -215,7 +226,8 @@ def make_teacher(
 ) -> Tensor:
     """The unit teacher ``w*`` (float64, CPU).
 
-    - ``w_star`` given: normalised to unit length.
+    - ``w_star`` given: normalised to unit length (scaled by its largest entry first, so that a
+      subnormal or huge ``w_star`` normalises correctly).
     - ``sparsity`` ``s`` given: ``values="equal"`` is ``s^{-1/2}(1,...,1,0,...,0)`` (seed 003);
       ``values="gaussian"`` puts N(0,1) values on a random support of size ``s`` (from ``seed``), normalised.
     - otherwise uniform on the sphere from ``seed``.
@@ -224,10 +236,11 @@ def make_teacher(
         raise ValueError(f"d must be >= 1, got {d}")
     if w_star is not None:
         v = _given_vector("w_star", w_star, d)
-        n = torch.linalg.vector_norm(v)
-        if n == 0:
+        scale = v.abs().max()
+        if scale == 0:
             raise ValueError("w_star must not be all zeros")
-        return v / n
+        v = v / scale  # first to max |v_i| = 1: the norm of a subnormal or huge w_star neither underflows nor overflows
+        return v / torch.linalg.vector_norm(v)
     gen = torch.Generator().manual_seed(int(seed or 0))
     if sparsity is not None:
         if not 1 <= sparsity <= d:

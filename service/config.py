@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     lease_s: float = Field(60.0, gt=0, description="a running job whose worker is silent this long may be taken over")
     progress_interval_s: float = Field(0.5, gt=0, description="how often a running job writes progress and metrics")
     device: str | None = Field(None, description="torch device for workers; default: cuda when present, else cpu")
+    toy_d_cap: int = Field(100_000, ge=1, description="largest d of a toy job (also the length of w_star / w0)")
+    toy_k_cap: int = Field(10_000, ge=1, description="largest k (patches) of a toy job")
+    toy_samples_cap: int = Field(1_000_000, ge=1, description="largest samples / batch_size of an empirical toy job")
+    toy_elements_cap: int = Field(
+        2_000_000, ge=1, description="largest configurations x d of a toy job (the batch's vectors)"
+    )
+    toy_sample_elements_cap: int = Field(
+        20_000_000, ge=1, description="largest sum of (samples or batch_size) x k x d over a toy job's empirical runs"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -82,7 +82,7 @@ def test_binary_rvscgd_fixed_point_uses_the_exact_constant():
     fp = by_name(r)["fixed_point_identity"]
     assert fp["residual"] <= 1e-8
     eq12 = by_name(r)["limit_equation_eq12"]
-    assert eq12["parallel_residual_exact_constant"] < 1e-9  # 2 pi / k: exact
+    assert eq12["seed003"]["parallel_residual"] < 1e-9  # 2 pi / k: exact
     assert eq12["parallel_residual"] > 1e-6  # the stated 2 sqrt(2 pi) / k is not a fixed point
     assert by_name(r)["w_error_eq13"]["lhs"] is not None
 

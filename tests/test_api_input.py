@@ -136,3 +136,83 @@ def test_api_keys(keyed):
     assert keyed.get("/v1/jobs", headers=b).json()["total"] == 0
     assert keyed.get("/v1/jobs", headers=a).json()["total"] == 1
     assert keyed.get("/healthz").status_code == 200  # health needs no key
+
+
+# --------------------------------------------------------------------------- toy specs that used to give a 5xx
+@pytest.mark.parametrize(
+    "patch,words",
+    [
+        ({"teacher": {"seed": 2**64}}, ("teacher.seed", "<= 18446744073709551615")),
+        ({"init": {"seed": 2**70}}, ("init.seed", "<=")),
+        ({"data_seed": 2**64}, ("data_seed", "<=")),
+        ({"sweep": {"lam": [0.1, None]}}, ("sweep.lam", "null")),
+        ({"sweep": {"teacher.seed": [1, 2**64]}}, ("teacher.seed", "sweep configuration")),
+        ({"init": {"w0": [0, 0, 0]}}, ("init.w0", "all zeros")),
+        ({"init": {"w0": [5e-324, 0, 0]}}, ("init.w0", "norm")),
+        ({"lam": 1e308}, ("lam", "mu")),
+        ({"eta": 1e200, "beta": 1e200}, ("eta", "eta*beta")),
+        ({"dtype": "float32", "a": 1e-40, "penalty": "tl1"}, ("a", "float32")),
+        ({"k": 10**30}, ("k", "<= 10000")),
+        ({"sweep": {"k": [2, "x"]}}, ("k", "integer")),
+        ({"sweep": {"d": [[1, 2]]}}, ("d", "integer")),
+    ],
+)
+def test_bad_toy_numbers_are_422_naming_the_field(client, patch, words):
+    expect(client.post("/v1/jobs", json=GOOD | patch), 422, *words)
+
+
+def test_subnormal_w_star_is_accepted(client):
+    r = client.post("/v1/jobs", json=GOOD | {"teacher": {"w_star": [5e-324, 0, 0]}})
+    assert r.status_code == 202, r.text
+
+
+def _peak_rss_kib(reset: bool = False) -> int:
+    """This process's peak resident memory (VmHWM), reset to the current one first when asked (Linux)."""
+    if reset:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+
+
+def test_huge_d_is_rejected_at_once_without_allocating(client):
+    """d = 10^8 (800 MB per vector): a 422 naming d and the cap within a second, the API's memory flat."""
+    import time
+    import tracemalloc
+
+    spec = GOOD | {"d": 100_000_000, "teacher": {"seed": 3}, "sweep": {"lam": [0.0, 0.1]}}
+    client.post("/v1/jobs", json=GOOD | {"d": 0})  # warm the route
+    rss0 = _peak_rss_kib(reset=True)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    r = client.post("/v1/jobs", json=spec)
+    elapsed = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    grown = _peak_rss_kib() - rss0
+    expect(r, 422, "d", "100000000", "<= 100000")
+    assert elapsed < 1.0, elapsed
+    assert peak < 50 * 2**20, peak  # Python allocations
+    assert grown < 50 * 1024, grown  # everything, torch's included: the peak since the reset
+
+
+def test_validate_toy_takes_every_cap_from_the_settings():
+    from fastapi import HTTPException
+
+    from service.routers.jobs import validate_toy
+
+    caps = Settings(toy_d_cap=5, toy_k_cap=3, toy_samples_cap=7, toy_elements_cap=12, toy_sample_elements_cap=60,
+                    max_iters_cap=1000, sweep_cap=10)
+    for patch, field in (
+        ({"d": 6}, "d"),
+        ({"k": 4}, "k"),
+        ({"gradient": "empirical", "samples": 8}, "samples"),
+        ({"sweep": {"lam": [0.0, 0.1, 0.2, 0.3, 0.4]}}, "sweep"),  # 5 configurations x d=3 > 12
+        ({"gradient": "empirical", "samples": 7, "d": 5}, "samples"),  # 7 x k=2 x 5 = 70 > 60
+        ({"max_iters": 1001}, "max_iters"),
+    ):
+        with pytest.raises(HTTPException) as e:
+            validate_toy(GOOD | patch, caps)
+        assert e.value.status_code == 422 and e.value.detail[0]["loc"][1] == field, e.value.detail
+    ok = GOOD | {"gradient": "empirical", "samples": 6, "d": 5}  # 60 sample numbers: at the cap
+    assert validate_toy(ok, caps) == 100

@@ -139,3 +139,62 @@ def test_toy_problem_class_is_the_functional_forms(vectors):
     torch.testing.assert_close(b.grad(w), problems.binary_coarse_grad(w, ws, 3))
     with pytest.raises(ValueError, match="'cnn'"):
         problems.ToyProblem("cnn", k=3, w_star=ws)
+
+
+def _monte_carlo_coarse_gradient(w: torch.Tensor, ws: torch.Tensor, k: int, m: int, seed: int):
+    """Mean and standard error of ``m`` sample coarse gradients (seed 001 eq. 8), computed here from scratch."""
+    z = problems.sample_inputs(m, k, w.shape[-1], generator=torch.Generator().manual_seed(seed))
+    on_w = (torch.einsum("mkd,d->mk", z, w) > 0).double()
+    on_s = (torch.einsum("mkd,d->mk", z, ws) > 0).double()
+    per = problems.SQRT_2_OVER_PI * torch.einsum("mk,mkd->md", on_w * (on_w - on_s), z)
+    return per.mean(0), per.std(0) / math.sqrt(m)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_expected_coarse_gradient_at_minus_w_star_is_k_over_pi_w_hat(vectors, scale):
+    """theta = pi: eq. 15 is 0/0 there; the limit and the Monte Carlo mean are (k/pi) w_hat = -(k/pi) w*."""
+    ws = vectors[1][0]
+    w = -ws * scale
+    k = 3
+    closed = problems.binary_coarse_grad(w, ws, k)
+    assert bool(torch.isfinite(closed).all())
+    torch.testing.assert_close(closed, k / math.pi * unit(w))
+    mc, se = _monte_carlo_coarse_gradient(w, ws, k, 200_000, seed=11)
+    assert ((mc - closed).abs() < 5 * se + 1e-12).all(), (mc, closed, se)
+    # the limit of seed 001's eq. 15 as w -> -w* along a path: the closed form is continuous there
+    bend = unit(torch.randn(6, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    for eps in (1e-3, 1e-6):
+        near = unit(-ws + eps * bend)
+        theta = problems.angle(near, ws)
+        s = near + ws
+        eq15 = k / math.pi * (near - torch.cos(theta / 2) * s / torch.linalg.vector_norm(s))
+        torch.testing.assert_close(problems.binary_coarse_grad(near, ws, k), eq15)
+        assert torch.linalg.vector_norm(eq15 - closed).item() < 10 * eps
+
+
+def test_expected_coarse_gradient_at_zero_is_zero(vectors):
+    ws = vectors[1][0]
+    w = torch.zeros(6, dtype=torch.float64)
+    closed = problems.binary_coarse_grad(w, ws, 4)
+    assert closed.tolist() == [0.0] * 6
+    mc, _ = _monte_carlo_coarse_gradient(w, ws, 4, 2_000, seed=1)
+    assert mc.tolist() == [0.0] * 6  # every indicator 1{Z_i . 0 > 0} is 0: each sample gradient is exactly 0
+
+
+def test_relu_gradient_at_zero_is_autograds_value(vectors):
+    """f has a |w| term, so no gradient at 0; both the closed form and autograd of the sample loss give 0."""
+    ws = vectors[1][:2]
+    w = torch.zeros(2, 6, dtype=torch.float64)
+    closed = problems.relu_grad(w, ws, 3)
+    assert closed.abs().max().item() == 0.0
+    z = problems.sample_inputs(50, 3, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(problems.relu_empirical_grad(w, ws, z.expand(2, -1, -1, -1)), closed)
+    # batch rows away from 0 are unaffected
+    mixed = torch.stack([torch.zeros(6, dtype=torch.float64), vectors[0][1]])
+    torch.testing.assert_close(problems.relu_grad(mixed, ws, 3)[1], problems.relu_grad(vectors[0][1], ws[1], 3))
+
+
+@pytest.mark.parametrize("tiny", [5e-324, 1e-200, 1e300])
+def test_subnormal_and_huge_teachers_normalise(tiny):
+    t = problems.make_teacher(3, w_star=[tiny, 0.0, -tiny])
+    torch.testing.assert_close(t, torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64) / math.sqrt(2))

@@ -16,12 +16,13 @@ from pydantic import ValidationError
 
 from rvsm.errors import InputError
 from rvsm.prepare import prepare
-from rvsm.toy import SpecError, configs_from_spec, sweep_size
+from rvsm.toy import SpecError, ToyLimits, validate_spec
 from rvsm.train import TrainConfig
 from worker.celery_app import enqueue
 
 from .. import store
 from ..artifacts import job_dir, write_atomic
+from ..config import Settings
 from ..db import Job
 from ..deps import OwnerDep, SessionDep, SettingsDep
 from ..errors import field_error
@@ -63,22 +64,18 @@ def to_public(request: Request, job: Job) -> JobPublic:
     )
 
 
-def validate_toy(spec: dict, *, max_iters_cap: int, sweep_cap: int) -> int:
-    """The cross-field rules and the service caps, on every configuration of a sweep. Returns the
-    largest ``max_iters``."""
-    n = sweep_size(spec)
-    if n > sweep_cap:
-        raise field_error("sweep", f"expands to {n} configurations; this service allows at most {sweep_cap}")
-    largest = 0
+def validate_toy(spec: dict, settings: Settings) -> int:
+    """Every rule and cap of a toy spec, by :func:`rvsm.toy.validate_spec` (the caps on the raw spec
+    first, no vector built), as a 422 naming the field. Returns the largest ``max_iters``."""
+    s = settings
+    limits = ToyLimits(
+        max_iters=s.max_iters_cap, sweep=s.sweep_cap, d=s.toy_d_cap, k=s.toy_k_cap, samples=s.toy_samples_cap,
+        elements=s.toy_elements_cap, sample_elements=s.toy_sample_elements_cap,
+    )  # fmt: skip
     try:
-        for overrides, cfg in configs_from_spec(spec):
-            if cfg.max_iters > max_iters_cap:
-                where = "sweep.max_iters" if "max_iters" in overrides else "max_iters"
-                raise field_error(where, f"must be <= {max_iters_cap} on this service, got {cfg.max_iters}")
-            largest = max(largest, cfg.max_iters)
+        return validate_spec(spec, limits=limits).max_iters
     except SpecError as e:
         raise field_error(e.field, e.rule) from None
-    return largest
 
 
 def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
@@ -189,7 +186,7 @@ def _create(
     if isinstance(body, ToySpecCreate):
         if files:
             raise field_error(next(iter(files)).split(".")[0], "toy jobs take no files")
-        max_iters = validate_toy(spec, max_iters_cap=settings.max_iters_cap, sweep_cap=settings.sweep_cap)
+        max_iters = validate_toy(spec, settings)
         kind, queue = "toy", settings.toy_queue
     else:
         max_iters = validate_checkpoint_job(body, files, settings)
