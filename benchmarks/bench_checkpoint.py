@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 SEEDS = [0, 1, 2]
 EPOCHS = 100
-BASE = {"epochs": EPOCHS, "weight_decay": 1e-4, "lr": 0.05, "batch_size": 64}
+BASE = {"epochs": EPOCHS, "weight_decay": 1e-4, "lr": 0.05, "batch_size": 64, "layer_scale": False}
 # RVSM: beta grows 0.01 -> 1 over the epochs with mu = lam/beta fixed (threshold given below)
 RVSM = {"beta": 0.01, "beta_final": 1.0}
 STRENGTHS = {  # the thresholds: l0 sqrt(2 mu); l1 mu; TL1 (a=1, sub-critical) 2 mu; group-l1 mu on row norms

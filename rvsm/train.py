@@ -50,8 +50,8 @@ SCHEDULES = ("constant", "step", "cosine")
 class TrainConfig:
     algorithm: str = "rvsm"
     penalty: str = "l0"
-    lam: float = 1e-4
-    beta: float = 1e-2
+    lam: float = 0.05  # with layer_scale and l0: threshold sqrt(2 lam/beta) = 1 x each layer's RMS
+    beta: float = 0.1
     beta_final: float | None = None  # grow beta geometrically to this over the epochs, mu = lam/beta fixed
     a: float = 1.0
     epochs: int = 20
@@ -282,8 +282,10 @@ def train(
     step_callback: Callable[[int], None] | None = None,
     resume: dict | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``data`` by ``cfg``; see the module docstring."""
+    """Train ``model`` on ``data`` by ``cfg``; see the module docstring. Denormal floats are flushed to zero
+    (``torch.set_flush_denormal``, for the process): on x86 CPUs they made a lenet5 run about 4x slower."""
     t0 = time.perf_counter()
+    torch.set_flush_denormal(True)
     dev = torch.device(device)
     model.to(dev)
     if data.task != cfg.task:

@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--poll", type=float, default=1.0, help="seconds between status checks")
     submit.add_argument("--max-theta-w", type=float, default=None, help="gate: fail when theta(w, w*) is larger")
     submit.add_argument("--min-zeros", type=int, default=None, help="gate: fail when u has fewer zeros")
-    submit.add_argument("--checkpoint", help="checkpoint file (.safetensors or .pt state_dict) for a checkpoint job")
+    submit.add_argument("--checkpoint", help="a .pt2 (torch.export, any model) or a .safetensors / .pt state_dict")
     submit.add_argument("--dataset", help="data file (.safetensors or .npz) for dataset.name 'upload'")
     submit.add_argument(
         "--min-sparsity", type=float, default=None, help="gate: fraction of zeros in the pruned tensors"

@@ -22,8 +22,9 @@ from tests import service_helpers as helpers
 from tests.service_helpers import Worker, service_env, unique_queue, wait_for
 
 RVSM_L0 = {"kind": "checkpoint", "architecture": "lenet5", "dataset": {"name": "digits"}, "algorithm": "rvsm",
-           "penalty": "l0", "lam": 5e-5, "beta": 0.01, "beta_final": 1.0, "epochs": 8, "lr": 0.02,
-           "weight_decay": 1e-4}  # fmt: skip
+           "target_sparsity": 0.9, "epochs": 8, "lr": 0.02, "weight_decay": 1e-4}  # fmt: skip
+LAMBDA_L0 = RVSM_L0 | {"target_sparsity": None, "penalty": "l0", "lam": 5e-5, "beta": 0.01, "beta_final": 1.0,
+                       "layer_scale": False}  # fmt: skip
 CAP = 1_000_000
 
 
@@ -100,7 +101,7 @@ def test_upload_sparsify_download_and_check(stack, trained, tmp_path):
         assert report["sparsity"]["layers"][n]["zeros"] == int((dense[n] == 0).sum())
     acc = rdata.accuracy(model, *_val())
     assert acc == pytest.approx(report["accuracy_after"], abs=1e-12)
-    assert report["sparsity"]["prunable"] > 0.5  # it did sparsify
+    assert report["sparsity"]["prunable"] == pytest.approx(0.9, abs=1e-3)  # the target, from the tensors themselves
     assert report["sizes"]["sparse_bytes"] < report["sizes"]["dense_safetensors_bytes"]
     assert job["summary"]["sparsity"] == report["sparsity"]["prunable"]
     assert not (tmp_path.parent / "resume.pt").exists()
@@ -115,10 +116,11 @@ def test_pt_state_dict_and_training_from_scratch(stack, trained):
     client, worker, _ = stack
     buf = io.BytesIO()
     torch.save(trained, buf)
-    r = submit(client, RVSM_L0 | {"epochs": 1}, buf.getvalue(), name="model.pt")
+    lam_spec = {k: v for k, v in LAMBDA_L0.items() if v is not None} | {"epochs": 1}  # lambda mode, absolute threshold
+    r = submit(client, lam_spec, buf.getvalue(), name="model.pt")
     assert r.status_code == 202, r.text
-    scratch = client.post("/v1/jobs", json=RVSM_L0 | {"algorithm": "magnitude", "sparsity": 0.5, "epochs": 2,
-                                                     "finetune_epochs": 1})  # fmt: skip
+    scratch = client.post("/v1/jobs", json=RVSM_L0 | {"algorithm": "magnitude", "target_sparsity": 0.5, "epochs": 2,
+                                                     "finetune_epochs": 1, "sparsity_scope": "layer"})  # fmt: skip
     assert scratch.status_code == 202, scratch.text
     for job_id in (r.json()["id"], scratch.json()["id"]):
         assert wait_done(client, job_id)["state"] == "succeeded", worker.output()[-3000:]

@@ -1,0 +1,131 @@
+"""Target sparsity, exported-module training and the job-preparation rules, against independent oracles."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rvsm import data as rdata
+from rvsm import exported, models, optim
+from rvsm.checkpoints import read_state_dict, unwrap
+from rvsm.errors import InputError
+from rvsm.prepare import select_parameters
+from rvsm.train import TrainConfig, ramped_target, train
+from tests.user_models import ResidualCNN, TabularMLP, export
+
+
+def tensors(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(6, 5, generator=g) * s for s in (0.1, 1.0, 3.0)] + [torch.randn(17, generator=g)]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.97])
+def test_thresholds_and_masks_against_sorting(p):
+    ts = tensors()
+    # layer scope: each tensor's own floor(p n) smallest magnitudes
+    for t, tau, m in zip(ts, optim.target_thresholds(ts, p, scope="layer"),
+                         optim.magnitude_masks(ts, p, scope="layer"), strict=True):  # fmt: skip
+        k = math.floor(p * t.numel())
+        oracle = sorted(t.abs().flatten().tolist())
+        assert int((t.abs() <= tau).sum()) == k and (k == 0 or tau == oracle[k - 1])
+        assert int((~m).sum()) == k and (k == 0 or t.abs()[~m].max() <= t.abs()[m].min())
+    # global scope: floor(p N) over all tensors together, the smallest magnitudes wherever they are
+    allabs = torch.cat([t.abs().flatten() for t in ts])
+    k = math.floor(p * allabs.numel())
+    tau = optim.target_thresholds(ts, p, scope="global")[0]
+    assert tau == sorted(allabs.tolist())[k - 1]
+    masks = optim.magnitude_masks(ts, p, scope="global")
+    pruned = torch.cat([t.abs()[~m] for t, m in zip(ts, masks, strict=True)])
+    kept = torch.cat([t.abs()[m] for t, m in zip(ts, masks, strict=True)])
+    assert pruned.numel() == k and pruned.max() <= kept.min()
+
+
+def test_target_pull_is_beta_times_w_minus_u():
+    ts = [nn.Parameter(t.clone()) for t in tensors(1)]
+    for t in ts:
+        t.grad = torch.zeros_like(t)
+    opt = optim.RVSM(torch.optim.SGD(ts, lr=0.1), lam=0.0, beta=0.7, target_sparsity=0.8, scope="global")
+    opt.pull_()
+    masks = optim.magnitude_masks(ts, 0.8, scope="global")  # no ties: the exact top-k is the threshold's u
+    for t, m in zip(ts, masks, strict=True):
+        assert torch.allclose(t.grad, 0.7 * (t.detach() - t.detach() * m))
+    u = opt.sparse_weights()
+    assert sum(int((v == 0).sum()) for v in u.values()) == math.floor(0.8 * sum(t.numel() for t in ts))
+
+
+def test_cubic_ramp():
+    p, start, T = 0.9, 10, 40
+    assert ramped_target(p, 0, start, T) == 0 and ramped_target(p, start, start, T) == 0
+    assert ramped_target(p, start + T // 2, start, T) == pytest.approx(p * (1 - 0.5**3))
+    assert ramped_target(p, start + T, start, T) == p and ramped_target(p, 10**6, start, T) == p
+    values = [ramped_target(p, s, start, T) for s in range(0, 60)]
+    assert values == sorted(values)  # never decreasing
+
+
+@pytest.mark.parametrize("algorithm,scope", [("rvsm", "global"), ("rvsm", "layer"), ("magnitude", "global"),
+                                             ("admm", "layer")])  # fmt: skip
+def test_training_ends_at_the_target(algorithm, scope):
+    data = rdata.synthetic(300, num_classes=3, seed=1)
+    torch.manual_seed(0)
+    m = models.build("mlp", num_classes=3, in_features=64, hidden=[40, 20])
+    extra = {"finetune_epochs": 1} if algorithm in ("magnitude", "admm") else {}
+    cfg = TrainConfig(algorithm=algorithm, target_sparsity=0.85, sparsity_scope=scope, epochs=3, beta=0.05, **extra)
+    r = train(m, data, cfg)
+    layers = [r.sparsity["layers"][n] for n in r.sparsity["prunable_names"]]
+    if scope == "layer":
+        assert all(v["zeros"] == math.floor(0.85 * v["numel"]) for v in layers)
+    else:
+        n = sum(v["numel"] for v in layers)
+        assert abs(sum(v["zeros"] for v in layers) - math.floor(0.85 * n)) <= len(layers)
+
+
+def test_regression_task():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 10, generator=g)
+    y = x @ torch.randn(10, 2, generator=g) + 0.01 * torch.randn(400, 2, generator=g)
+    data = rdata.from_tensors(x, y, task="regression")
+    assert data.num_outputs == 2 and data.sample_shape == (10,)
+    torch.manual_seed(0)
+    m = models.build("mlp", num_classes=2, in_features=10, hidden=[32])
+    r = train(m, data, TrainConfig(algorithm="rvsm", target_sparsity=0.5, epochs=15, task="regression", lr=0.02))
+    assert r.metric == "mse" and r.score_after < 0.2 * rdata.baseline_score(data) and not r.collapsed
+    with torch.no_grad():  # the reported MSE is the MSE
+        assert r.score_after == pytest.approx(float(((m(data.x_val) - data.y_val) ** 2).mean()), rel=1e-5)
+
+
+def test_exported_module_switches_train_and_eval():
+    torch.manual_seed(0)
+    net = ResidualCNN()
+    e = exported.load(export(net, torch.randn(4, 1, 8, 8)))
+    x = torch.randn(16, 1, 8, 8)
+    e.module.train()
+    a, b = e.module(x), e.module(x)
+    assert not torch.equal(a, b)  # dropout is active
+    assert not torch.equal(e.module.state_dict()["bn.running_mean"], net.state_dict()["bn.running_mean"])  # BN learns
+    e.module.eval()
+    net.load_state_dict(e.module.state_dict())
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(e.module(x), net(x), atol=1e-6) and torch.equal(e.module(x), e.module(x))
+    assert exported.sparsifiable_parameters(e.module) == ["stem.weight", "body.weight", "head.weight"]
+
+
+def test_params_globs():
+    m = TabularMLP()
+    assert select_parameters(m, ["fc*.weight"]) == ["fc1.weight", "fc2.weight"]
+    assert select_parameters(m, ["out.weight", "fc1.*"]) == ["fc1.weight", "fc1.bias", "out.weight"]
+    with pytest.raises(InputError, match="params"):
+        select_parameters(m, ["conv*"])
+
+
+def test_state_dict_normalisation_and_errors():
+    sd = {"a.weight": torch.ones(2)}
+    got = unwrap({"state_dict": {"module._orig_mod.a.weight": torch.ones(2)}, "epoch": 1})
+    assert got.tensors.keys() == sd.keys() and len(got.normalised) == 3
+    with pytest.raises(InputError, match="not tensors"):
+        unwrap({"a.weight": torch.ones(2), "step": 3})
+    with pytest.raises(InputError, match="empty"):
+        read_state_dict(b"")
