@@ -64,6 +64,8 @@ def _exported(blob: bytes, data: TensorData, architecture: str | None, max_bytes
 
 def _builtin(spec: dict, blob: bytes | None, data: TensorData) -> Prepared:
     arch = spec["architecture"]
+    if spec.get("hidden") is not None and arch != "mlp":
+        raise InputError("hidden", f"sets the mlp's layer widths; architecture {arch!r} has none")
     notes = []
     if arch != "mlp" and len(data.sample_shape) == 2:
         for name in ("x_train", "x_val"):

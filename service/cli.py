@@ -199,8 +199,12 @@ def _gates(args: argparse.Namespace, job: dict) -> list[str]:
         s.get("accuracy_drop") is None or s["accuracy_drop"] > args.max_accuracy_drop
     ):
         failed.append(f"accuracy drop {s.get('accuracy_drop')} > --max-accuracy-drop {args.max_accuracy_drop}")
+    if args.max_loss_increase is not None and (
+        s.get("loss_increase") is None or s["loss_increase"] > args.max_loss_increase
+    ):
+        failed.append(f"loss increase {s.get('loss_increase')} > --max-loss-increase {args.max_loss_increase}")
     if s.get("collapsed"):
-        failed.append("the network collapsed (validation accuracy near chance)")
+        failed.append("the network collapsed (no better than a network that learned nothing)")
     return failed
 
 
@@ -338,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--max-accuracy-drop", type=float, default=None,
                         help="gate: accuracy before - after, as a fraction (0.01 = one point)")  # fmt: skip
+    submit.add_argument("--max-loss-increase", type=float, default=None,
+                        help="gate (regression): validation MSE after - before")  # fmt: skip
     submit.add_argument(
         "--download", metavar="DIR", help="after success, download every artifact here (sha256 checked)"
     )
