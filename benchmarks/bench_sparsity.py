@@ -16,63 +16,25 @@ majority class), which are kept in the mean.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, write_block  # noqa: E402
 
-from rvsm import data as rdata  # noqa: E402
 from rvsm.prepare import prepare  # noqa: E402
 from rvsm.train import TrainConfig, train  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.user_models import ResidualCNN, TabularMLP, digits_npz, export  # noqa: E402  - what the tests upload
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
-
-
-class ResidualCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem, self.bn = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.body = nn.Conv2d(16, 16, 3, padding=1, bias=False)
-        self.drop, self.head = nn.Dropout(0.2), nn.Linear(16 * 4 * 4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn(self.stem(x)))
-        h = torch.relu(h + self.body(h))
-        return self.head(self.drop(torch.max_pool2d(h, 2).flatten(1)))
-
-
-class TabularMLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc2, self.out = nn.Linear(64, 96), nn.Linear(96, 32), nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-def exported_blob(model: nn.Module, example: torch.Tensor) -> bytes:
-    ep = torch.export.export(model.eval(), (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    buf = io.BytesIO()
-    torch.export.save(ep, buf)
-    return buf.getvalue()
-
-
-def npz(flat: bool) -> bytes:
-    d = rdata.digits(seed=0)
-    f = (lambda t: t.flatten(1)) if flat else (lambda t: t)
-    buf = io.BytesIO()
-    np.savez(buf, x=f(d.x_train).numpy(), y=d.y_train.numpy(), x_val=f(d.x_val).numpy(), y_val=d.y_val.numpy())
-    return buf.getvalue()
 
 
 def one_run(model_name: str, seed: int, method: str, target: float | None, epochs: int, tmp: Path) -> dict:
@@ -85,9 +47,9 @@ def one_run(model_name: str, seed: int, method: str, target: float | None, epoch
         flat = model_name == "custom MLP"
         path = tmp / f"{'flat' if flat else 'img'}.npz"
         if not path.exists():
-            path.write_bytes(npz(flat))
+            path.write_bytes(digits_npz(flat=flat)[0])
         module = TabularMLP() if flat else ResidualCNN()
-        blob = exported_blob(module, torch.randn(2, 64) if flat else torch.randn(2, 1, 8, 8))
+        blob = export(module, torch.randn(2, 64) if flat else torch.randn(2, 1, 8, 8))
         spec |= {"dataset": {"name": "upload"}}
     half = epochs // 2
     spec |= {

@@ -217,7 +217,7 @@ def test_bad_checkpoints(stack, trained, tmp_path):
     "patch,words",
     [
         ({"architecture": "alexnet"}, ("architecture",)),
-        ({"algorithm": "admm"}, ("sparsity", "target sparsity")),
+        ({"algorithm": "admm", "target_sparsity": None}, ("target_sparsity", "needs a target sparsity")),
         ({"algorithm": "rvscgd"}, ("algorithm", "binarized")),
         ({"dataset": {"name": "upload"}}, ("dataset", "exactly when")),
         ({"dataset": {"name": "folder", "path": "x"}}, ("dataset.name", "not enabled")),

@@ -15,17 +15,14 @@ from rvsm import data as rdata
 class ResidualCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(1, 12, 3, padding=1)
-        self.bn = nn.BatchNorm2d(12)
-        self.body = nn.Conv2d(12, 12, 3, padding=1, bias=False)
-        self.pool = nn.MaxPool2d(2)
-        self.drop = nn.Dropout(0.2)
-        self.head = nn.Linear(12 * 4 * 4, 10)
+        self.stem, self.bn = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.body = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.drop, self.head = nn.Dropout(0.2), nn.Linear(16 * 4 * 4, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.bn(self.stem(x)))
         h = torch.relu(h + self.body(h))  # the residual add
-        return self.head(self.drop(self.pool(h).flatten(1)))
+        return self.head(self.drop(torch.max_pool2d(h, 2).flatten(1)))
 
 
 class TabularMLP(nn.Module):
