@@ -15,7 +15,8 @@ Algorithms (SPEC §4, deep nets):
 - ``task``: ``classification`` (cross-entropy; scores are accuracy) or ``regression`` (mean squared
   error; scores are the validation MSE).
 - ``magnitude``: dense SGD for ``epochs``, one-shot magnitude pruning of each chosen tensor to
-  ``sparsity``, then ``finetune_epochs`` of SGD with the pruned entries held at zero.
+  ``sparsity``, then ``finetune_epochs`` of SGD with the pruned entries held at zero. ``rvsm`` and ``rvscgd``
+  may fine-tune the same way after their ``epochs`` (``w <- u``, then the zeros held).
 - ``admm``: ADMM (``rho = beta``, ``z`` = each tensor's top ``1 - sparsity`` magnitudes, dual update every
   epoch) for ``epochs``, then the same pruning and fine-tuning.
 
@@ -97,6 +98,8 @@ class TrainConfig:
 
     def _check_target(self) -> None:
         """Which algorithms use which sparsity field: a field an algorithm would ignore is an error."""
+        if self.finetune_epochs and self.algorithm == "sgd":
+            raise InputError("finetune_epochs", "fine-tunes a pruned network; algorithm 'sgd' prunes nothing")
         if self.sparsity is not None and self.algorithm not in ("admm", "magnitude"):
             raise InputError("sparsity", f"is not used by algorithm {self.algorithm!r}; use target_sparsity "
                              "(rvsm, rvscgd, admm, magnitude) or lam/beta")  # fmt: skip
@@ -140,7 +143,7 @@ class TrainConfig:
 
     @property
     def total_epochs(self) -> int:
-        return self.epochs + (self.finetune_epochs if self.algorithm in ("admm", "magnitude") else 0)
+        return self.epochs + self.finetune_epochs
 
 
 @dataclass
@@ -258,6 +261,23 @@ def _main_optimizer(cfg: TrainConfig, base: torch.optim.SGD, chosen: list[nn.Par
 
 
 @torch.no_grad()
+def _prune_(opt: object, cfg: TrainConfig, chosen: list[nn.Parameter]) -> list[Tensor]:
+    """Zero the pruned entries (RVSM: ``w <- u``; ADMM: its projection; magnitude: the smallest) and return the
+    keep-masks the fine-tuning phase holds."""
+    if isinstance(opt, RVSM):
+        if cfg.target is not None:
+            opt.target = cfg.target
+        opt.sparsify_()
+        masks = [p != 0 for p in chosen]
+    elif isinstance(opt, ADMM):
+        masks = opt.prune_()
+    else:
+        masks = magnitude_masks(chosen, cfg.target or 0.0, scope=cfg.sparsity_scope)
+    apply_masks_(chosen, masks)
+    return masks
+
+
+@torch.no_grad()
 def _u_point(opt: RVSM, model: nn.Module, data: TensorData, metric: str) -> dict:
     """Sparsity of ``u`` and the score of the network with ``u`` swapped in (what gets exported)."""
     u = opt.sparse_weights()
@@ -330,11 +350,9 @@ def train(
     steps_per_epoch = math.ceil(x_tr.shape[0] / cfg.batch_size)
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.total_epochs):
-        if epoch == cfg.epochs and masks is None and cfg.algorithm in ("admm", "magnitude"):
-            # end of phase 1: prune, then fine-tune with the pruned entries held at zero
-            p, scope = cfg.target or 0.0, cfg.sparsity_scope
-            masks = opt.prune_() if isinstance(opt, ADMM) else magnitude_masks(chosen, p, scope=scope)
-            apply_masks_(chosen, masks)
+        if epoch == cfg.epochs and masks is None:
+            # end of phase 1 (only with finetune_epochs): prune, then fine-tune with the pruned entries held at zero
+            masks = _prune_(opt, cfg, chosen)
             base = base_sgd(cfg.lr)
             opt = base
             sched = _scheduler(base, cfg, cfg.finetune_epochs)
