@@ -41,7 +41,7 @@ if [ "$dry" = 1 ]; then
         cp docs/benchmarks.md "$doc"
     fi
     toy=(--configs 40 --iters 200 --single 2 --repeats 2 --threads 1 --bandwidth --bandwidth-bytes 8000000)
-    overhead=(--batch 4 --repeats 2 --steps 2 --warmup 1)
+    overhead=(--batch 2 --repeats 2 --steps 1 --warmup 1)
     worker=(--epochs 1 --timeout 180)
 else
     device=cuda

@@ -50,17 +50,22 @@ def test_foreach_pull_on_device_equals_cpu_per_tensor_pull(penalty: str, dtype: 
     lam, beta = 5e-5, 0.01  # l0 threshold sqrt(2 lam/beta) = 0.1, l1 threshold 5e-3: both cut through 0.1 randn
     params, grads = tensors(dtype, seed=0)
     kw = dict(lam=lam, beta=beta, penalty=penalty)
+    # from zero gradients the pull is beta (w - T(w)) itself, one rounding on either side: bit-equal
+    zeros = [torch.zeros_like(g) for g in grads]
+    got = pulled(params, zeros, DEVICE, foreach=True, **kw)
+    want = pulled(params, zeros, torch.device("cpu"), foreach=False, **kw)
+    for p, a, b in zip(params, got, want, strict=True):
+        assert torch.equal(a, b)
+        if penalty == "l0":  # pulled exactly where |w| <= sqrt(2 lam/beta), by beta w
+            small = p.abs() <= math.sqrt(2 * lam / beta)
+            assert small.any() and (~small).any()
+            assert torch.equal(b != 0, small) and torch.equal(b[small], beta * p[small])
+    # added to real gradients: equal up to the rounding of one add (a fused multiply-add on the GPU)
     got = pulled(params, grads, DEVICE, foreach=True, **kw)
     want = pulled(params, grads, torch.device("cpu"), foreach=False, **kw)
     tol = 1e-15 if dtype == torch.float64 else 1e-7
-    for g0, p, a, b in zip(grads, params, got, want, strict=True):
-        # the same entries are pulled (the pull moved g where, and only where, the CPU form moved it) ...
-        assert torch.equal(a != g0, b != g0)
-        # ... by the same amount: beta (w - T(w)) added to g, up to the rounding of one add
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
-        if penalty == "l0":
-            pulled_entries = b != g0
-            assert torch.equal(pulled_entries, p.abs() <= math.sqrt(2 * lam / beta))
 
 
 @pytest.mark.xfail(
@@ -108,7 +113,8 @@ def test_batched_toy_run_on_device_equals_cpu_run_float64() -> None:
     cpu_runs = run_toy(cfgs, device="cpu")
     assert any(r.converged for r in cpu_runs)  # runs that stop early by tol: the stopping rule is compared too
     for a, b in zip(dev_runs, cpu_runs, strict=True):
-        assert (a.iters, a.converged, a.stopped_by) == (b.iters, b.converged, b.stopped_by)
+        # the step norm crosses tol at the same iteration, give or take the rounding of a reduction
+        assert (a.converged, a.stopped_by) == (b.converged, b.stopped_by) and abs(a.iters - b.iters) <= 2
         assert (a.w - b.w).abs().max().item() <= 1e-10
         assert (a.u - b.u).abs().max().item() <= 1e-10
         assert torch.equal(a.u != 0, b.u != 0)
