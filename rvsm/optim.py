@@ -108,9 +108,10 @@ def rvsm_pull_(
     elif penalty == "l0" and foreach:
         m = torch._foreach_abs(params)
         torch._foreach_sub_(m, math.sqrt(2 * mu))
-        torch._foreach_clamp_max_(m, 0.0)
-        torch._foreach_sign_(m)  # -1 where |w| < thr, 0 where kept
+        torch._foreach_clamp_min_(m, 0.0)
+        torch._foreach_sign_(m)  # 1 where kept (|w| > thr), 0 where thresholded (|w| <= thr, ties too: SPEC §2)
         torch._foreach_neg_(m)
+        torch._foreach_add_(m, 1.0)  # 1 where thresholded
         diff = torch._foreach_mul(params, m)
     elif penalty == "l0":  # hardshrink is the hard threshold, fused: x where |x| > thr, else 0
         thr = math.sqrt(2 * mu)

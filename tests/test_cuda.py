@@ -68,11 +68,6 @@ def test_foreach_pull_on_device_equals_cpu_per_tensor_pull(penalty: str, dtype: 
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rvsm_pull_'s foreach l0 branch keeps |w| == sqrt(2 mu) (sign(0) = 0); SPEC §2 and the per-tensor "
-    "form (hardshrink) threshold it to 0, so pull it",
-)
 def test_foreach_l0_pull_at_the_threshold_itself() -> None:
     lam, beta = 5e-5, 0.01
     thr = math.sqrt(2 * lam / beta)

@@ -129,3 +129,40 @@ def test_state_dict_normalisation_and_errors():
         unwrap({"a.weight": torch.ones(2), "step": 3})
     with pytest.raises(InputError, match="empty"):
         read_state_dict(b"")
+
+
+@pytest.mark.parametrize("penalty", ["l0", "l1"])
+def test_foreach_pull_equals_the_per_tensor_pull_ties_included(penalty):
+    """The multi-tensor kernels (CUDA's default, run here on the CPU) against the per-tensor form, with entries
+    exactly at the l0 threshold sqrt(2 mu), which SPEC §2 sets to zero."""
+    lam, beta = 5e-5, 0.01
+    thr = math.sqrt(2 * lam / beta)
+    g = torch.Generator().manual_seed(0)
+    params = [torch.tensor([thr, -thr, 0.5, 0.01, 0.0], dtype=torch.float64), torch.randn(7, 3, generator=g) * 0.1]
+    pulled = []
+    for foreach in (True, False):
+        grads = [torch.zeros_like(p) for p in params]
+        optim.rvsm_pull_(params, grads, lam=lam, beta=beta, penalty=penalty, foreach=foreach)
+        pulled.append(grads)
+    for a, b in zip(*pulled, strict=True):
+        assert torch.equal(a, b)
+    if penalty == "l0":  # at the threshold u = 0, so the pull is beta * w
+        assert pulled[0][0][:2].tolist() == [beta * thr, -beta * thr]
+
+
+def test_rvsm_fine_tunes_with_its_zeros_held():
+    data = rdata.synthetic(300, num_classes=3, seed=1)
+    torch.manual_seed(0)
+    m = models.build("mlp", num_classes=3, in_features=64, hidden=[40, 20])
+    names = models.default_sparse_parameters(m)
+    seen: list[dict] = []
+
+    def keep_zeros(ev: dict) -> None:
+        seen.append({n: (t == 0).clone() for n, t in ev["state"]["model"].items() if n in names})
+
+    cfg = TrainConfig(algorithm="rvsm", target_sparsity=0.8, epochs=2, finetune_epochs=2, sparsity_scope="layer")
+    r = train(m, data, cfg, callback=keep_zeros)
+    assert [p["epoch"] for p in r.trace] == [1, 2, 3, 4]
+    # the zeros set when fine-tuning starts (w <- u) are the final zeros: held through the fine-tuning
+    assert all(torch.equal(seen[2][n], seen[3][n]) for n in names)
+    assert all(r.sparsity["layers"][n]["zeros"] == math.floor(0.8 * r.sparsity["layers"][n]["numel"]) for n in names)
