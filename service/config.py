@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     lease_s: float = Field(60.0, gt=0, description="a running job whose worker is silent this long may be taken over")
     progress_interval_s: float = Field(0.5, gt=0, description="how often a running job writes progress and metrics")
     device: str | None = Field(None, description="torch device for workers; default: cuda when present, else cpu")
+    reaper_interval_s: float = Field(
+        10.0, gt=0, description="how often each worker's reconciler repairs jobs from the job store"
+    )
+    max_attempts: int = Field(3, ge=1, description="a job whose worker is lost this many times ends failed")
+    dispatch_timeout_s: float = Field(
+        60.0, gt=0, description="a queued job unclaimed this long is published again if its message may be lost"
+    )
+    broker_timeout_s: float = Field(1.0, gt=0, description="longest wait on the broker when publishing or checking")
 
     @field_validator("api_keys", mode="before")
     @classmethod
