@@ -217,10 +217,14 @@ def recover(session: Session, job: Job, *, max_attempts: int, dispatch_s: float)
     return event if ok else None
 
 
+def _late() -> ColumnElement[bool]:
+    """Past its deadline (``NULL``: a row from before deadlines were kept)."""
+    return or_(Job.lease_until.is_(None), Job.lease_until < utcnow())
+
+
 def unclaimed(session: Session, limit: int = 500) -> list[Job]:
     """Queued jobs that nobody claimed by their deadline (``lease_until``; ``NULL``: rows from before it)."""
-    late = or_(Job.lease_until.is_(None), Job.lease_until < utcnow())
-    q = select(Job).where(and_(Job.state == str(Q), late)).order_by(Job.created_at).limit(limit)
+    q = select(Job).where(and_(Job.state == str(Q), _late())).order_by(Job.created_at).limit(limit)
     return list(session.scalars(q).all())
 
 
@@ -229,8 +233,7 @@ def queued_count(session: Session, queue: str) -> int:
 
 
 def redispatch(session: Session, job: Job, dispatch_s: float) -> bool:
-    """redispatch: move a late queued job's deadline on; ``True``: this caller should publish it again."""
-    same = Job.lease_until.is_(None) if job.lease_until is None else Job.lease_until == job.lease_until
-    ok = _move(session, "redispatch", job.id, same, lease_until=_after(dispatch_s))
+    """redispatch: move a late queued job's deadline on; ``True``: this caller (the first to) should publish it."""
+    ok = _move(session, "redispatch", job.id, _late(), lease_until=_after(dispatch_s))
     session.commit()
     return ok
