@@ -4,7 +4,7 @@
 
     submit ──> QUEUED ──claim──> RUNNING ──finish──> SUCCEEDED | FAILED | CANCELLED
                  ^  │              │  ^ progress (renews the lease)
-                 │  │cancel        │  │
+                 │  │cancel        │  │ renew (a heartbeat thread, every lease / 3)
                  │  v              │  └ cancel (sets cancel_requested; the worker stops at its next check)
                  │ CANCELLED       │
                  ├──── release ────┤  the worker is shutting down (SIGTERM, Ctrl-C): hand the job back now
@@ -49,6 +49,7 @@ TRANSITIONS: dict[str, tuple[frozenset[JobState], frozenset[JobState], str]] = {
     "submit": (frozenset(), frozenset({Q}), "api"),
     "claim": (frozenset({Q}), frozenset({R}), "worker"),
     "progress": (frozenset({R}), frozenset({R}), "worker holding the lease"),
+    "renew": (frozenset({R}), frozenset({R}), "worker holding the lease (a heartbeat while the job computes)"),
     "finish": (frozenset({R}), TERMINAL, "worker holding the lease"),
     "release": (frozenset({R}), frozenset({Q}), "worker holding the lease, shutting down"),
     "cancel": (frozenset({Q, R}), frozenset({C, R}), "api (a running job only gets cancel_requested)"),
@@ -150,6 +151,14 @@ def report_progress(
     session.add_all(MetricPoint(job_id=job_id, seq=first + i, data=p) for i, p in enumerate(points))
     session.commit()
     return True
+
+
+def renew(session: Session, job_id: str, worker: str, lease_s: float) -> bool:
+    """renew: extend the lease of a job this worker holds. A lease so means "its worker process is
+    alive", whatever the job is doing (loading data, a long epoch). ``False``: no longer held."""
+    ok = _move(session, "renew", job_id, _held_by(worker), lease_until=_after(lease_s))
+    session.commit()
+    return ok
 
 
 def finish(

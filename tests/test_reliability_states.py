@@ -42,6 +42,7 @@ def test_only_one_of_two_claims_wins_and_only_the_holder_writes(sessions):
         job_id = _new(s)
         assert states.claim(s, job_id, "a", 60).attempts == 1
         assert states.claim(s, job_id, "b", 60) is None  # a live lease: the second claim misses
+        assert states.renew(s, job_id, "a", 60) and not states.renew(s, job_id, "b", 60)
         kw = dict(lease_s=60, progress=0.5, iteration=5, max_iters=10, eta_s=1.0)
         assert not states.report_progress(s, job_id, "b", points=[{"i": 1}], **kw)
         assert states.report_progress(s, job_id, "a", points=[{"i": 1}, {"i": 2}], **kw)

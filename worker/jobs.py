@@ -114,6 +114,32 @@ class Reporter:
             raise Stop
 
 
+class Heartbeat:
+    """Renews the lease of the job this worker holds every ``lease_s / 3`` from a thread, so the lease
+    runs out only when the worker process is gone (or frozen), not while a job loads data or runs a
+    long step between progress writes."""
+
+    def __init__(self, settings: Settings, job_id: str, worker: str) -> None:
+        self.settings, self.job_id, self.worker = settings, job_id, worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sessions = get_sessionmaker(self.settings.resolved_database_url)
+        while not self._stop.wait(self.settings.lease_s / 3):
+            try:
+                with sessions() as s:
+                    if not store.renew(s, self.job_id, self.worker, self.settings.lease_s):
+                        return  # finished, cancelled, deleted or taken over: the job's own checks stop it
+            except Exception as e:  # the store is briefly unreachable: try again next beat
+                log.warning("job %s: lease renewal failed: %s: %s", self.job_id, type(e).__name__, e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def summarize_toy(result: dict) -> dict:
     """Headline numbers for gates: one run's, or a sweep's worst case."""
     runs = result["runs"] if "runs" in result else [result]
@@ -175,6 +201,7 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
     _poison_check(job_id)
     log.info("job %s: running (%s) as %s", job_id, kind, worker)
     reporter = Reporter(settings, job_id, worker)
+    heartbeat = Heartbeat(settings, job_id, worker)
     try:
         reporter.check_shutdown()
         if kind == "checkpoint":
@@ -205,6 +232,8 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
         arts, result_path, summary = [], None, None
         outcome, error = "failed", f"{type(e).__name__}: {e}"
+    finally:
+        heartbeat.stop()
     with sessions() as s:
         done = store.finish(
             s, job_id, worker, state=outcome, error=error, result_path=result_path, summary=summary, artifacts=arts

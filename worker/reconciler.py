@@ -35,11 +35,12 @@ def sweep(settings: Settings) -> Counter[str]:
     sessions = get_sessionmaker(settings.resolved_database_url)
     with sessions() as s:
         for job in states.expired(s):
+            holder, attempts = job.worker, job.attempts
             event = states.recover(s, job, max_attempts=settings.max_attempts, dispatch_s=settings.dispatch_timeout_s)
             if event is None:
                 continue
             done[event] += 1
-            log.warning("job %s: lease expired (worker %s, attempt %d): %s", job.id, job.worker, job.attempts, event)
+            log.warning("job %s: lease of %s expired (attempt %d): %s", job.id, holder, attempts, event)
             if event == "requeue":
                 _publish(settings, job.id, job.queue, done)
         late = states.unclaimed(s)
