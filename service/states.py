@@ -14,10 +14,11 @@
     QUEUED ──redispatch──> QUEUED     reconciler: nobody claimed it by ``lease_until`` and its message may be lost
 
 ``lease_until`` is one deadline for whoever holds the job: for a ``running`` job, its worker's lease
-(renewed by every progress write); for a ``queued`` job, the time by which its broker message should
-have been claimed. Past it, the reconciler acts. Every write below is one conditional UPDATE on the
-row (``WHERE id = ? AND state = ? AND ...``), so two actors racing for a job cannot both win: a
-duplicate broker message is harmless (its claim misses), a lost one is repaired by the reconciler.
+(renewed by its heartbeat thread and its progress writes); for a ``queued`` job, the time by which
+its broker message should have been claimed. Past it, the reconciler acts. Every write below is one
+conditional UPDATE on the row (``WHERE id = ? AND state = ? AND ...``), so two actors racing for a
+job cannot both win: a duplicate broker message is harmless (its claim misses), a lost one is
+repaired by the reconciler.
 """
 
 from __future__ import annotations
@@ -65,13 +66,16 @@ def allowed(event: str, src: str, dst: str) -> bool:
     if event not in TRANSITIONS:
         raise ValueError(f"unknown event {event!r}; known: {sorted(TRANSITIONS)}")
     froms, tos, _ = TRANSITIONS[event]
-    return (src in froms or (not froms and src == "")) and dst in tos
+    return src in froms and dst in tos
 
 
 def _move(session: Session, event: str, job_id: str, *where: ColumnElement[bool], **values: object) -> bool:
     """One conditional UPDATE for ``event``: the row must be in one of the event's source states and
     match ``where``; ``True`` when this call made the transition. Does not commit."""
-    froms, _, _ = TRANSITIONS[event]
+    froms, tos, _ = TRANSITIONS[event]
+    target = values.get("state")
+    if isinstance(target, str) and target not in tos:  # the table is the rule, also for this module's own code
+        raise ValueError(f"{event} cannot move a job to {target!r}; it moves to {sorted(tos)}")
     res = session.execute(
         update(Job).where(Job.id == job_id, Job.state.in_([str(s) for s in froms]), *where).values(**values)
     )
