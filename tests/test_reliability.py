@@ -142,7 +142,8 @@ def test_broker_restarted_empty_and_a_crash_before_publish_lose_no_job(tmp_path)
     env = _env(tmp_path, queue) | {"RVSM_BROKER_URL": redis.url}
     worker = None
     try:
-        with make_client(tmp_path, queue, broker_url=redis.url) as client:
+        # the API stamps each queued row with its own dispatch deadline: the same short one as the worker's
+        with make_client(tmp_path, queue, broker_url=redis.url, dispatch_timeout_s=2) as client:
             ids = [client.post("/v1/jobs", json=SHORT | {"init": {"seed": i}}).json()["id"] for i in range(4)]
             assert redis.command("LLEN", queue).startswith(b":4")
             redis.restart_empty()  # every message gone while the jobs are queued
