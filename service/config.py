@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     toy_sample_elements_cap: int = Field(
         20_000_000, ge=1, description="largest sum of (samples or batch_size) x k x d over a toy job's empirical runs"
     )
+    reaper_interval_s: float = Field(
+        10.0, gt=0, description="how often each worker's reconciler repairs jobs from the job store"
+    )
+    max_attempts: int = Field(3, ge=1, description="a job whose worker is lost this many times ends failed")
+    dispatch_timeout_s: float = Field(
+        60.0, gt=0, description="a queued job unclaimed this long is published again if its message may be lost"
+    )
+    broker_timeout_s: float = Field(1.0, gt=0, description="longest wait on the broker when publishing or checking")
 
     @field_validator("api_keys", mode="before")
     @classmethod

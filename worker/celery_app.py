@@ -1,56 +1,38 @@
-"""The Celery app. The broker is Redis (``RVSM_BROKER_URL``); results live in the job store, not in Celery.
+"""The workers' Celery app, built on demand by :func:`make_app` (nothing is built at import time).
 
-Delivery: ``acks_late`` with ``reject_on_worker_lost`` and prefetch 1, so a message is acknowledged
-only when its job is done and a worker that dies hands it back; the visibility timeout
-(``RVSM_VISIBILITY_TIMEOUT_S``) must be longer than the longest job, or Redis redelivers a job
-that is still running (the job store's lease then keeps the copy from running twice).
+It consumes the queue contract of :mod:`service.queue` (task name, queues, broker options). Delivery:
+``acks_late`` and prefetch 1, so a worker holds at most one message and acknowledges it when its job
+is done. What protects a job is not the message but the job store: a worker that dies (SIGKILL, out
+of memory) leaves its job ``running`` under a lease that stops being renewed, and the reconciler
+(:mod:`worker.reconciler`, a thread in every worker) puts it back on the queue once the lease has run
+out, whatever the broker's visibility timeout. (``reject_on_worker_lost`` is not set: under the solo
+pool there is no child process whose loss it could detect.)
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from celery import Celery, signals
 
-from celery import Celery
-from kombu import Queue
+from service.config import Settings
+from service.queue import base_config
 
-from service.config import Settings, get_settings
-
-QUEUES = ("cpu", "gpu")
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
-
-
-TASK = "rvsm.run_job"
+from . import reconciler
+from .jobs import shutting_down
+from .tasks import register
 
 
-@lru_cache
-def app_for(broker_url: str, visibility_timeout_s: int) -> Celery:
-    """One Celery app per broker: the workers' (below) and, in the API, one per configured broker."""
-    app = Celery("rvsm", include=["worker.tasks"])
+def make_app(settings: Settings) -> Celery:
+    """The worker app: the shared broker config, one job at a time, the ``rvsm.run_job`` task, and the
+    signal hooks that start the reconciler and hand a running job back on shutdown."""
+    app = Celery("rvsm", set_as_current=True)
     app.conf.update(
+        base_config(settings, timeout_s=None),
         task_acks_late=True,
-        task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        task_queues=[Queue(q) for q in QUEUES],
-        task_default_queue="cpu",
         worker_hijack_root_logger=False,
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-        broker_url=broker_url,
-        broker_transport_options={"visibility_timeout": visibility_timeout_s},
     )
+    register(app)
+    signals.worker_ready.connect(lambda sender=None, **_: reconciler.start(settings), weak=False)
+    signals.worker_shutting_down.connect(lambda sender=None, **_: shutting_down.set(), weak=False)
     return app
-
-
-def celery_app(settings: Settings) -> Celery:
-    return app_for(settings.broker_url or DEFAULT_BROKER, settings.visibility_timeout_s)
-
-
-def enqueue(settings: Settings, job_id: str, queue: str) -> None:
-    """Queue a job for the workers (raises when the broker cannot be reached)."""
-    celery_app(settings).send_task(TASK, args=[job_id], queue=queue)
-
-
-app = celery_app(get_settings())

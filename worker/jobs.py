@@ -1,6 +1,9 @@
 """Running one job: claim it in the store, call :mod:`rvsm`, write the artifacts, record the outcome.
 
-No Celery here: the same function runs under a worker or in a test.
+No Celery here: the same function runs under a worker or in a test. A claim that misses (the job is
+finished, cancelled, deleted, or running under another worker's live lease) acknowledges its message
+and does nothing: that drops no job, because the reconciler, not the message, watches the lease and
+requeues the job if its holder dies (:mod:`worker.reconciler`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -26,10 +31,19 @@ from .checkpoint_jobs import resume_path, run_checkpoint_job
 
 log = logging.getLogger("rvsm.worker")
 LIVE_METRICS = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "nnz_u")
+# Test-only fault injection, never reachable through the API: a file listing job ids (one a line);
+# a worker that claims one of them SIGKILLs itself, like a job that runs out of memory every time.
+POISON_ENV = "RVSM_TEST_POISON_FILE"
+# Set when the worker is asked to stop (SIGTERM, Ctrl-C): the running job is handed back at its next check.
+shutting_down = threading.Event()
 
 
 class Stop(Exception):
     """The job was cancelled, deleted or taken over: stop between iterations."""
+
+
+class Released(Stop):
+    """The worker is shutting down: hand the job back to the queue instead of finishing it."""
 
 
 class Reporter:
@@ -75,12 +89,17 @@ class Reporter:
         if force or time.monotonic() - self.last >= self.settings.progress_interval_s:
             self.flush()
 
+    def check_shutdown(self) -> None:
+        if shutting_down.is_set():
+            raise Released
+
     def check(self) -> None:
         """Between training steps: a store round trip at most every ``progress_interval_s``."""
         if time.monotonic() - self.last >= self.settings.progress_interval_s:
             self.flush()
 
     def flush(self) -> None:
+        self.check_shutdown()
         self.last = time.monotonic()
         points, self.buffer = self.buffer, []
         for pt in points:  # JSON has no NaN: undefined angles travel as null
@@ -93,6 +112,32 @@ class Reporter:
             )
         if not ok:
             raise Stop
+
+
+class Heartbeat:
+    """Renews the lease of the job this worker holds every ``lease_s / 3`` from a thread, so the lease
+    runs out only when the worker process is gone (or frozen), not while a job loads data or runs a
+    long step between progress writes."""
+
+    def __init__(self, settings: Settings, job_id: str, worker: str) -> None:
+        self.settings, self.job_id, self.worker = settings, job_id, worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sessions = get_sessionmaker(self.settings.resolved_database_url)
+        while not self._stop.wait(self.settings.lease_s / 3):
+            try:
+                with sessions() as s:
+                    if not store.renew(s, self.job_id, self.worker, self.settings.lease_s):
+                        return  # finished, cancelled, deleted or taken over: the job's own checks stop it
+            except Exception as e:  # the store is briefly unreachable: try again next beat
+                log.warning("job %s: lease renewal failed: %s: %s", self.job_id, type(e).__name__, e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def summarize_toy(result: dict) -> dict:
@@ -134,6 +179,14 @@ def _save(settings: Settings, job_id: str, files: dict[str, bytes]) -> list[Arti
     return out
 
 
+def _poison_check(job_id: str) -> None:
+    """Test-only (see ``POISON_ENV``): die the way an out-of-memory kill does, with no cleanup."""
+    path = os.environ.get(POISON_ENV)
+    if path and job_id in Path(path).read_text().split():
+        log.warning("job %s: test poison: SIGKILL to this worker", job_id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def execute(job_id: str, *, settings: Settings | None = None) -> str:
     """Run ``job_id`` if this worker can claim it; returns the outcome (``skipped`` when not claimed)."""
     settings = settings or get_settings()
@@ -145,9 +198,12 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
             log.info("job %s: not claimable (finished, cancelled, deleted or held by a live worker)", job_id)
             return "skipped"
         spec, kind = job.spec, job.kind
+    _poison_check(job_id)
     log.info("job %s: running (%s) as %s", job_id, kind, worker)
     reporter = Reporter(settings, job_id, worker)
+    heartbeat = Heartbeat(settings, job_id, worker)
     try:
+        reporter.check_shutdown()
         if kind == "checkpoint":
             files, summary = run_checkpoint_job(job_id, spec, settings, reporter)
             result_name = "report.json"
@@ -161,6 +217,11 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
         arts = _save(settings, job_id, files)
         result_path = str(Path(job_id) / result_name)
         outcome, error = "succeeded", None
+    except Released:
+        with sessions() as s:
+            released = store.release(s, job_id, worker)
+        log.info("job %s: worker shutting down; handed back to the queue: %s", job_id, released)
+        return "released"
     except Stop:
         arts, result_path, summary = [], None, None
         outcome, error = "cancelled", None
@@ -171,6 +232,8 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())
         arts, result_path, summary = [], None, None
         outcome, error = "failed", f"{type(e).__name__}: {e}"
+    finally:
+        heartbeat.stop()
     with sessions() as s:
         done = store.finish(
             s, job_id, worker, state=outcome, error=error, result_path=result_path, summary=summary, artifacts=arts

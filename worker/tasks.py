@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from .celery_app import TASK, app
+from celery import Celery
+
+from service.queue import TASK
+
 from .jobs import execute
 
 
-@app.task(name=TASK, acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: str) -> str:
-    """Run one job from the store; safe to deliver twice (a second delivery finds it claimed or done)."""
-    return execute(job_id)
+def register(app: Celery) -> None:
+    """Register ``rvsm.run_job`` on ``app``."""
+
+    @app.task(name=TASK, acks_late=True)
+    def run_job(job_id: str) -> str:
+        """Run one job from the store; safe to deliver twice (a second delivery finds it claimed or done)."""
+        return execute(job_id)

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from .. import queue, supervisor
 from ..deps import SessionDep, SettingsDep
 
 router = APIRouter(tags=["health"])
@@ -19,7 +20,8 @@ def healthz() -> dict:
 
 @router.get("/readyz")
 def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
-    """The job database and the broker answer (503 with the failing part otherwise)."""
+    """The job database and the broker answer within ``RVSM_BROKER_TIMEOUT_S``, and in embedded mode the
+    worker is alive (503 with the failing part otherwise)."""
     checks: dict[str, str] = {}
     try:
         session.execute(text("SELECT 1"))
@@ -27,12 +29,12 @@ def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
     except Exception as e:  # report, don't raise: this endpoint's job is to say what is down
         checks["database"] = f"error: {type(e).__name__}: {e}"
     try:
-        from worker.celery_app import celery_app
-
-        with celery_app(settings).connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+        queue.ping(settings)
         checks["broker"] = "ok"
     except Exception as e:
         checks["broker"] = f"error: {type(e).__name__}: {e}"
+    sup = supervisor.current()
+    if sup is not None:  # embedded mode: `rvsm serve` runs the worker
+        checks["worker"] = sup.health()
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)

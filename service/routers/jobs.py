@@ -18,7 +18,6 @@ from rvsm.errors import InputError
 from rvsm.prepare import prepare
 from rvsm.toy import SpecError, ToyLimits, validate_spec
 from rvsm.train import TrainConfig
-from worker.celery_app import enqueue
 
 from .. import store
 from ..artifacts import job_dir, write_atomic
@@ -26,6 +25,7 @@ from ..config import Settings
 from ..db import Job
 from ..deps import OwnerDep, SessionDep, SettingsDep
 from ..errors import field_error
+from ..queue import enqueue
 from ..schemas import (
     ArtifactPublic,
     CheckpointSpecCreate,
@@ -193,7 +193,9 @@ def _create(
         kind, queue = "checkpoint", settings.checkpoint_queue
         spec["has_checkpoint"] = "checkpoint" in files
         spec["has_dataset_file"] = "dataset" in files
-    job = store.new_job(session, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters)
+    # committed before the publish: a crash between the two leaves a queued row the reconciler publishes
+    job = store.new_job(session, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters,
+                        dispatch_s=settings.dispatch_timeout_s)  # fmt: skip
     if files:
         inputs = job_dir(settings.resolved_artifact_dir, job.id) / "inputs"
         for name in ("checkpoint", "dataset"):
@@ -201,7 +203,7 @@ def _create(
                 write_atomic(inputs / input_name(name, files), files[name])
     try:
         enqueue(settings, job.id, job.queue)
-    except Exception as e:  # the broker is down: say so, keep nothing half-queued
+    except Exception as e:  # the broker is down or hung (bounded wait): say so, keep nothing half-queued
         store.delete_job(session, job)
         shutil.rmtree(job_dir(settings.resolved_artifact_dir, job.id), ignore_errors=True)
         raise HTTPException(

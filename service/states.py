@@ -1,0 +1,252 @@
+"""The job lifecycle: every state, every transition, and who makes it, in one file.
+
+::
+
+    submit ──> QUEUED ──claim──> RUNNING ──finish──> SUCCEEDED | FAILED | CANCELLED
+                 ^  │              │  ^ progress (renews the lease)
+                 │  │cancel        │  │ renew (a heartbeat thread, every lease / 3)
+                 │  v              │  └ cancel (sets cancel_requested; the worker stops at its next check)
+                 │ CANCELLED       │
+                 ├──── release ────┤  the worker is shutting down (SIGTERM, Ctrl-C): hand the job back now
+                 └──── requeue ────┤  reconciler: the lease ran out (the worker died) and attempts < max
+                       give_up ────┤  reconciler: the lease ran out and attempts reached RVSM_MAX_ATTEMPTS -> FAILED
+                       reap ───────┘  reconciler: the lease ran out on a job asked to cancel -> CANCELLED
+    QUEUED ──redispatch──> QUEUED     reconciler: nobody claimed it by ``lease_until`` and its message may be lost
+
+``lease_until`` is one deadline for whoever holds the job: for a ``running`` job, its worker's lease
+(renewed by its heartbeat thread and its progress writes); for a ``queued`` job, the time by which
+its broker message should have been claimed. Past it, the reconciler acts. Every write below is one
+conditional UPDATE on the row (``WHERE id = ? AND state = ? AND ...``), so two actors racing for a
+job cannot both win: a duplicate broker message is harmless (its claim misses), a lost one is
+repaired by the reconciler.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from enum import StrEnum
+
+from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from .db import Artifact, Job, MetricPoint, utcnow
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+Q, R, S, F, C = JobState
+TERMINAL = frozenset({S, F, C})
+
+# event: (from states, to states, who makes it)
+TRANSITIONS: dict[str, tuple[frozenset[JobState], frozenset[JobState], str]] = {
+    "submit": (frozenset(), frozenset({Q}), "api"),
+    "claim": (frozenset({Q}), frozenset({R}), "worker"),
+    "progress": (frozenset({R}), frozenset({R}), "worker holding the lease"),
+    "renew": (frozenset({R}), frozenset({R}), "worker holding the lease (a heartbeat while the job computes)"),
+    "finish": (frozenset({R}), TERMINAL, "worker holding the lease"),
+    "release": (frozenset({R}), frozenset({Q}), "worker holding the lease, shutting down"),
+    "cancel": (frozenset({Q, R}), frozenset({C, R}), "api (a running job only gets cancel_requested)"),
+    "requeue": (frozenset({R}), frozenset({Q}), "reconciler: lease expired, attempts left"),
+    "give_up": (frozenset({R}), frozenset({F}), "reconciler: lease expired, no attempts left"),
+    "reap": (frozenset({R}), frozenset({C}), "reconciler: lease expired, cancel requested"),
+    "redispatch": (frozenset({Q}), frozenset({Q}), "reconciler: unclaimed past its deadline"),
+}
+
+
+def allowed(event: str, src: str, dst: str) -> bool:
+    """Whether ``event`` may move a job from ``src`` to ``dst`` (the table above is the rule)."""
+    if event not in TRANSITIONS:
+        raise ValueError(f"unknown event {event!r}; known: {sorted(TRANSITIONS)}")
+    froms, tos, _ = TRANSITIONS[event]
+    return src in froms and dst in tos
+
+
+def _move(session: Session, event: str, job_id: str, *where: ColumnElement[bool], **values: object) -> bool:
+    """One conditional UPDATE for ``event``: the row must be in one of the event's source states and
+    match ``where``; ``True`` when this call made the transition. Does not commit."""
+    froms, tos, _ = TRANSITIONS[event]
+    target = values.get("state")
+    if isinstance(target, str) and target not in tos:  # the table is the rule, also for this module's own code
+        raise ValueError(f"{event} cannot move a job to {target!r}; it moves to {sorted(tos)}")
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.state.in_([str(s) for s in froms]), *where).values(**values)
+    )
+    return res.rowcount == 1
+
+
+def _after(seconds: float) -> dt.datetime:
+    return utcnow() + dt.timedelta(seconds=seconds)
+
+
+def _held_by(worker: str) -> ColumnElement[bool]:
+    return Job.worker == worker
+
+
+# ----------------------------------------------------------------------------- api
+def new_job(
+    session: Session, *, kind: str, spec: dict, owner: str | None, queue: str, max_iters: int, dispatch_s: float
+) -> Job:
+    """submit: a queued row whose message should be claimed within ``dispatch_s`` (else it is published again)."""
+    job = Job(id=uuid.uuid4().hex, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters, state=str(Q))
+    job.lease_until = _after(dispatch_s)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """cancel: a queued job ends at once; a running one is asked to stop (its worker checks between
+    steps; if that worker is gone, the reconciler ends it when the lease runs out)."""
+    now = utcnow()
+    if not _move(session, "cancel", job.id, Job.state == str(Q),
+                 state=str(C), cancel_requested=True, finished_at=now, lease_until=None):  # fmt: skip
+        _move(session, "cancel", job.id, Job.state == str(R), cancel_requested=True)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+# ----------------------------------------------------------------------------- worker
+def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Job | None:
+    """claim: take a queued job for ``worker`` under a lease. ``None``: not ours to run (finished,
+    cancelled, deleted, or running under another worker, whose lease the reconciler watches)."""
+    now = utcnow()
+    ok = _move(
+        session, "claim", job_id, Job.cancel_requested.is_(False),
+        state=str(R), worker=worker, lease_until=now + dt.timedelta(seconds=lease_s),
+        attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now), error=None,
+    )  # fmt: skip
+    session.commit()
+    return session.get(Job, job_id, populate_existing=True) if ok else None
+
+
+def report_progress(
+    session: Session,
+    job_id: str,
+    worker: str,
+    *,
+    lease_s: float,
+    progress: float,
+    iteration: int,
+    max_iters: int,
+    eta_s: float | None,
+    points: list[dict],
+) -> bool:
+    """progress: write progress and new trace points and renew the lease. ``False``: stop, the job was
+    cancelled, deleted or taken from this worker."""
+    ok = _move(
+        session, "progress", job_id, _held_by(worker), Job.cancel_requested.is_(False),
+        progress=progress, iteration=iteration, max_iters=max_iters, eta_s=eta_s,
+        lease_until=_after(lease_s), metrics_seq=Job.metrics_seq + len(points),
+    )  # fmt: skip
+    if not ok:
+        session.rollback()
+        return False
+    last = session.scalar(select(Job.metrics_seq).where(Job.id == job_id))
+    first = (last or 0) - len(points) + 1
+    session.add_all(MetricPoint(job_id=job_id, seq=first + i, data=p) for i, p in enumerate(points))
+    session.commit()
+    return True
+
+
+def renew(session: Session, job_id: str, worker: str, lease_s: float) -> bool:
+    """renew: extend the lease of a job this worker holds. A lease so means "its worker process is
+    alive", whatever the job is doing (loading data, a long epoch). ``False``: no longer held."""
+    ok = _move(session, "renew", job_id, _held_by(worker), lease_until=_after(lease_s))
+    session.commit()
+    return ok
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    worker: str,
+    *,
+    state: str,
+    error: str | None = None,
+    result_path: str | None = None,
+    summary: dict | None = None,
+    artifacts: list[Artifact] | None = None,
+) -> bool:
+    """finish: a job this worker holds ends in ``state`` with its artifacts (a job asked to cancel
+    that succeeds anyway ends cancelled). ``False``: the job is no longer this worker's."""
+    if state not in TERMINAL:
+        raise ValueError(f"state must be one of {sorted(TERMINAL)}, got {state!r}")
+    values: dict = dict(error=error, result_path=result_path, summary=summary, finished_at=utcnow(), lease_until=None)
+    values["state"] = case((Job.cancel_requested.is_(True), str(C)), else_=state) if state == S else state
+    if state == S:
+        values.update(progress=1.0, eta_s=0.0)
+        if summary and "iters" in summary:
+            values["iteration"] = summary["iters"]
+    if not _move(session, "finish", job_id, _held_by(worker), **values):
+        session.rollback()
+        return False
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+    session.add_all(artifacts or [])
+    session.commit()
+    return True
+
+
+def release(session: Session, job_id: str, worker: str) -> bool:
+    """release: a worker that is shutting down hands its job back at once (no wait for the lease);
+    the reconciler publishes it again, and a checkpoint job resumes from its last saved epoch."""
+    ok = _move(session, "release", job_id, _held_by(worker), Job.cancel_requested.is_(False),
+               state=str(Q), worker=None, lease_until=utcnow())  # fmt: skip
+    session.commit()
+    return ok
+
+
+# ----------------------------------------------------------------------------- reconciler
+def expired(session: Session, limit: int = 500) -> list[Job]:
+    """Running jobs whose worker has been silent past its lease."""
+    q = select(Job).where(Job.state == str(R), Job.lease_until < utcnow()).order_by(Job.lease_until).limit(limit)
+    return list(session.scalars(q).all())
+
+
+def recover(session: Session, job: Job, *, max_attempts: int, dispatch_s: float) -> str | None:
+    """The transition for a running job whose lease ran out: ``reap`` (cancel was asked),
+    ``give_up`` (``attempts`` reached ``max_attempts``) or ``requeue``. Returns the event made, or
+    ``None`` when another reconciler (or a late progress write) got there first."""
+    now = utcnow()
+    stale = (Job.lease_until == job.lease_until, Job.lease_until < now)
+    if job.cancel_requested:
+        event, values = "reap", dict(state=str(C), finished_at=now, lease_until=None)
+    elif job.attempts >= max_attempts:
+        error = (f"the worker running this job was lost {job.attempts} times (killed, out of memory or "
+                 f"crashed); gave up after RVSM_MAX_ATTEMPTS={max_attempts} attempts")  # fmt: skip
+        event, values = "give_up", dict(state=str(F), finished_at=now, lease_until=None, error=error)
+    else:
+        event, values = "requeue", dict(state=str(Q), worker=None, lease_until=now + dt.timedelta(seconds=dispatch_s))
+    ok = _move(session, event, job.id, *stale, **values)
+    session.commit()
+    return event if ok else None
+
+
+def _late() -> ColumnElement[bool]:
+    """Past its deadline (``NULL``: a row from before deadlines were kept)."""
+    return or_(Job.lease_until.is_(None), Job.lease_until < utcnow())
+
+
+def unclaimed(session: Session, limit: int = 500) -> list[Job]:
+    """Queued jobs that nobody claimed by their deadline (``lease_until``; ``NULL``: rows from before it)."""
+    q = select(Job).where(and_(Job.state == str(Q), _late())).order_by(Job.created_at).limit(limit)
+    return list(session.scalars(q).all())
+
+
+def queued_count(session: Session, queue: str) -> int:
+    return session.scalar(select(func.count()).where(Job.state == str(Q), Job.queue == queue)) or 0
+
+
+def redispatch(session: Session, job: Job, dispatch_s: float) -> bool:
+    """redispatch: move a late queued job's deadline on; ``True``: this caller (the first to) should publish it."""
+    ok = _move(session, "redispatch", job.id, _late(), lease_until=_after(dispatch_s))
+    session.commit()
+    return ok
