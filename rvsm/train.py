@@ -28,9 +28,10 @@ result). It references the live model and optimizer tensors: save or copy it ins
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -292,6 +293,18 @@ def _u_point(opt: RVSM, model: nn.Module, data: TensorData, metric: str) -> dict
     return point
 
 
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Denormal floats flushed to zero inside (CPU arithmetic on them can be many times slower), and the
+    process's previous setting restored after: the toy problems need subnormal numbers."""
+    before = float(torch.tensor(1e-310, dtype=torch.float64) * 1.0) == 0.0  # is flushing on now?
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
 def train(
     model: nn.Module,
     data: TensorData,
@@ -302,10 +315,22 @@ def train(
     step_callback: Callable[[int], None] | None = None,
     resume: dict | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``data`` by ``cfg``; see the module docstring. Denormal floats are flushed to zero
-    (``torch.set_flush_denormal``, for the process): on x86 CPUs they made a lenet5 run about 4x slower."""
+    """Train ``model`` on ``data`` by ``cfg`` (module docstring), denormals flushed (:func:`flush_denormals`)."""
+    with flush_denormals():
+        return _train(model, data, cfg, device=device, callback=callback, step_callback=step_callback, resume=resume)
+
+
+def _train(
+    model: nn.Module,
+    data: TensorData,
+    cfg: TrainConfig,
+    *,
+    device: str | torch.device,
+    callback: Callable[[dict], None] | None,
+    step_callback: Callable[[int], None] | None,
+    resume: dict | None,
+) -> TrainResult:
     t0 = time.perf_counter()
-    torch.set_flush_denormal(True)
     dev = torch.device(device)
     model.to(dev)
     if data.task != cfg.task:

@@ -166,3 +166,12 @@ def test_rvsm_fine_tunes_with_its_zeros_held():
     # the zeros set when fine-tuning starts (w <- u) are the final zeros: held through the fine-tuning
     assert all(torch.equal(seen[2][n], seen[3][n]) for n in names)
     assert all(r.sparsity["layers"][n]["zeros"] == math.floor(0.8 * r.sparsity["layers"][n]["numel"]) for n in names)
+
+
+def test_training_leaves_the_denormal_setting_as_it_found_it():
+    """train() flushes denormals while it runs; the toy problems after it still see subnormal numbers."""
+    tiny = torch.tensor(1e-310, dtype=torch.float64)
+    assert float(tiny * 1.0) != 0.0
+    data = rdata.synthetic(60, num_classes=2, seed=0)
+    train(models.build("mlp", num_classes=2, in_features=64, hidden=[4]), data, TrainConfig(algorithm="sgd", epochs=1))
+    assert float(tiny * 1.0) != 0.0
