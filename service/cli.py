@@ -240,9 +240,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         created = client.call("POST", "/v1/jobs", json=spec).json()
     job_id = created["id"]
-    print(job_id, flush=True)
     if not args.wait:
+        print(job_id, flush=True)
         return 0
+    print(job_id, file=sys.stderr, flush=True)  # with --wait, stdout is the one JSON report (pipe it to jq)
     job = _wait(client, job_id, _Progress(_progress_enabled(args)), args.poll)
     report = {"id": job_id, "state": job["state"], "error": job["error"], "summary": job["summary"]}
     if job["state"] == "succeeded" and job["kind"] == "toy":

@@ -68,8 +68,9 @@ def test_embedded_mode_runs_a_job_and_the_client_waits_for_it(server):
     out = rvsm("submit", str(spec), "--url", url, "--wait", "--poll", "0.2", "--max-theta-w", "0.01",
                "--download", str(tmp / "arts"), cwd=tmp)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    job_id = out.stdout.splitlines()[0]
-    report = json.loads(out.stdout[len(job_id) + 1 :])
+    report = json.loads(out.stdout)  # stdout is exactly one JSON document (`| python -m json.tool` works)
+    job_id = report["id"]
+    assert out.stderr.splitlines()[0] == job_id
     assert report["state"] == "succeeded" and report["final"]["converged"] is True and report["gates_failed"] == []
     assert set(report["downloaded"]) == {"result.json", "convergence.png"}
     for name, digest in report["downloaded"].items():
@@ -131,7 +132,7 @@ def test_checkpoint_job_from_the_cli_with_gates_and_download(server):
     ]
     ok = rvsm(*args, "--min-sparsity", "0.55", "--max-accuracy-drop", "0.05", "--download", str(tmp / "ck"), cwd=tmp)
     assert ok.returncode == 0, ok.stderr
-    report = json.loads(ok.stdout.split("\n", 1)[1])
+    report = json.loads(ok.stdout)
     assert report["summary"]["sparsity"] == pytest.approx(0.6, abs=0.01)
     assert set(report["downloaded"]) == {"model.safetensors", "model.sparse", "report.json"}
     back = load_file(str(tmp / "ck" / "model.safetensors"))
