@@ -24,6 +24,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -104,8 +105,21 @@ def get_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    _create_tables(engine)
     return engine
+
+
+def _create_tables(engine: Engine, attempts: int = 5) -> None:
+    """``create_all``, which checks then creates, so the API and a worker starting together on a new database
+    can both see a table missing and one of them fail with "already exists": then look again."""
+    for i in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except DBAPIError as e:
+            raced = "already exists" in str(e) or "duplicate key" in str(e)
+            if not raced or i == attempts - 1:
+                raise
 
 
 @lru_cache

@@ -116,3 +116,26 @@ def test_release_and_redispatch(sessions):
         assert states.redispatch(s, late[0], 60)
         assert not states.redispatch(s, late[0], 60)  # a second reconciler with the same view: no-op
         assert states.unclaimed(s) == []
+
+
+def test_tables_created_by_two_starting_processes_at_once(tmp_path):
+    """API and embedded worker start together on a new database: both check, both create; the loser looks
+    again instead of dying (seen as 'table rvsm_metric_points already exists' at `rvsm serve` start)."""
+    import multiprocessing as mp
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    ctx = mp.get_context("spawn")
+    for _ in range(3):
+        procs = [ctx.Process(target=_open_store, args=(url,)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+        (tmp_path / "race.db").unlink()
+
+
+def _open_store(url: str) -> None:
+    from service.db import get_engine
+
+    get_engine(url)
