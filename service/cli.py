@@ -6,11 +6,14 @@ Service:
   rvsm serve [--host H] [--port P]        the API; with no RVSM_BROKER_URL also an embedded broker and worker
   rvsm worker [--queues cpu,gpu]          a Celery worker and its reconciler (needs RVSM_BROKER_URL)
 Client (for people and CI; --url or RVSM_URL, --api-key or RVSM_API_KEY):
-  rvsm submit SPEC.json [--wait] [gates]  submit a job; with --wait follow it and print the report
-  rvsm status ID | rvsm result ID | rvsm download ID NAME
+  rvsm submit SPEC.json [--wait [--timeout S]] [gates]  submit; with --wait follow it, print the report
+  rvsm status ID | rvsm result ID | rvsm download ID NAME | rvsm list [--state S] | rvsm cancel ID
+
+With --wait, stdout is one JSON document (the job id goes to stderr); progress goes to stderr as a bar on a
+terminal, else as a plain line every few seconds.
 
 Exit codes: 0 success; 1 the job failed or was cancelled; 2 bad input (a 4xx, a bad file);
-3 a gate failed; 4 the service could not be reached.
+3 a gate failed; 4 the service could not be reached; 5 --timeout passed while waiting.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_FAILED, EXIT_INPUT, EXIT_GATE, EXIT_UNREACHABLE = 1, 2, 3, 4
+EXIT_FAILED, EXIT_INPUT, EXIT_GATE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4, 5
 
 
 def _load_json(path: str) -> object:
@@ -37,15 +40,25 @@ def _err(msg: str) -> None:
 
 
 class _Progress:
-    """A tqdm bar on stderr: per batch of configurations (local runs) or per job (client)."""
+    """Progress on stderr: a tqdm bar on a terminal (``mode="bar"``), else one plain line every few seconds
+    (``"lines"``, for CI logs), or nothing (``None``); per batch of configurations (local runs) or per job."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, mode: str | None, *, every_s: float = 5.0) -> None:
+        self.mode = mode
+        self.every_s = every_s
         self.bar = None
         self.key: object = None
+        self.last = 0.0
 
     def update(self, key: object, desc: str, total: int, n: int, **postfix: object) -> None:
-        if not self.enabled:
+        if self.mode == "lines":
+            if key != self.key or time.monotonic() - self.last >= self.every_s:
+                self.key, self.last = key, time.monotonic()
+                extra = " ".join(f"{k}={v}" for k, v in postfix.items())
+                print(f"{desc}: {n}/{total} ({100 * n / max(total, 1):.0f}%) {extra}".rstrip(), file=sys.stderr,
+                      flush=True)  # fmt: skip
+            return
+        if self.mode != "bar":
             return
         from tqdm import tqdm
 
@@ -54,6 +67,7 @@ class _Progress:
             self.key = key
             self.bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, leave=False)
         self.bar.total = total
+        self.bar.set_description(desc, refresh=False)
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(n - self.bar.n)  # through update(), so the rate and ETA are right
 
@@ -67,8 +81,13 @@ class _Progress:
             self.bar = None
 
 
-def _progress_enabled(args: argparse.Namespace) -> bool:
-    return args.progress or (not args.quiet and sys.stderr.isatty())
+def _progress_mode(args: argparse.Namespace) -> str | None:
+    """A bar on a terminal (or with --progress), plain lines otherwise, nothing with --quiet."""
+    if args.progress:
+        return "bar"
+    if args.quiet:
+        return None
+    return "bar" if sys.stderr.isatty() else "lines"
 
 
 # ----------------------------------------------------------------------------- local
@@ -80,7 +99,7 @@ def cmd_toy(args: argparse.Namespace) -> int:
     except (OSError, json.JSONDecodeError) as e:
         _err(f"cannot read spec {args.spec}: {e}")
         return EXIT_INPUT
-    progress = _Progress(_progress_enabled(args))
+    progress = _Progress(_progress_mode(args))
     try:
         result = run_spec(spec, device=args.device, callback=progress)
     except SpecError as e:
@@ -212,7 +231,8 @@ def _gates(args: argparse.Namespace, job: dict) -> list[str]:
     return failed
 
 
-def _wait(client: _Client, job_id: str, progress: _Progress, poll: float) -> dict:
+def _wait(client: _Client, job_id: str, progress: _Progress, poll: float, timeout: float | None = None) -> dict:
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         job = client.call("GET", f"/v1/jobs/{job_id}").json()
         p = job["progress"]
@@ -221,6 +241,10 @@ def _wait(client: _Client, job_id: str, progress: _Progress, poll: float) -> dic
         if job["state"] in ("succeeded", "failed", "cancelled"):
             progress.close()
             return job
+        if deadline is not None and time.monotonic() >= deadline:
+            progress.close()
+            raise _Exit(EXIT_TIMEOUT, f"job {job_id} is still {job['state']} after --timeout {timeout}s "
+                                      f"(it goes on; `rvsm cancel {job_id}` stops it)")  # fmt: skip
         time.sleep(poll)
 
 
@@ -244,7 +268,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(job_id, flush=True)
         return 0
     print(job_id, file=sys.stderr, flush=True)  # with --wait, stdout is the one JSON report (pipe it to jq)
-    job = _wait(client, job_id, _Progress(_progress_enabled(args)), args.poll)
+    job = _wait(client, job_id, _Progress(_progress_mode(args)), args.poll, args.timeout)
     report = {"id": job_id, "state": job["state"], "error": job["error"], "summary": job["summary"]}
     if job["state"] == "succeeded" and job["kind"] == "toy":
         result = client.call("GET", f"/v1/jobs/{job_id}/result").json()
@@ -283,6 +307,17 @@ def _download_all(client: _Client, job_id: str, out: Path) -> dict[str, str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     print(json.dumps(_Client(args).call("GET", f"/v1/jobs/{args.id}").json(), indent=2))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    params = {"limit": args.limit} | ({"state": args.state} if args.state else {})
+    print(json.dumps(_Client(args).call("GET", "/v1/jobs", params=params).json(), indent=2))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    print(json.dumps(_Client(args).call("POST", f"/v1/jobs/{args.id}/cancel").json(), indent=2))
     return 0
 
 
@@ -338,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     client_flags(submit)
     submit.add_argument("--wait", action="store_true", help="follow the job and print its report")
     submit.add_argument("--poll", type=float, default=1.0, help="seconds between status checks")
+    submit.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after this many "
+                        "seconds (exit code 5; the job goes on)")  # fmt: skip
     submit.add_argument("--max-theta-w", type=float, default=None, help="gate: fail when theta(w, w*) is larger")
     submit.add_argument("--min-zeros", type=int, default=None, help="gate: fail when u has fewer zeros")
     submit.add_argument("--checkpoint", help="a .pt2 (torch.export, any model) or a .safetensors / .pt state_dict")
@@ -359,6 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("id")
     client_flags(status)
     status.set_defaults(func=cmd_status)
+
+    listing = sub.add_parser("list", help="jobs, newest first")
+    listing.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument("--limit", type=int, default=50)
+    client_flags(listing)
+    listing.set_defaults(func=cmd_list)
+
+    cancel = sub.add_parser("cancel", help="cancel a job (a running one stops at its next check)")
+    cancel.add_argument("id")
+    client_flags(cancel)
+    cancel.set_defaults(func=cmd_cancel)
 
     result = sub.add_parser("result", help="a finished job's result JSON")
     result.add_argument("id")
