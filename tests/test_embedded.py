@@ -155,6 +155,26 @@ def test_a_second_serve_on_the_same_data_directory_is_refused_and_the_first_keep
     assert out.returncode == 0, out.stderr
 
 
+def test_cli_without_a_terminal_timeout_list_and_cancel(server):
+    """As a CI step sees it: no terminal, so progress is plain lines on stderr; --timeout gives up waiting with
+    exit code 5 and leaves the job running; list shows it; cancel ends it."""
+    url, tmp, _ = server
+    spec = tmp / "long.json"
+    spec.write_text(json.dumps(SPEC | {"max_iters": 2_000_000, "tol": 0.0, "d": 400}))
+    out = rvsm("submit", str(spec), "--url", url, "--wait", "--poll", "0.3", "--timeout", "8", cwd=tmp)
+    assert out.returncode == 5, (out.returncode, out.stderr)
+    job_id = out.stderr.splitlines()[0]
+    lines = [ln for ln in out.stderr.splitlines()[1:] if ln.startswith(job_id[:8])]
+    assert lines and all("%" in ln and "\r" not in ln for ln in lines), out.stderr  # plain lines, no bar
+    assert out.stdout == ""  # no report: the job is not done
+    listed = json.loads(rvsm("list", "--url", url, "--state", "running", cwd=tmp).stdout)
+    assert job_id in [j["id"] for j in listed["items"]]
+    cancelled = rvsm("cancel", job_id, "--url", url, cwd=tmp)
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["cancel_requested"] is True
+    wait_for(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5).json()["state"] == "cancelled", timeout=60,
+             what="the job to stop")  # fmt: skip
+
+
 def test_serve_stops_its_worker_and_broker(server):
     url, tmp, proc = server
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
@@ -261,22 +281,3 @@ def test_serve_replaces_a_killed_worker_and_ctrl_c_then_a_restart_finishes_the_r
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
 
-
-def test_cli_without_a_terminal_timeout_list_and_cancel(server):
-    """As a CI step sees it: no terminal, so progress is plain lines on stderr; --timeout gives up waiting with
-    exit code 5 and leaves the job running; list shows it; cancel ends it."""
-    url, tmp, _ = server
-    spec = tmp / "long.json"
-    spec.write_text(json.dumps(SPEC | {"max_iters": 2_000_000, "tol": 0.0, "d": 400}))
-    out = rvsm("submit", str(spec), "--url", url, "--wait", "--poll", "0.3", "--timeout", "8", cwd=tmp)
-    assert out.returncode == 5, (out.returncode, out.stderr)
-    job_id = out.stderr.splitlines()[0]
-    lines = [ln for ln in out.stderr.splitlines()[1:] if ln.startswith(job_id[:8])]
-    assert lines and all("%" in ln and "\r" not in ln for ln in lines), out.stderr  # plain lines, no bar
-    assert out.stdout == ""  # no report: the job is not done
-    listed = json.loads(rvsm("list", "--url", url, "--state", "running", cwd=tmp).stdout)
-    assert job_id in [j["id"] for j in listed["items"]]
-    cancelled = rvsm("cancel", job_id, "--url", url, cwd=tmp)
-    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["cancel_requested"] is True
-    wait_for(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5).json()["state"] == "cancelled", timeout=60,
-             what="the job to stop")  # fmt: skip
