@@ -66,7 +66,7 @@ def run(seed: int, data: rdata.TensorData, **kw) -> dict:
     r = train(m, data, TrainConfig(seed=seed, **(BASE | kw)))
     return {
         "seed": seed,
-        "accuracy": r.accuracy_after,
+        "accuracy": r.score_after,
         "sparsity": r.sparsity["prunable"],
         "collapsed": r.collapsed,
         "state": {k: v.detach().cpu().contiguous() for k, v in r.model.state_dict().items()},

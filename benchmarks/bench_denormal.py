@@ -61,7 +61,7 @@ def one_run(data: rdata.TensorData, epochs: int, *, flush: bool, count_every: in
     return {
         "flush": flush,
         "wall_s": wall,
-        "accuracy": r.accuracy_after,
+        "accuracy": r.score_after,
         "sparsity": r.sparsity["prunable"],
         "max_subnormals": seen["max"],
         "state": {k: v.detach().clone() for k, v in r.model.state_dict().items()},

@@ -38,7 +38,7 @@ import tokenize
 import types
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +47,6 @@ from .errors import InputError
 
 FIELD = "checkpoint"
 ROOT = "archive/"
-MODEL = "model"
 FIXED_FILES = {
     "archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
     "models/model.json", "data/weights/model_weights_config.json", "data/constants/model_constants_config.json",
@@ -260,7 +259,6 @@ class Exported:
     module: nn.Module
     input_shape: tuple[int, ...]  # per sample (the batch dimension left out)
     output_shape: tuple[int, ...]  # per sample
-    notes: list[str] = field(default_factory=list)
 
 
 def _user_io(ep: torch.export.ExportedProgram) -> tuple[list, list]:

@@ -47,6 +47,8 @@ def target_thresholds(params: list[Tensor], sparsity: float, *, scope: str = "gl
     """Per tensor, the ``tau`` for which zeroing ``|w| <= tau`` zeroes ``floor(sparsity n)`` entries (ties
     aside): ``n`` is each tensor's size (``"layer"``) or all tensors' together (``"global"``)."""
     _check_target(sparsity, scope)
+    if sparsity == 0:  # nothing to zero (the warm-up before a ramp): skip the pass over the weights
+        return [-1.0] * len(params)
     if scope == "layer":
         return [_kth_abs(p, math.floor(sparsity * p.numel())) for p in params]
     flat = torch.cat([p.detach().abs().flatten().float() for p in params])
@@ -178,8 +180,8 @@ class RVSM:
     def pull_(self) -> None:
         """Add ``beta (w - T_mu(w))`` (target mode: ``beta (w - u)``) to the gradients of the sparse groups."""
         if self.target is not None:
-            taus = dict(zip(self.sparse_params(), target_thresholds(self.sparse_params(), self.target,
-                                                                    scope=self.scope), strict=True))  # fmt: skip
+            params = self.sparse_params()
+            taus = dict(zip(params, target_thresholds(params, self.target, scope=self.scope), strict=True))
             for g in self.sparse_groups():
                 ps = [p for p in g["params"] if p.grad is not None]
                 hard_pull_(ps, [p.grad for p in ps], [taus[p] for p in ps], beta=g["beta"])

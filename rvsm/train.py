@@ -161,18 +161,6 @@ class TrainResult:
     wall_time_s: float
     config: dict = field(default_factory=dict)
 
-    @property
-    def accuracy_before(self) -> float:
-        return self.score_before
-
-    @property
-    def accuracy_after(self) -> float:
-        return self.score_after
-
-    @property
-    def accuracy_dense(self) -> float:
-        return self.score_dense
-
 
 def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
     """Zeros per tensor, over the prunable tensors and over all, counted on the tensors themselves."""

@@ -34,7 +34,7 @@ def trained() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     m = models.build("lenet5", in_channels=1, input_size=8, num_classes=10)
     r = train(m, rdata.digits(), TrainConfig(algorithm="sgd", epochs=15, weight_decay=1e-4))
-    assert r.accuracy_after > 0.9
+    assert r.score_after > 0.9
     return {k: v.detach().clone() for k, v in m.state_dict().items()}
 
 
@@ -164,7 +164,7 @@ def test_worker_killed_mid_epoch_resumes_from_its_saved_state(tmp_path):
     ref = train(m, rdata.digits(), TrainConfig(**fields))
     for a, b in zip(ref.trace, report["trace"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-    assert ref.accuracy_after == pytest.approx(report["accuracy_after"], abs=1e-12)
+    assert ref.score_after == pytest.approx(report["accuracy_after"], abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- bad checkpoints

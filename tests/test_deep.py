@@ -190,7 +190,7 @@ def test_training_resumes_to_the_same_result():
         resumed = train(fresh(), data, cfg, resume=copy.deepcopy(states[k - 1]))
         assert resumed.resumed_from_epoch == k
         assert [p["train_loss"] for p in resumed.trace] == pytest.approx([p["train_loss"] for p in full.trace])
-        assert resumed.accuracy_after == full.accuracy_after
+        assert resumed.score_after == full.score_after
     assert full.sparsity["prunable"] == pytest.approx(0.7, abs=0.01)
 
 
