@@ -498,40 +498,44 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def run_result(run: ToyRun) -> dict:
+VECTORS = ("w", "u", "w_star", "w0")
+TRACE_FIELDS = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "nnz_u", "step")
+
+
+def run_result(run: ToyRun, *, vectors: bool = True) -> dict:
     """One run as the SPEC §8 result object (strict JSON: undefined or non-finite numbers are ``None``).
 
     ``trace_info`` says how the trace was logged: ``log_every`` is the interval used, raised above the
-    requested one when ``max_iters / log_every`` would exceed ``max_points``.
+    requested one when ``max_iters / log_every`` would exceed ``max_points``. ``vectors=False`` leaves out
+    the trace and ``final``'s four vectors (a sweep keeps them in columns, :func:`sweep_columns`) and
+    puts ``d`` in ``final`` instead.
     """
     c = run.config
     f = run.final
     gamma = problems.angle(run.w, run.u).item()
     hyp = hypotheses(run)
     raised = run.trace_log_every > c.log_every
+    vecs = {"w": _vec(run.w), "u": _vec(run.u), "w_star": _vec(c.w_star), "w0": _vec(c.w0)} if vectors else {"d": c.d}
+    final = vecs | {
+        "theta_w": _none(f["theta_w"]),
+        "theta_u": _none(f["theta_u"]),
+        "f_w": _none(f["f_w"]),
+        "f_u": _none(f["f_u"]),
+        "f_u_normalized": _none(f["f_u_normalized"]),
+        "nnz_u": int(f["nnz_u"]),
+        "gamma": _none(gamma),
+        "lagrangian": _none(f["lagrangian"]),
+        "iters": run.iters,
+        "converged": run.converged,
+        "diverged": run.diverged,
+        "diverged_at": run.diverged_at,
+        "stopped_by": run.stopped_by,
+        "step": _none(f["step"]),
+        "wall_time_s": run.wall_time_s,
+    }
     result = {
-        "final": {
-            "w": _vec(run.w),
-            "u": _vec(run.u),
-            "w_star": _vec(c.w_star),
-            "w0": _vec(c.w0),
-            "theta_w": _none(f["theta_w"]),
-            "theta_u": _none(f["theta_u"]),
-            "f_w": _none(f["f_w"]),
-            "f_u": _none(f["f_u"]),
-            "f_u_normalized": _none(f["f_u_normalized"]),
-            "nnz_u": int(f["nnz_u"]),
-            "gamma": _none(gamma),
-            "lagrangian": _none(f["lagrangian"]),
-            "iters": run.iters,
-            "converged": run.converged,
-            "diverged": run.diverged,
-            "diverged_at": run.diverged_at,
-            "stopped_by": run.stopped_by,
-            "step": _none(f["step"]),
-            "wall_time_s": run.wall_time_s,
-        },
-        "trace": run.trace,
+        "final": final,
+        **({"trace": run.trace} if vectors else {}),
         "trace_info": {
             "log_every": run.trace_log_every,
             "requested_log_every": c.log_every,
@@ -550,6 +554,60 @@ def run_result(run: ToyRun) -> dict:
     return json_safe(result)
 
 
+def _padded(rows: list[list], fill: float, dtype: torch.dtype) -> torch.Tensor:
+    """``rows`` (lists of numbers or ``None``) as one ``(len(rows), longest)`` tensor, ``fill`` past each
+    row's end and for ``None``."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.tensor([fill if x is None else x for x in r], dtype=dtype)
+    return out
+
+
+def sweep_columns(runs: list[ToyRun]) -> dict[str, torch.Tensor]:
+    """A sweep's per-run vectors and traces as columns, row ``i`` for ``runs[i]`` (contiguous CPU tensors, so
+    they save as safetensors): ``d`` (int64); ``w``, ``u``, ``w_star``, ``w0`` (float64, ``(runs, largest d)``,
+    NaN past a run's ``d``); ``trace.length`` (int64, points each run logged), ``trace.iter`` (int64,
+    ``(runs, most points)``, -1 past the end) and ``trace.<name>`` for :data:`TRACE_FIELDS` (float64, NaN
+    past the end and where the JSON trace has ``null``)."""
+    n, width = len(runs), max(r.config.d for r in runs)
+    cols: dict[str, torch.Tensor] = {"d": torch.tensor([r.config.d for r in runs], dtype=torch.long)}
+    for name in VECTORS:
+        out = torch.full((n, width), math.nan, dtype=torch.float64)
+        for d in cols["d"].unique().tolist():  # one stack per width, not a copy per run
+            idx = (cols["d"] == d).nonzero().flatten().tolist()
+            out[idx, :d] = torch.stack([_vector_of(runs[i], name) for i in idx]).double()
+        cols[name] = out
+    cols["trace.length"] = torch.tensor([len(r.trace["iter"]) for r in runs], dtype=torch.long)
+    cols["trace.iter"] = _padded([r.trace["iter"] for r in runs], -1, torch.long)
+    for name in TRACE_FIELDS:
+        cols[f"trace.{name}"] = _padded([r.trace[name] for r in runs], math.nan, torch.float64)
+    return {k: v.contiguous() for k, v in cols.items()}
+
+
+def _vector_of(run: ToyRun, name: str) -> torch.Tensor:
+    return {"w": run.w, "u": run.u}[name] if name in ("w", "u") else getattr(run.config, name)
+
+
+def merge_columns(result: dict, columns: dict[str, Any]) -> dict:
+    """The full SPEC §8 sweep result (every run's trace and vectors) from a columnar result and its columns
+    (tensors or numpy arrays, as :func:`sweep_columns` made them): what :func:`run_spec` returns."""
+    runs = []
+    for i, r in enumerate(result["runs"]):
+        final = dict(r["final"])
+        d = final.pop("d")
+        vecs = {name: [float(x) for x in columns[name][i][:d].tolist()] for name in VECTORS}
+        length = int(columns["trace.length"][i])
+        trace: dict[str, list] = {"iter": [int(x) for x in columns["trace.iter"][i][:length].tolist()]}
+        for name in TRACE_FIELDS:
+            vals = columns[f"trace.{name}"][i][:length].tolist()
+            trace[name] = [int(x) for x in vals] if name == "nnz_u" else [_none(float(x)) for x in vals]
+        runs.append({"config": r["config"], "final": vecs | final, "trace": trace} |
+                    {k: v for k, v in r.items() if k not in ("config", "final")})  # fmt: skip
+    return {"runs": runs}
+
+
 def run_spec(
     spec: dict,
     *,
@@ -559,9 +617,34 @@ def run_spec(
 ) -> dict:
     """Validate ``spec`` (with the caps of ``limits``, if any), run it (a sweep as one batched
     computation) and return the result JSON: it serialises with ``json.dumps(allow_nan=False)``."""
-    expanded = configs_from_spec(spec, limits=limits)
-    configs = [c for _, c in expanded]
-    runs = run_toy(configs, device=device, callback=callback, time_budget_s=_time_budget(spec))
+    expanded, runs = _run(spec, device=device, callback=callback, limits=limits)
     if "sweep" not in spec:
         return run_result(runs[0])
     return {"runs": [json_safe({"config": o}) | run_result(r) for (o, _), r in zip(expanded, runs, strict=True)]}
+
+
+def run_spec_columnar(
+    spec: dict,
+    *,
+    device: str | torch.device | None = None,
+    callback: Callable[[dict], None] | None = None,
+    limits: ToyLimits | None = None,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """:func:`run_spec` for a service: a single run's result as it is, with no columns; a sweep's result
+    with a summary per run (``config``, ``final`` without vectors but with ``d``, ``trace_info``,
+    ``hypotheses``, ``bounds``) and its traces and vectors as :func:`sweep_columns` (row ``i`` is
+    ``runs[i]``); :func:`merge_columns` puts the two back together."""
+    expanded, runs = _run(spec, device=device, callback=callback, limits=limits)
+    if "sweep" not in spec:
+        return run_result(runs[0]), {}
+    pairs = zip(expanded, runs, strict=True)
+    summaries = [json_safe({"config": o}) | run_result(r, vectors=False) for (o, _), r in pairs]
+    return {"runs": summaries}, sweep_columns(runs)
+
+
+def _run(
+    spec: dict, *, device: str | torch.device | None, callback: Callable[[dict], None] | None, limits: ToyLimits | None
+) -> tuple[list[tuple[dict, ToyConfig]], list[ToyRun]]:
+    expanded = configs_from_spec(spec, limits=limits)
+    configs = [c for _, c in expanded]
+    return expanded, run_toy(configs, device=device, callback=callback, time_budget_s=_time_budget(spec))

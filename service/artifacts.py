@@ -1,12 +1,24 @@
-"""Artifact files: atomic writes (temp file + rename) with their sha256, and the convergence plot."""
+"""Artifact files: atomic writes (temp file + rename) with their sha256, and the lazy convergence plot.
+
+A toy job's ``convergence.png`` is not drawn by the worker (matplotlib took most of a small job's time):
+the API draws it the first time anyone lists the job's artifacts or asks for the plot
+(:func:`artifacts_with_plot`), writes it atomically next to the result and records it as an artifact
+like any other, with the sha256 and size of the file written. From then on it is served from the file.
+Two first requests at once both draw the same picture; one row is kept.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import os
 import tempfile
 from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .db import Artifact, Job
 
 MEDIA_TYPES = {
     ".json": "application/json",
@@ -14,6 +26,10 @@ MEDIA_TYPES = {
     ".safetensors": "application/octet-stream",
     ".sparse": "application/octet-stream",
 }
+
+
+PLOT = "convergence.png"
+COLUMNS = "runs.safetensors"
 
 
 def job_dir(root: Path, job_id: str) -> Path:
@@ -48,30 +64,40 @@ def media_type(name: str) -> str:
     return MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")
 
 
-def convergence_png(result: dict, *, max_runs: int = 12) -> bytes:
-    """L_beta and theta(w^t, w*) against t for a toy result (a sweep: its first ``max_runs`` runs)."""
-    import matplotlib
+def record(root: Path, job_id: str, name: str, data: bytes) -> Artifact:
+    """Write ``data`` as artifact ``name`` of ``job_id`` (atomically); its row, not yet added to a session."""
+    path = job_dir(root, job_id) / name
+    digest = write_atomic(path, data)
+    return Artifact(job_id=job_id, name=name, path=str(path.relative_to(root)), sha256=digest, size=len(data),
+                    media_type=media_type(name))  # fmt: skip
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    runs = result["runs"][:max_runs] if "runs" in result else [result]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for i, r in enumerate(runs):
-        tr = r["trace"]
-        label = ", ".join(f"{k}={v}" for k, v in r.get("config", {}).items()) or None
-        axes[0].plot(tr["iter"], tr["lagrangian"], label=label)
-        pts = [(t, th) for t, th in zip(tr["iter"], tr["theta_w"], strict=True) if th is not None and th > 0]
-        if pts:
-            axes[1].semilogy(*zip(*pts, strict=True), label=label if i < max_runs else None)
-    axes[0].set(xlabel="iteration", ylabel="L_β(u, w)", title="Lagrangian")
-    axes[1].set(xlabel="iteration", ylabel="θ(w, w*)", title="angle to the teacher")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    if len(runs) > 1:
-        axes[1].legend(fontsize=6)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+def artifacts_with_plot(session: Session, root: Path, job: Job, rows: list[Artifact]) -> list[Artifact]:
+    """``rows`` (the job's artifacts), with ``convergence.png`` drawn and recorded first if the job is a
+    succeeded toy job without one."""
+    if job.kind != "toy" or job.state != "succeeded" or not job.result_path or any(a.name == PLOT for a in rows):
+        return rows
+    art = record(root, job.id, PLOT, draw_plot(root, job))
+    session.add(art)
+    try:
+        session.commit()
+    except IntegrityError:  # drawn by another request at the same time, or the job was deleted meanwhile
+        session.rollback()
+        art = session.get(Artifact, (job.id, PLOT))
+        if art is None:
+            return rows
+    return sorted([*rows, art], key=lambda a: a.name)
+
+
+def draw_plot(root: Path, job: Job) -> bytes:
+    """The plot of a finished toy job, from its ``result.json`` (and a sweep's ``runs.safetensors``)."""
+    from .plots import convergence_png
+
+    result = json.loads((root / job.result_path).read_bytes())
+    columns = None
+    if "runs" in result and (job_dir(root, job.id) / COLUMNS).exists():  # a sweep stored before columns: traces
+        from safetensors import safe_open
+
+        with safe_open(job_dir(root, job.id) / COLUMNS, framework="np") as f:
+            columns = {k: f.get_tensor(k) for k in f.keys() if k.startswith("trace.")}  # noqa: SIM118
+    return convergence_png(result, columns)

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rvsm.toy import SpecError, ToyLimits, run_spec, validate_spec
-from service.artifacts import convergence_png
 from service.config import Settings
+from service.plots import convergence_png
 from service.schemas import ToySpecCreate
 from tests.service_helpers import REDIS_URL, make_client, unique_queue
 from worker.jobs import summarize_toy

@@ -10,8 +10,10 @@ import sys
 import time
 
 import pytest
+import safetensors.numpy
 from fastapi.testclient import TestClient
 
+from rvsm.toy import merge_columns
 from service.config import Settings, get_settings
 from service.main import create_app
 from tests import service_helpers as helpers
@@ -150,7 +152,19 @@ def test_sweep_job_returns_every_run(stack):
     assert pts and set(pts[0]["theta_w"]) == {"min", "mean", "max"}  # a sweep's live metrics are aggregates
     assert {p["group"] for p in pts} == {0, 1}  # l0 and l1 run as two batches
     assert [r["config"] for r in result["runs"]] == [{"penalty": p, "d": d} for p in ("l0", "l1") for d in (5, 8)]
-    assert_same(result, rvsm_toy(spec, tmp))
+    # a sweep's result holds summaries; traces and vectors are columns in runs.safetensors, row i = runs[i]
+    assert "trace" not in result["runs"][0] and "w" not in result["runs"][0]["final"]
+    assert result["columns"]["artifact"] == "runs.safetensors" and result["columns"]["rows"] == 4
+    assert result["columns"]["tensors"]["w"] == {"dtype": "float64", "shape": [4, 8]}
+    body = client.get(f"/v1/jobs/{job_id}/artifacts/runs.safetensors")
+    assert hashlib.sha256(body.content).hexdigest() == body.headers["x-content-sha256"]
+    columns = safetensors.numpy.load(body.content)
+    assert_same(merge_columns(result, columns), rvsm_toy(spec, tmp))  # nothing lost: the CLI's full result
+    plot = client.get(f"/v1/jobs/{job_id}/artifacts/convergence.png")  # drawn on this first ask
+    assert plot.status_code == 200 and plot.content[:8] == b"\x89PNG\r\n\x1a\n"
+    arts = {a["name"]: a for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()}
+    assert set(arts) == {"result.json", "runs.safetensors", "convergence.png"}
+    assert arts["convergence.png"]["sha256"] == hashlib.sha256(plot.content).hexdigest()
 
 
 def test_cancel_a_running_job(stack):

@@ -21,9 +21,9 @@ import uuid
 from pathlib import Path
 
 from rvsm.errors import InputError
-from rvsm.toy import SpecError, run_spec
+from rvsm.toy import SpecError, run_spec_columnar
 from service import store
-from service.artifacts import convergence_png, job_dir, media_type, write_atomic
+from service.artifacts import COLUMNS, job_dir, record
 from service.config import Settings, get_settings
 from service.db import Artifact, Job, get_sessionmaker
 
@@ -145,13 +145,14 @@ def summarize_toy(result: dict) -> dict:
     runs = result["runs"] if "runs" in result else [result]
     finals = [r["final"] for r in runs]
     thetas = [f["theta_w"] for f in finals if f["theta_w"] is not None]
-    zeros = [len(f["w"]) - f["nnz_u"] for f in finals]
+    dims = [f["d"] if "d" in f else len(f["w"]) for f in finals]  # a sweep's summaries carry d, not w
+    zeros = [d - f["nnz_u"] for d, f in zip(dims, finals, strict=True)]
     return {
         "runs": len(runs),
         "iters": max(f["iters"] for f in finals),
         "max_theta_w": max(thetas) if thetas else None,
         "min_zeros": min(zeros),
-        "min_zero_fraction": min(z / len(f["w"]) for z, f in zip(zeros, finals, strict=True)),
+        "min_zero_fraction": min(z / d for z, d in zip(zeros, dims, strict=True)),
         "all_converged": all(f["converged"] for f in finals),
         "any_diverged": any(f["diverged"] for f in finals),
         "bounds_failed": sorted(
@@ -161,22 +162,29 @@ def summarize_toy(result: dict) -> dict:
 
 
 def _save(settings: Settings, job_id: str, files: dict[str, bytes]) -> list[Artifact]:
-    root = settings.resolved_artifact_dir
-    out = []
-    for name, data in files.items():
-        path = job_dir(root, job_id) / name
-        digest = write_atomic(path, data)
-        out.append(
-            Artifact(
-                job_id=job_id,
-                name=name,
-                path=str(path.relative_to(root)),
-                sha256=digest,
-                size=len(data),
-                media_type=media_type(name),
-            )
-        )
-    return out
+    return [record(settings.resolved_artifact_dir, job_id, name, data) for name, data in files.items()]
+
+
+def toy_files(spec: dict, settings: Settings, reporter: Reporter) -> tuple[dict[str, bytes], dict]:
+    """Run a toy job: ``result.json`` (a sweep's: a summary per run and a ``columns`` link) and, for a
+    sweep, ``runs.safetensors`` with every run's trace and vectors (:func:`rvsm.toy.run_spec_columnar`).
+    The plot is drawn later, by the API, when first asked for (:mod:`service.artifacts`)."""
+    from safetensors.torch import save
+
+    result, columns = run_spec_columnar(spec, device=settings.device, callback=reporter)
+    reporter.flush()
+    files = {}
+    if columns:
+        files[COLUMNS] = save(columns)
+        result["columns"] = {
+            "artifact": COLUMNS,
+            "format": "safetensors",
+            "rows": len(result["runs"]),
+            "tensors": {name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+                        for name, t in columns.items()},
+        }  # fmt: skip
+    files["result.json"] = json.dumps(result, allow_nan=False).encode()
+    return files, summarize_toy(result)
 
 
 def _poison_check(job_id: str) -> None:
@@ -208,11 +216,7 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
             files, summary = run_checkpoint_job(job_id, spec, settings, reporter)
             result_name = "report.json"
         else:
-            result = run_spec(spec, device=settings.device, callback=reporter)
-            reporter.flush()
-            text = json.dumps(result, allow_nan=False).encode()
-            files = {"result.json": text, "convergence.png": convergence_png(result)}
-            summary = summarize_toy(result)
+            files, summary = toy_files(spec, settings, reporter)
             result_name = "result.json"
         arts = _save(settings, job_id, files)
         result_path = str(Path(job_id) / result_name)

@@ -20,7 +20,7 @@ from rvsm.toy import SpecError, ToyLimits, validate_spec
 from rvsm.train import TrainConfig
 
 from .. import store
-from ..artifacts import job_dir, write_atomic
+from ..artifacts import PLOT, artifacts_with_plot, job_dir, write_atomic
 from ..config import Settings
 from ..db import Job
 from ..deps import OwnerDep, SessionDep, SettingsDep
@@ -289,9 +289,10 @@ def get_result(job_id: str, session: SessionDep, owner: OwnerDep, settings: Sett
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactPublic])
-def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: OwnerDep):
-    """Files the job produced, each with its size and sha256."""
+def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: OwnerDep, settings: SettingsDep):
+    """Files the job produced, each with its size and sha256 (a toy job's plot is drawn on the first ask)."""
     job = find(session, owner, job_id)
+    rows = artifacts_with_plot(session, settings.resolved_artifact_dir, job, store.artifacts(session, job.id))
     return [
         ArtifactPublic(
             name=a.name,
@@ -300,15 +301,19 @@ def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: Ow
             media_type=a.media_type,
             url=str(request.url_for("get_artifact", job_id=job.id, name=a.name)),
         )
-        for a in store.artifacts(session, job.id)
+        for a in rows
     ]
 
 
 @router.get("/{job_id}/artifacts/{name}")
 def get_artifact(job_id: str, name: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep):
-    """One artifact file; its sha256 is in the ``X-Content-SHA256`` header."""
+    """One artifact file; its sha256 is in the ``X-Content-SHA256`` header (a toy job's plot: drawn on the
+    first ask, then served from its file)."""
     job = find(session, owner, job_id)
-    for a in store.artifacts(session, job.id):
+    rows = store.artifacts(session, job.id)
+    if name == PLOT:
+        rows = artifacts_with_plot(session, settings.resolved_artifact_dir, job, rows)
+    for a in rows:
         if a.name == name:
             return FileResponse(
                 settings.resolved_artifact_dir / a.path,

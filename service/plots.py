@@ -1,0 +1,96 @@
+"""The convergence plot of a toy result: L_beta and theta(w^t, w*) against the iteration.
+
+One run, or a sweep of at most :data:`LINES_MAX` runs: a line per run, each its own colour. A larger
+sweep: the median over runs and the band between the 10% and 90% quantiles, on a common grid of
+iterations (a run that stopped early, converged or diverged, holds its last value; undefined points are
+left out of the quantiles), so that 1,000 runs read as well as 27. Drawn with matplotlib's object API
+(no ``pyplot`` state), so API threads may draw at the same time.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+LINES_MAX = 10  # tab10 has ten distinct colours
+GRID_POINTS = 200
+BAND = (0.1, 0.5, 0.9)
+
+
+def convergence_png(result: dict, columns: dict[str, np.ndarray] | None = None) -> bytes:
+    """The plot of a single-run ``result`` (its trace), or of a sweep's: from its ``columns`` (``trace.iter``,
+    ``trace.lagrangian``, ``trace.theta_w``, ``trace.length`` as :func:`rvsm.toy.sweep_columns` saves them),
+    or, without them, from the runs' traces in ``result`` (the form :func:`rvsm.toy.run_spec` returns)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    if "runs" in result:
+        _sweep(axes, result, columns if columns is not None else _columns_from_traces(result["runs"]))
+    else:
+        tr = result["trace"]
+        _line(axes, np.asarray(tr["iter"], dtype=float), _floats(tr["lagrangian"]), _floats(tr["theta_w"]), None)
+    axes[0].set(xlabel="iteration", ylabel="L_β(u, w)", title="Lagrangian")
+    axes[1].set(xlabel="iteration", ylabel="θ(w, w*)", title="angle to the teacher")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _floats(values: list) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _columns_from_traces(runs: list[dict]) -> dict[str, np.ndarray]:
+    """The trace columns of a sweep result that still holds every run's ``trace`` (:func:`rvsm.toy.run_spec`)."""
+    lengths = np.asarray([len(r["trace"]["iter"]) for r in runs])
+    cols = {"trace.length": lengths, "trace.iter": np.full((len(runs), lengths.max()), -1)}
+    for name in ("lagrangian", "theta_w"):
+        cols[f"trace.{name}"] = np.full((len(runs), lengths.max()), np.nan)
+    for i, r in enumerate(runs):
+        cols["trace.iter"][i, : lengths[i]] = r["trace"]["iter"]
+        for name in ("lagrangian", "theta_w"):
+            cols[f"trace.{name}"][i, : lengths[i]] = _floats(r["trace"][name])
+    return cols
+
+
+def _line(axes, it: np.ndarray, lag: np.ndarray, theta: np.ndarray, label: str | None) -> None:  # noqa: ANN001
+    axes[0].plot(it, lag, label=label)
+    ok = np.isfinite(theta) & (theta > 0)
+    if ok.any():
+        axes[1].semilogy(it[ok], theta[ok], label=label)
+
+
+def _sweep(axes, result: dict, columns: dict[str, np.ndarray]) -> None:  # noqa: ANN001
+    runs = result["runs"]
+    lengths = np.asarray(columns["trace.length"])
+    iters, lag, theta = (np.asarray(columns[f"trace.{k}"]) for k in ("iter", "lagrangian", "theta_w"))
+    if len(runs) <= LINES_MAX:
+        for i, r in enumerate(runs):
+            n = int(lengths[i])
+            label = ", ".join(f"{k}={v}" for k, v in r.get("config", {}).items()) or None
+            _line(axes, iters[i, :n].astype(float), lag[i, :n], theta[i, :n], label)
+        axes[1].legend(fontsize=6)
+        return
+    grid = np.linspace(0.0, float(iters.max()), GRID_POINTS)
+    theta = np.where(theta > 0, theta, np.nan)
+    for ax, values, log in ((axes[0], lag, False), (axes[1], theta, True)):
+        on_grid = np.full((len(runs), GRID_POINTS), np.nan)
+        for i in range(len(runs)):
+            n = int(lengths[i])
+            on_grid[i] = np.interp(grid, iters[i, :n].astype(float), values[i, :n])
+        with warnings.catch_warnings():  # a grid point where every run is undefined: its quantile is NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo, mid, hi = np.nanquantile(on_grid, BAND, axis=0)
+        ax.fill_between(grid, lo, hi, alpha=0.3, label="10–90% of runs")
+        ax.plot(grid, mid, label="median")
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=7, title=f"{len(runs)} runs", title_fontsize=7)
