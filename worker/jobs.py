@@ -59,7 +59,9 @@ class Reporter:
         self.worker = worker
         self.sessions = get_sessionmaker(settings.resolved_database_url)
         self.buffer: list[dict] = []
-        self.last = 0.0
+        # the claim has just written the state and the lease: the first progress write can wait an interval
+        # (a job shorter than that writes its progress once, at its end, not at its first trace point too)
+        self.last = time.monotonic()
         self.state: dict = {"progress": 0.0, "iteration": 0, "max_iters": 0, "eta_s": None}
 
     def __call__(self, p: dict) -> None:

@@ -1,0 +1,275 @@
+"""Per-job overhead and sweep assembly through the real service: API, Redis, a Celery worker, SQLite.
+
+    python benchmarks/bench_jobs.py --doc docs/benchmarks.md     # about 5 minutes on 2 busy cores
+
+Three measurements, each through one real ``python -m worker`` process (solo pool, as deployed) on a
+unique queue of the Redis at ``--redis`` (only that queue's key is deleted afterwards) and a SQLite store
+in a temporary directory; jobs are submitted through the real ASGI app in this process:
+
+1. ``--jobs`` trivial toy jobs (k=2, d=10, 100 iterations, teachers 0..n-1) submitted one by one, against
+   the same configurations as one sweep job; alternated (jobs, sweep, jobs, sweep, ... ``--repeats``
+   times), each side timed from its first submission to its last job seen finished in the store; the
+   ratio is taken within each repeat and printed as median and range. Target: <= 10x.
+2. The worker's resident memory (VmRSS) over ``--rss-jobs`` trivial jobs, sampled every ``--rss-every``
+   finished jobs; growth is counted from the first sample (after warm-up). Target: flat.
+3. A ``--big`` configuration sweep (k=2, d=20, ``--big-iters`` iterations, a grid of 100 ``lam`` by
+   teacher seeds) as a job (submit to finished: validation, run, bounds, assembly, writes) against
+   :func:`rvsm.algorithms.run_toy` on the same configurations in this process (the solver's own time);
+   alternated ``--big-repeats`` times. Target: job within 2x of the solver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine, write_block  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+TRIVIAL = {"kind": "toy", "k": 2, "d": 10, "lam": 1e-3, "beta": 4e-3, "eta": 0.05, "max_iters": 100, "log_every": 10}
+BIG = {"kind": "toy", "k": 2, "d": 20, "beta": 4e-3, "eta": 0.05, "lam": 1e-4, "log_every": 10}
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class Stack:
+    """A worker process, the ASGI app (in this process) and the store, on one temp dir and queue."""
+
+    def __init__(self, tmp: Path, redis_url: str) -> None:
+        from fastapi.testclient import TestClient
+
+        from service.cli import worker_argv
+        from service.config import Settings, get_settings
+        from service.main import create_app
+
+        self.queue = f"bench-{uuid.uuid4().hex[:10]}"
+        self.redis_url = redis_url
+        db = f"sqlite:///{tmp / 'jobs.db'}"
+        self.settings = Settings(data_dir=tmp, database_url=db, artifact_dir=tmp / "artifacts", broker_url=redis_url,
+                                 toy_queue=self.queue, max_iters_cap=10**6, sweep_cap=10**6,
+                                 toy_elements_cap=10**9)  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {
+            "RVSM_DATA_DIR": str(tmp), "RVSM_DATABASE_URL": db, "RVSM_ARTIFACT_DIR": str(tmp / "artifacts"),
+            "RVSM_BROKER_URL": redis_url, "RVSM_TOY_QUEUE": self.queue, "PYTHONPATH": str(ROOT),
+        }  # fmt: skip
+        self.log = open(tmp / "worker.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(worker_argv(self.queue, "warning"), env=env, cwd=ROOT, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        app = create_app()
+        app.dependency_overrides[get_settings] = lambda: self.settings
+        self.client = TestClient(app)
+
+    def submit(self, spec: dict) -> str:
+        r = self.client.post("/v1/jobs", json=spec)
+        if r.status_code != 202:
+            raise RuntimeError(f"submit failed: {r.status_code} {r.text}")
+        return r.json()["id"]
+
+    def finished(self, ids: list[str]) -> int:
+        from sqlalchemy import func, select
+
+        from service.db import Job, get_sessionmaker
+
+        with get_sessionmaker(self.settings.resolved_database_url)() as s:
+            q = select(func.count()).where(Job.id.in_(ids), Job.state.in_(FINISHED))
+            return int(s.scalar(q) or 0)
+
+    def states(self, ids: list[str]) -> dict[str, int]:
+        from sqlalchemy import func, select
+
+        from service.db import Job, get_sessionmaker
+
+        with get_sessionmaker(self.settings.resolved_database_url)() as s:
+            rows = s.execute(select(Job.state, func.count()).where(Job.id.in_(ids)).group_by(Job.state)).all()
+            return {state: int(n) for state, n in rows}
+
+    def run(self, specs: list[dict], *, timeout: float = 3600) -> float:
+        """Submit ``specs`` one by one, wait until all are finished; seconds from first submit to last finish."""
+        t0 = time.perf_counter()
+        ids = [self.submit(s) for s in specs]
+        deadline = time.monotonic() + timeout
+        while self.finished(ids) < len(ids):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker exited or timed out; see {self.log.name}")
+            time.sleep(0.02)
+        wall = time.perf_counter() - t0
+        states = self.states(ids)
+        if states != {"succeeded": len(ids)}:
+            raise RuntimeError(f"not every job succeeded: {states}; see {self.log.name}")
+        return wall
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def close(self) -> None:
+        import redis
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        redis.Redis.from_url(self.redis_url).delete(self.queue)  # our queue's key only (shared Redis)
+
+
+def trivial(i: int) -> dict:
+    return TRIVIAL | {"teacher": {"seed": i}}
+
+
+def big_spec(n: int, iters: int) -> dict:
+    lams = [1e-5 * (i + 1) for i in range(min(n, 100))]
+    return BIG | {"max_iters": iters, "sweep": {"lam": lams, "teacher.seed": list(range(max(n // len(lams), 1)))}}
+
+
+def med(xs: list[float]) -> tuple[float, float, float]:
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def fmt(xs: list[float], spec: str = ".2f", unit: str = "") -> str:
+    m, lo, hi = med(xs)
+    return f"{m:{spec}}{unit} ({lo:{spec}}–{hi:{spec}}{unit})"
+
+
+def one_at_a_time(n: int) -> float:
+    """The floor of ``n`` jobs: the solver on each configuration alone, in this process, no service."""
+    from rvsm.algorithms import run_toy
+    from rvsm.toy import config_from_spec
+
+    configs = [config_from_spec({k: v for k, v in trivial(i).items() if k != "kind"}) for i in range(n)]
+    t0 = time.perf_counter()
+    for c in configs:
+        run_toy([c])
+    return time.perf_counter() - t0
+
+
+def overhead(stack: Stack, n: int, repeats: int) -> dict:
+    jobs, sweep, alone = [], [], []
+    for _ in range(repeats):
+        jobs.append(stack.run([trivial(i) for i in range(n)]))
+        sweep.append(stack.run([TRIVIAL | {"sweep": {"teacher.seed": list(range(n))}}]))
+        alone.append(one_at_a_time(n))
+    return {"jobs_s": jobs, "sweep_s": sweep, "solver_alone_s": alone,
+            "ratio": [a / b for a, b in zip(jobs, sweep, strict=True)],
+            "ratio_to_floor": [a / b for a, b in zip(jobs, alone, strict=True)]}  # fmt: skip
+
+
+def rss(stack: Stack, total: int, every: int) -> dict:
+    samples = []
+    for start in range(0, total, every):
+        stack.run([trivial(start + i) for i in range(every)])
+        samples.append((start + every, stack.rss_kib()))
+    return {"samples": samples, "growth_kib": samples[-1][1] - samples[0][1]}
+
+
+def solver_time(spec: dict) -> float:
+    from rvsm.algorithms import run_toy
+    from rvsm.toy import configs_from_spec
+
+    configs = [c for _, c in configs_from_spec(spec)]
+    t0 = time.perf_counter()
+    run_toy(configs)
+    return time.perf_counter() - t0
+
+
+def big(stack: Stack, n: int, iters: int, repeats: int) -> dict:
+    spec = big_spec(n, iters)
+    solver, job = [], []
+    for _ in range(repeats):
+        solver.append(solver_time(spec))
+        job.append(stack.run([spec]))
+    size = (stack.settings.resolved_artifact_dir).glob("*/result.json")
+    return {"configs": n, "iters": iters, "solver_s": solver, "job_s": job,
+            "ratio": [a / b for a, b in zip(job, solver, strict=True)],
+            "largest_result_json_bytes": max(p.stat().st_size for p in size)}  # fmt: skip
+
+
+def report(args: argparse.Namespace, out: dict, wall: float) -> str:
+    o, r, b = out["overhead"], out["rss"], out["big"]
+    load = os.getloadavg()[0]
+    series = ", ".join(f"{n}: {kib / 1024:.1f}" for n, kib in r["samples"])
+    return "\n".join([
+        f"Command: `python benchmarks/bench_jobs.py {' '.join(args.argv)}`  ",
+        f"Machine: {machine()}; 1-minute load average at the end {load:.2f}; {wall:.0f} s in all.",
+        "",
+        f"**Per-job overhead.** {args.jobs} trivial toy jobs (k=2, d=10, 100 iterations) one by one through the "
+        f"API and one worker, against the same {args.jobs} configurations as one sweep job, and against the floor of "
+        "one job at a time: `run_toy` on each configuration alone in the benchmark's process, no service. "
+        f"{args.repeats} alternating repeats (jobs, sweep, floor, ...); a service side runs from its first "
+        "submission to its last job seen finished in the store. Median (min–max).",
+        "",
+        "| jobs one by one: s | one sweep job: s | floor, run_toy one by one: s | service per job: ms "
+        "| floor per job: ms | jobs / sweep | jobs / floor |",
+        "|---|---|---|---|---|---|---|",
+        f"| {fmt(o['jobs_s'])} | {fmt(o['sweep_s'])} | {fmt(o['solver_alone_s'])} "
+        f"| {fmt([1000 * x / args.jobs for x in o['jobs_s']], '.1f')} "
+        f"| {fmt([1000 * x / args.jobs for x in o['solver_alone_s']], '.1f')} "
+        f"| **{fmt(o['ratio'], '.1f', 'x')}** | {fmt(o['ratio_to_floor'], '.2f', 'x')} |",
+        "",
+        f"Target jobs / sweep ≤ 10x: **{'met' if med(o['ratio'])[0] <= 10 else 'not met'}** (median).",
+        "",
+        f"**Worker memory.** VmRSS of the worker process (MiB) after every {args.rss_every} of {args.rss_jobs} more "
+        f"trivial jobs (the worker had already run {args.repeats * (args.jobs + 1)} jobs above): {series}. "
+        f"Growth from the first sample to the last: {r['growth_kib'] / 1024:+.1f} MiB.",
+        "",
+        f"**A {b['configs']:,}-configuration sweep.** k=2, d=20, {b['iters']} iterations, as one job (submit to "
+        "finished: validation, run, bounds, result assembly, `result.json` + `runs.safetensors` written) against "
+        f"`rvsm.algorithms.run_toy` on the same configurations in the benchmark's process; {args.big_repeats} "
+        "alternating repeats.",
+        "",
+        "| solver alone: s | the job: s | ratio job / solver | largest result.json |",
+        "|---|---|---|---|",
+        f"| {fmt(b['solver_s'])} | {fmt(b['job_s'])} | **{fmt(b['ratio'], '.2f', 'x')}** | "
+        f"{b['largest_result_json_bytes'] / 2**20:.1f} MiB |",
+        "",
+        f"Target ≤ 2x: **{'met' if med(b['ratio'])[0] <= 2 else 'not met'}** (median).",
+    ])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rss-jobs", type=int, default=1000)
+    p.add_argument("--rss-every", type=int, default=100)
+    p.add_argument("--big", type=int, default=10_000)
+    p.add_argument("--big-iters", type=int, default=1000)
+    p.add_argument("--big-repeats", type=int, default=2)
+    p.add_argument("--redis", default=os.environ.get("RVSM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--doc", type=Path, help="write the block into this markdown file")
+    p.add_argument("--json", type=Path, help="write the raw numbers here")
+    args = p.parse_args(argv)
+    args.argv = argv if argv is not None else sys.argv[1:]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
+        stack = Stack(Path(tmp), args.redis)
+        try:
+            stack.run([trivial(0)], timeout=120)  # warm-up: the worker's imports and first job
+            out = {"overhead": overhead(stack, args.jobs, args.repeats)}
+            out["rss"] = rss(stack, args.rss_jobs, args.rss_every)
+            out["big"] = big(stack, args.big, args.big_iters, args.big_repeats)
+        finally:
+            stack.close()
+    text = report(args, out, time.perf_counter() - t0)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    if args.doc:
+        write_block(args.doc, "bench_jobs", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
