@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         60.0, gt=0, description="a queued job unclaimed this long is published again if its message may be lost"
     )
     broker_timeout_s: float = Field(1.0, gt=0, description="longest wait on the broker when publishing or checking")
+    api_threads: int = Field(
+        40, ge=1, description="threads the API runs blocking endpoints in; the database pool is sized to match"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

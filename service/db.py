@@ -27,6 +27,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from .config import get_settings
+
 
 def utcnow() -> dt.datetime:
     """Naive UTC (SQLite keeps no time zone; every timestamp here is UTC)."""
@@ -86,14 +88,28 @@ class Artifact(Base):
     media_type: Mapped[str] = mapped_column(String(64))
 
 
+def pool_options(threads: int) -> dict:
+    """Connection-pool options for ``threads`` concurrent users (the API's threads, :class:`Settings.api_threads`):
+    a core of at most 10 kept open, and overflow for the rest plus as many again (a session may hold its
+    connection a moment after its thread is handed back, until the request's dependencies close it), so a
+    request waits on the pool only when the threads are all busy anyway."""
+    core = min(threads, 10)
+    return {"pool_size": core, "max_overflow": 2 * threads - core, "pool_timeout": 30}
+
+
 @lru_cache
 def get_engine(url: str) -> Engine:
-    """One engine per URL. SQLite gets WAL and a busy timeout: API and workers write concurrently."""
+    """One engine per URL, its pool sized to ``api_threads`` (:func:`pool_options`). SQLite gets WAL and a
+    busy timeout: API and workers write concurrently."""
+    pool = pool_options(get_settings().api_threads)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        memory = not path or path == ":memory:"
+        if not memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **({} if memory else pool)
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record) -> None:  # noqa: ANN001
@@ -104,7 +120,7 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, **pool)
     _create_tables(engine)
     return engine
 

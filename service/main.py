@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from rvsm import __version__
@@ -18,6 +19,8 @@ from .routers import health, jobs
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.dependency_overrides.get(get_settings, get_settings)()
+    # one number sizes both: the threads that run blocking endpoints, and the database pool (service.db)
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
     get_engine(settings.resolved_database_url)  # creates the tables
     yield
 

@@ -4,12 +4,14 @@ One run, or a sweep of at most :data:`LINES_MAX` runs: a line per run, each its 
 sweep: the median over runs and the band between the 10% and 90% quantiles, on a common grid of
 iterations (a run that stopped early, converged or diverged, holds its last value; undefined points are
 left out of the quantiles), so that 1,000 runs read as well as 27. Drawn with matplotlib's object API
-(no ``pyplot`` state), so API threads may draw at the same time.
+(no ``pyplot`` state) under one lock: matplotlib's mathtext parser (the log axis's tick labels) is shared
+and not thread-safe, and API threads may draw at the same time.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -17,12 +19,18 @@ import numpy as np
 LINES_MAX = 10  # tab10 has ten distinct colours
 GRID_POINTS = 200
 BAND = (0.1, 0.5, 0.9)
+_DRAWING = threading.Lock()
 
 
 def convergence_png(result: dict, columns: dict[str, np.ndarray] | None = None) -> bytes:
     """The plot of a single-run ``result`` (its trace), or of a sweep's: from its ``columns`` (``trace.iter``,
     ``trace.lagrangian``, ``trace.theta_w``, ``trace.length`` as :func:`rvsm.toy.sweep_columns` saves them),
     or, without them, from the runs' traces in ``result`` (the form :func:`rvsm.toy.run_spec` returns)."""
+    with _DRAWING:
+        return _draw(result, columns)
+
+
+def _draw(result: dict, columns: dict[str, np.ndarray] | None) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
