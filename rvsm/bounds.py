@@ -19,6 +19,10 @@ gradient the fixed point is ``(k/(2 pi)) sin(theta) = beta |u| sin(gamma)`` (the
 fail is still evaluated and marked ``hypotheses_met: False``. A number that is undefined or not finite
 (``theta = pi`` makes the ReLU constant ``k pi / (pi - theta)`` infinite) is reported as ``None``, and
 a check that needs it has ``holds: None``; nothing here raises on a finished run.
+
+The tensor work (angles, norms, the eq. 12 projections, the monotonicity of the traces) is done for a
+whole batch of runs at once by :func:`batch_numbers` (rows grouped by ``d``); :func:`hypotheses` and
+:func:`bound_checks` then only assemble each run's report from those numbers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from . import problems
 from .algorithms import ToyRun
@@ -44,10 +49,99 @@ def _tolerances(dtype: str) -> dict[str, float]:
     return {"identity": 1e-4, "parallel": 1e-3, "monotone_rel": 1e-5}
 
 
-def hypotheses(run: ToyRun) -> dict:
-    """Theorem 1's hypotheses for the run's ``delta`` (each a boolean, with the numbers used)."""
+def _stack(rows: list[Tensor]) -> Tensor:
+    return torch.stack([r.double().cpu() for r in rows])
+
+
+def _parallel(ws: Tensor, w: Tensor, u: Tensor, cst: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    """eq. 12 per row: ``v = w* - cst beta (w - u) = C w + r``; returns ``C`` and ``|r|`` (NaN where ``cst`` is not
+    finite)."""
+    v = ws - (cst * beta).unsqueeze(-1) * (w - u)
+    cc = (v * w).sum(-1) / (w * w).sum(-1)
+    resid = torch.linalg.vector_norm(v - cc.unsqueeze(-1) * w, dim=-1)
+    bad = ~torch.isfinite(cst)
+    return cc.masked_fill(bad, math.nan), resid.masked_fill(bad, math.nan)
+
+
+def _padded(rows: list[list], fill: float, dtype: torch.dtype) -> Tensor:
+    """Lists of numbers (or ``None``) as one ``(rows, longest)`` tensor, ``fill`` past each end and for ``None``."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=dtype)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.tensor([fill if x is None else x for x in r], dtype=dtype)
+    return out
+
+
+def trace_matrix(runs: list[ToyRun], name: str) -> Tensor:
+    """``trace[name]`` of every run as a ``(runs, most points)`` tensor: float64 with NaN past each end and for
+    ``None``; ``iter`` as int64 with -1 past each end."""
+    if name == "iter":
+        return _padded([r.trace["iter"] for r in runs], -1, torch.long)
+    return _padded([r.trace[name] for r in runs], math.nan, torch.float64)
+
+
+def _monotone_batch(iters: Tensor, vals: Tensor, rel_tol: Tensor) -> tuple[list[int | None], list[float]]:
+    """Per row: the first iteration where ``vals`` rises above ``rel_tol`` (relative to the last defined value
+    before it), and the largest rise (at least 0). Undefined (non-finite) points are skipped."""
+    n, t = vals.shape
+    valid = torch.isfinite(vals)
+    pos = torch.arange(t).expand(n, t)
+    last = torch.where(valid, pos, -1).cummax(dim=1).values  # the last defined point at or before each t
+    prev = torch.cat([torch.full((n, 1), -1, dtype=torch.long), last[:, :-1]], dim=1)
+    has_prev = valid & (prev >= 0)
+    before = vals.gather(1, prev.clamp(min=0))
+    rise = torch.where(has_prev, vals - before, -math.inf)
+    largest = rise.amax(dim=1).clamp(min=0.0) if t else torch.zeros(n, dtype=vals.dtype)
+    worse = has_prev & (rise > rel_tol.unsqueeze(-1) * before.abs().clamp(min=1e-300))
+    first_at = worse.to(torch.int8).argmax(dim=1)
+    firsts = iters.gather(1, first_at.unsqueeze(-1)).squeeze(-1).tolist()
+    return [f if w else None for f, w in zip(firsts, worse.any(dim=1).tolist(), strict=True)], largest.tolist()
+
+
+def batch_numbers(runs: list[ToyRun], traces: dict[str, Tensor] | None = None) -> list[dict]:
+    """The tensor-derived numbers of every run's checks, computed over the batch (one pass per ``d``):
+    ``theta0``, ``theta``, ``gamma``, ``norm_u``, ``err_w``, ``err_u``, eq. 12's ``C`` / residual with the
+    run's constant (``C12``, ``resid12``) and with ``2 pi / k`` (``C3``, ``resid3``), and the monotonicity of
+    the Lagrangian and the angle along the trace. ``traces``: ``iter``, ``lagrangian``, ``theta_w`` as
+    :func:`trace_matrix` makes them, if the caller has them already."""
+    out: list[dict] = [{} for _ in runs]
+    dims = [r.config.d for r in runs]
+    for d in sorted(set(dims)):
+        idx = [i for i, x in enumerate(dims) if x == d]
+        cfgs = [runs[i].config for i in idx]
+        w, u = _stack([runs[i].w for i in idx]), _stack([runs[i].u for i in idx])
+        ws, w0 = _stack([c.w_star for c in cfgs]), _stack([c.w0 for c in cfgs])
+        k = torch.tensor([float(c.k) for c in cfgs], dtype=torch.float64)
+        beta = torch.tensor([c.beta for c in cfgs], dtype=torch.float64)
+        relu = torch.tensor([c.network == "relu" for c in cfgs])
+        theta = problems.angle(w, ws)
+        const = torch.where(relu, k * math.pi / (math.pi - theta), 2 * SQRT_2PI / k)
+        const = torch.where(relu & ~(theta < math.pi), math.nan, const)  # theta = pi (or NaN): no constant
+        c12, r12 = _parallel(ws, w, u, const, beta)
+        c3, r3 = _parallel(ws, w, u, 2 * math.pi / k, beta)
+        cols = {
+            "theta0": problems.angle(w0, ws), "theta": theta, "gamma": problems.angle(w, u),
+            "norm_u": torch.linalg.vector_norm(u, dim=-1), "err_w": torch.linalg.vector_norm(ws - w, dim=-1),
+            "err_u": torch.linalg.vector_norm(ws - u, dim=-1), "C12": c12, "resid12": r12, "C3": c3, "resid3": r3,
+        }  # fmt: skip
+        values = {name: col.tolist() for name, col in cols.items()}
+        for j, i in enumerate(idx):
+            out[i] = {name: vals[j] for name, vals in values.items()}
+    traces = traces if traces is not None else {n: trace_matrix(runs, n) for n in ("iter", "lagrangian", "theta_w")}
+    rel = torch.tensor([_tolerances(r.config.dtype)["monotone_rel"] for r in runs], dtype=torch.float64)
+    for key in ("lagrangian", "theta_w"):
+        firsts, largest = _monotone_batch(traces["iter"], traces[key], rel)
+        for i in range(len(runs)):
+            out[i][f"monotone_{key}"] = (firsts[i], largest[i])
+    return out
+
+
+def hypotheses(run: ToyRun, nums: dict | None = None) -> dict:
+    """Theorem 1's hypotheses for the run's ``delta`` (each a boolean, with the numbers used); ``nums``: the
+    run's :func:`batch_numbers` (computed for this run alone when not given)."""
     c = run.config
-    theta0 = problems.angle(c.w0, c.w_star).item()
+    nums = nums if nums is not None else batch_numbers([run])[0]
+    theta0 = nums["theta0"]
     delta = math.pi - theta0 if not math.isnan(theta0) else math.nan
     L = problems.lipschitz_constant(c.network, c.k, 1.0)
     half = run.max_step_norm
@@ -73,20 +167,8 @@ def hypotheses(run: ToyRun) -> dict:
     return h
 
 
-def _monotone(name: str, iters: list[int], values: list[float | None], rel_tol: float) -> dict:
-    """First iteration where ``values`` rises above ``rel_tol`` (relative), and the largest rise."""
-    first = None
-    largest = 0.0
-    prev = None
-    for it, v in zip(iters, values, strict=True):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        if prev is not None:
-            rise = v - prev
-            largest = max(largest, rise)
-            if first is None and rise > rel_tol * max(abs(prev), 1e-300):
-                first = it
-        prev = v
+def _monotone(name: str, first: int | None, largest: float, rel_tol: float) -> dict:
+    """The check that a quantity never rises along the trace, from :func:`_monotone_batch`'s numbers."""
     return {
         "name": name,
         "formula": f"{name.split('_')[0]}(t+1) <= {name.split('_')[0]}(t) along the trace",
@@ -99,19 +181,17 @@ def _monotone(name: str, iters: list[int], values: list[float | None], rel_tol: 
     }
 
 
-def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
-    """Every bound of SPEC §6 as ``{name, formula, lhs, rhs, holds, hypotheses_met, ...}``."""
+def bound_checks(run: ToyRun, hyp: dict | None = None, nums: dict | None = None) -> list[dict]:
+    """Every bound of SPEC §6 as ``{name, formula, lhs, rhs, holds, hypotheses_met, ...}``; ``nums``: the run's
+    :func:`batch_numbers` (computed for this run alone when not given)."""
     c = run.config
-    hyp = hyp if hyp is not None else hypotheses(run)
+    nums = nums if nums is not None else batch_numbers([run])[0]
+    hyp = hyp if hyp is not None else hypotheses(run, nums)
     tol = _tolerances(c.dtype)
-    w = run.w.double()
-    ws = c.w_star.double()
-    u = run.u.double()  # T_mu(w) for rvsm / rvscgd / gd, the algorithm's sparse answer otherwise
-    theta = problems.angle(w, ws).item()
-    gamma = problems.angle(w, u).item()
+    theta, gamma = nums["theta"], nums["gamma"]
     gamma_ok = not math.isnan(gamma)
     sin_g = math.sin(gamma) if gamma_ok else math.nan
-    nu = torch.linalg.vector_norm(u).item()
+    nu = nums["norm_u"]
     met = bool(hyp["all"]) and hyp["normalized_splitting_run"] and hyp["population_gradient"]
     relu = c.network == "relu"
     out: list[dict] = []
@@ -130,8 +210,7 @@ def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
             }
         )
 
-    err_w = torch.linalg.vector_norm(ws - w).item()
-    err_u = torch.linalg.vector_norm(ws - u).item()
+    err_w, err_u = nums["err_w"], nums["err_u"]
     if relu:
         rhs13 = 4 * c.k * c.beta * sin_g
         add("w_error_eq13", "|w* - w| <= 4 k beta sin(gamma)", err_w, rhs13, err_w <= rhs13, met)
@@ -153,15 +232,8 @@ def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
         const = 2 * SQRT_2PI / c.k
         const_name = "2 sqrt(2 pi) / k"
 
-    # eq. 12: w* - const beta (w - T(w)) = C w: C is the projection on w, the residual the rest
-    def parallel(cst: float) -> tuple[float, float]:
-        if not math.isfinite(cst):
-            return math.nan, math.nan
-        v = ws - cst * c.beta * (w - u)
-        cc = (v @ w / (w @ w)).item()
-        return cc, torch.linalg.vector_norm(v - cc * w).item()
-
-    cc, resid = parallel(const)
+    # eq. 12: w* - const beta (w - T(w)) = C w: C is the projection on w, the residual the rest (batch_numbers)
+    cc, resid = nums["C12"], nums["resid12"]
     ok_resid = resid <= tol["parallel"]
     extra: dict = {"C": _finite(cc), "parallel_residual": _finite(resid), "parallel_tolerance": tol["parallel"]}
     if relu:  # seed 000: 0 < C <= 1/(1 - 2 k lam sqrt(d)); no upper bound (rhs None) when 1 - 2 k lam sqrt(d) <= 0
@@ -179,7 +251,7 @@ def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
         holds = bool(cc >= c_min and ok_resid)
         lhs12, rhs12 = cc, c_min
         # seed 003 (eq. 10): constant 2 pi/k and 0 < C <= k/(k - 2 pi lam sqrt(d)) (no upper bound when <= 0)
-        cc3, resid3 = parallel(2 * math.pi / c.k)
+        cc3, resid3 = nums["C3"], nums["resid3"]
         denom3 = c.k - 2 * math.pi * c.lam * math.sqrt(c.d)
         c_max3 = c.k / denom3 if denom3 > 0 else math.inf
         holds3 = None if math.isnan(cc3) else bool(0 < cc3 <= c_max3 and resid3 <= tol["parallel"])
@@ -216,7 +288,7 @@ def bound_checks(run: ToyRun, hyp: dict | None = None) -> list[dict]:
         note="exact at a fixed point of normalised RVSM; the residual measures how far the run is from it",
     )
     for name, key in (("lagrangian_monotone", "lagrangian"), ("angle_monotone", "theta_w")):
-        m = _monotone(name, run.trace["iter"], run.trace[key], tol["monotone_rel"])
+        m = _monotone(name, *nums[f"monotone_{key}"], tol["monotone_rel"])
         m["formula"] = f"{'L_beta' if key == 'lagrangian' else 'theta(w^t, w*)'} non-increasing along the trace"
         m["hypotheses_met"] = met
         out.append(m)

@@ -32,7 +32,7 @@ import torch
 
 from . import problems
 from .algorithms import ALGORITHMS, DTYPES, GRADIENTS, ToyConfig, ToyRun, number_rule, run_toy
-from .bounds import bound_checks, hypotheses
+from .bounds import batch_numbers, bound_checks, hypotheses, trace_matrix
 from .prox import PENALTIES
 
 TOP_FIELDS = {
@@ -502,18 +502,20 @@ VECTORS = ("w", "u", "w_star", "w0")
 TRACE_FIELDS = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "nnz_u", "step")
 
 
-def run_result(run: ToyRun, *, vectors: bool = True) -> dict:
+def run_result(run: ToyRun, *, vectors: bool = True, nums: dict | None = None) -> dict:
     """One run as the SPEC §8 result object (strict JSON: undefined or non-finite numbers are ``None``).
 
     ``trace_info`` says how the trace was logged: ``log_every`` is the interval used, raised above the
     requested one when ``max_iters / log_every`` would exceed ``max_points``. ``vectors=False`` leaves out
     the trace and ``final``'s four vectors (a sweep keeps them in columns, :func:`sweep_columns`) and
-    puts ``d`` in ``final`` instead.
+    puts ``d`` in ``final`` instead. ``nums``: the run's :func:`rvsm.bounds.batch_numbers` (computed for this
+    run alone when not given; :func:`run_results` computes them for a whole batch at once).
     """
     c = run.config
     f = run.final
-    gamma = problems.angle(run.w, run.u).item()
-    hyp = hypotheses(run)
+    nums = nums if nums is not None else batch_numbers([run])[0]
+    gamma = nums["gamma"]
+    hyp = hypotheses(run, nums)
     raised = run.trace_log_every > c.log_every
     vecs = {"w": _vec(run.w), "u": _vec(run.u), "w_star": _vec(c.w_star), "w0": _vec(c.w0)} if vectors else {"d": c.d}
     final = vecs | {
@@ -549,20 +551,18 @@ def run_result(run: ToyRun, *, vectors: bool = True) -> dict:
             ),
         },
         "hypotheses": hyp,
-        "bounds": bound_checks(run, hyp),
+        "bounds": bound_checks(run, hyp, nums),
     }
     return json_safe(result)
 
 
-def _padded(rows: list[list], fill: float, dtype: torch.dtype) -> torch.Tensor:
-    """``rows`` (lists of numbers or ``None``) as one ``(len(rows), longest)`` tensor, ``fill`` past each
-    row's end and for ``None``."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), fill, dtype=dtype)
-    for i, r in enumerate(rows):
-        if r:
-            out[i, : len(r)] = torch.tensor([fill if x is None else x for x in r], dtype=dtype)
-    return out
+def run_results(
+    expanded: list[tuple[dict, ToyConfig]], runs: list[ToyRun], *, vectors: bool, traces: dict | None = None
+) -> list[dict]:
+    """Each run's result (with its sweep ``config``), the checks' tensor work done once for the batch."""
+    nums = batch_numbers(runs, traces)
+    pairs = zip(expanded, runs, nums, strict=True)
+    return [json_safe({"config": o}) | run_result(r, vectors=vectors, nums=n) for (o, _), r, n in pairs]
 
 
 def sweep_columns(runs: list[ToyRun]) -> dict[str, torch.Tensor]:
@@ -580,9 +580,8 @@ def sweep_columns(runs: list[ToyRun]) -> dict[str, torch.Tensor]:
             out[idx, :d] = torch.stack([_vector_of(runs[i], name) for i in idx]).double()
         cols[name] = out
     cols["trace.length"] = torch.tensor([len(r.trace["iter"]) for r in runs], dtype=torch.long)
-    cols["trace.iter"] = _padded([r.trace["iter"] for r in runs], -1, torch.long)
-    for name in TRACE_FIELDS:
-        cols[f"trace.{name}"] = _padded([r.trace[name] for r in runs], math.nan, torch.float64)
+    for name in ("iter", *TRACE_FIELDS):
+        cols[f"trace.{name}"] = trace_matrix(runs, name)
     return {k: v.contiguous() for k, v in cols.items()}
 
 
@@ -620,7 +619,7 @@ def run_spec(
     expanded, runs = _run(spec, device=device, callback=callback, limits=limits)
     if "sweep" not in spec:
         return run_result(runs[0])
-    return {"runs": [json_safe({"config": o}) | run_result(r) for (o, _), r in zip(expanded, runs, strict=True)]}
+    return {"runs": run_results(expanded, runs, vectors=True)}
 
 
 def run_spec_columnar(
@@ -637,9 +636,9 @@ def run_spec_columnar(
     expanded, runs = _run(spec, device=device, callback=callback, limits=limits)
     if "sweep" not in spec:
         return run_result(runs[0]), {}
-    pairs = zip(expanded, runs, strict=True)
-    summaries = [json_safe({"config": o}) | run_result(r, vectors=False) for (o, _), r in pairs]
-    return {"runs": summaries}, sweep_columns(runs)
+    columns = sweep_columns(runs)
+    traces = {name: columns[f"trace.{name}"] for name in ("iter", "lagrangian", "theta_w")}
+    return {"runs": run_results(expanded, runs, vectors=False, traces=traces)}, columns
 
 
 def _run(
