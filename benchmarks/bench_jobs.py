@@ -221,7 +221,7 @@ def report(args: argparse.Namespace, out: dict, wall: float) -> str:
         f"Target jobs / sweep ≤ 10x: **{'met' if med(o['ratio'])[0] <= 10 else 'not met'}** (median).",
         "",
         f"**Worker memory.** VmRSS of the worker process (MiB) after every {args.rss_every} of {args.rss_jobs} more "
-        f"trivial jobs (the worker had already run {args.repeats * (args.jobs + 1)} jobs above): {series}. "
+        f"trivial jobs (the worker had already run {1 + args.repeats * (args.jobs + 1)} jobs above): {series}. "
         f"Growth from the first sample to the last: {r['growth_kib'] / 1024:+.1f} MiB.",
         "",
         f"**A {b['configs']:,}-configuration sweep.** k=2, d=20, {b['iters']} iterations, as one job (submit to "
