@@ -59,9 +59,7 @@ class Reporter:
         self.worker = worker
         self.sessions = get_sessionmaker(settings.resolved_database_url)
         self.buffer: list[dict] = []
-        # the claim has just written the state and the lease: the first progress write can wait an interval
-        # (a job shorter than that writes its progress once, at its end, not at its first trace point too)
-        self.last = time.monotonic()
+        self.last = 0.0  # the first trace point is written at once: a running job shows progress from its start
         self.state: dict = {"progress": 0.0, "iteration": 0, "max_iters": 0, "eta_s": None}
 
     def __call__(self, p: dict) -> None:
