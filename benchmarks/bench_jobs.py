@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the raw numbers here")
     args = p.parse_args(argv)
     args.argv = argv if argv is not None else sys.argv[1:]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still stop the worker and delete the queue
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
         stack = Stack(Path(tmp), args.redis)

@@ -591,9 +591,13 @@ def _vector_of(run: ToyRun, name: str) -> torch.Tensor:
 
 def merge_columns(result: dict, columns: dict[str, Any]) -> dict:
     """The full SPEC §8 sweep result (every run's trace and vectors) from a columnar result and its columns
-    (tensors or numpy arrays, as :func:`sweep_columns` made them): what :func:`run_spec` returns."""
+    (tensors or numpy arrays, as :func:`sweep_columns` made them): what :func:`run_spec` returns. Runs that
+    are whole already (a small sweep's) are taken as they are."""
     runs = []
     for i, r in enumerate(result["runs"]):
+        if "trace" in r:  # a small sweep's runs are whole already
+            runs.append(r)
+            continue
         final = dict(r["final"])
         d = final.pop("d")
         vecs = {name: [float(x) for x in columns[name][i][:d].tolist()] for name in VECTORS}
@@ -622,23 +626,29 @@ def run_spec(
     return {"runs": run_results(expanded, runs, vectors=True)}
 
 
+INLINE_TRACE_POINTS = 50_000  # a sweep whose traces total at most this many points keeps them in its JSON too
+
+
 def run_spec_columnar(
     spec: dict,
     *,
     device: str | torch.device | None = None,
     callback: Callable[[dict], None] | None = None,
     limits: ToyLimits | None = None,
+    inline_points: int = INLINE_TRACE_POINTS,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """:func:`run_spec` for a service: a single run's result as it is, with no columns; a sweep's result
-    with a summary per run (``config``, ``final`` without vectors but with ``d``, ``trace_info``,
-    ``hypotheses``, ``bounds``) and its traces and vectors as :func:`sweep_columns` (row ``i`` is
-    ``runs[i]``); :func:`merge_columns` puts the two back together."""
+    """:func:`run_spec` for a service: the result, and for a sweep its traces and vectors as columns
+    (:func:`sweep_columns`, row ``i`` is ``runs[i]``; a single run has none). A sweep whose traces total at
+    most ``inline_points`` points keeps every run's full result in the JSON as well (what :func:`run_spec`
+    returns); a larger one keeps a summary per run (``config``, ``final`` without the vectors but with
+    ``d``, ``trace_info``, ``hypotheses``, ``bounds``), and :func:`merge_columns` rebuilds the full result."""
     expanded, runs = _run(spec, device=device, callback=callback, limits=limits)
     if "sweep" not in spec:
         return run_result(runs[0]), {}
     columns = sweep_columns(runs)
     traces = {name: columns[f"trace.{name}"] for name in ("iter", "lagrangian", "theta_w")}
-    return {"runs": run_results(expanded, runs, vectors=False, traces=traces)}, columns
+    inline = int(columns["trace.length"].sum()) <= inline_points
+    return {"runs": run_results(expanded, runs, vectors=inline, traces=traces)}, columns
 
 
 def _run(

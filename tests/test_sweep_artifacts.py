@@ -32,7 +32,7 @@ def strip_wall(x: object) -> object:
 def test_columns_and_summaries_rebuild_the_full_result():
     """Different d (padded columns), max_iters and penalties (groups), early stops (shorter traces)."""
     spec = BASE | {"sweep": {"d": [4, 6], "penalty": ["l0", "l1"], "max_iters": [50, 300]}}
-    result, columns = run_spec_columnar(spec)
+    result, columns = run_spec_columnar(spec, inline_points=0)  # summaries only, as a large sweep's
     assert len(result["runs"]) == 8 and all("trace" not in r and "w" not in r["final"] for r in result["runs"])
     assert [r["final"]["d"] for r in result["runs"]] == [c.item() for c in columns["d"]]
     assert columns["w"].shape == (8, 6) and columns["w"][0, 4:].isnan().all()  # d=4 rows padded with NaN
@@ -42,6 +42,15 @@ def test_columns_and_summaries_rebuild_the_full_result():
     on_disk = safetensors.numpy.load(safetensors.numpy.save({k: v.numpy() for k, v in columns.items()}))
     rebuilt = merge_columns(json.loads(json.dumps(result, allow_nan=False)), on_disk)
     assert strip_wall(rebuilt) == strip_wall(run_spec(spec))
+
+
+def test_a_small_sweep_keeps_its_runs_whole_in_the_json_too():
+    spec = BASE | {"sweep": {"teacher.seed": [0, 1, 2]}}
+    result, columns = run_spec_columnar(spec)  # 3 runs x 43 points: under INLINE_TRACE_POINTS
+    assert strip_wall(result) == strip_wall(run_spec(spec)) and columns["w"].shape == (3, 6)
+    assert strip_wall(merge_columns(result, columns)) == strip_wall(result)
+    just_over = int(columns["trace.length"].sum()) - 1
+    assert "trace" not in run_spec_columnar(spec, inline_points=just_over)[0]["runs"][0]
 
 
 def test_a_single_run_keeps_its_full_result():

@@ -166,8 +166,8 @@ def _save(settings: Settings, job_id: str, files: dict[str, bytes]) -> list[Arti
 
 
 def toy_files(spec: dict, settings: Settings, reporter: Reporter) -> tuple[dict[str, bytes], dict]:
-    """Run a toy job: ``result.json`` (a sweep's: a summary per run and a ``columns`` link) and, for a
-    sweep, ``runs.safetensors`` with every run's trace and vectors (:func:`rvsm.toy.run_spec_columnar`).
+    """Run a toy job: ``result.json`` (a large sweep's: a summary per run; any sweep's: a ``columns`` link)
+    and, for a sweep, ``runs.safetensors`` with every run's trace and vectors (:func:`rvsm.toy.run_spec_columnar`).
     The plot is drawn later, by the API, when first asked for (:mod:`service.artifacts`)."""
     from safetensors.torch import save
 
@@ -180,6 +180,7 @@ def toy_files(spec: dict, settings: Settings, reporter: Reporter) -> tuple[dict[
             "artifact": COLUMNS,
             "format": "safetensors",
             "rows": len(result["runs"]),
+            "inline": "trace" in result["runs"][0],  # a small sweep's runs carry their traces and vectors too
             "tensors": {name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
                         for name, t in columns.items()},
         }  # fmt: skip
