@@ -55,13 +55,33 @@ def to_public(request: Request, job: Job) -> JobPublic:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        progress=Progress(fraction=job.progress, iteration=job.iteration, max_iters=job.max_iters, eta_s=job.eta_s),
+        progress=progress_of(job),
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         error=job.error,
         summary=job.summary,
         spec=job.spec,
     )
+
+
+def progress_of(job: Job) -> Progress:
+    """The job row's progress; for a checkpoint job also epoch / step (``iteration`` counts optimizer
+    steps there, ``max_iters`` = steps per epoch x epochs once the worker has started)."""
+    p = Progress(fraction=job.progress, iteration=job.iteration, max_iters=job.max_iters, eta_s=job.eta_s)
+    if job.kind != "checkpoint":
+        return p
+    try:
+        epochs = TrainConfig.from_spec(job.spec).total_epochs
+    except (ValueError, TypeError):  # a row from an older version: plain progress
+        return p
+    p.epochs = epochs
+    if job.max_iters >= epochs > 0 and job.max_iters % epochs == 0 and job.iteration > 0:
+        per_epoch = job.max_iters // epochs
+        done_epochs, p.step = divmod(job.iteration, per_epoch)
+        p.epoch, p.steps = min(done_epochs + 1, epochs), per_epoch
+        if done_epochs == epochs:  # the last step: the last epoch, complete
+            p.step = per_epoch
+    return p
 
 
 def validate_toy(spec: dict, settings: Settings) -> int:
