@@ -86,6 +86,27 @@ class Artifact(Base):
     media_type: Mapped[str] = mapped_column(String(64))
 
 
+class Counter(Base):
+    """One Prometheus counter series (:mod:`service.telemetry`): its name and labels as the key."""
+
+    __tablename__ = "rvsm_counters"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class WorkerBeat(Base):
+    """A worker process's last heartbeat; alive while ``seen_at + 3 * interval_s`` is in the future."""
+
+    __tablename__ = "rvsm_workers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    queues: Mapped[str] = mapped_column(String(256))
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    interval_s: Mapped[float] = mapped_column(Float)
+    pid: Mapped[int] = mapped_column(Integer)
+
+
 @lru_cache
 def get_engine(url: str) -> Engine:
     """One engine per URL. SQLite gets WAL and a busy timeout: API and workers write concurrently."""

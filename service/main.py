@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from rvsm import __version__
 
 from . import errors
 from .config import get_settings
 from .db import get_engine
-from .routers import health, jobs
+from .routers import health, jobs, prometheus
 
 
 @asynccontextmanager
@@ -32,6 +33,9 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(prometheus.router)
+    app.state.metrics_registry = CollectorRegistry()
+    app.add_middleware(prometheus.RequestTimer, registry=app.state.metrics_registry)
 
     return app
 
