@@ -13,7 +13,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import save as safetensors_save
@@ -56,7 +56,7 @@ def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Pr
     resume = torch.load(rpath, map_location=device, weights_only=True) if rpath.exists() else None
     t_start = time.monotonic()
     first_epoch = resume["epoch"] if resume else 0
-    pos = {"step": 0, "steps": 0, "eta_s": None}  # optimizer steps: done, in all, time left
+    pos: dict[str, Any] = {"step": 0, "steps": 0, "eta_s": None}  # optimizer steps: done, in all, time left
 
     def on_step(step: int, per_epoch: int) -> None:
         """Progress within an epoch (``iteration`` / ``max_iters`` count optimizer steps)."""
