@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 EXIT_FAILED, EXIT_INPUT, EXIT_GATE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4, 5
 
@@ -62,14 +63,15 @@ class _Progress:
             return
         from tqdm import tqdm
 
-        if self.bar is None or self.key != key:
+        bar = self.bar
+        if bar is None or self.key != key:
             self.close()
             self.key = key
-            self.bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, leave=False)
-        self.bar.total = total
-        self.bar.set_description(desc, refresh=False)
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(n - self.bar.n)  # through update(), so the rate and ETA are right
+            bar = self.bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, leave=False)
+        bar.total = total
+        bar.set_description(desc, refresh=False)
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(n - bar.n)  # through update(), so the rate and ETA are right
 
     def __call__(self, p: dict) -> None:  # the rvsm callback
         desc = f"batch {p['group'] + 1}/{p['groups']} ({p['configs']} configs)"
@@ -98,6 +100,9 @@ def cmd_toy(args: argparse.Namespace) -> int:
         spec = _load_json(args.spec)
     except (OSError, json.JSONDecodeError) as e:
         _err(f"cannot read spec {args.spec}: {e}")
+        return EXIT_INPUT
+    if not isinstance(spec, dict):
+        _err(f"invalid spec: {args.spec} must hold a JSON object")
         return EXIT_INPUT
     progress = _Progress(_progress_mode(args))
     try:
@@ -186,7 +191,7 @@ class _Client:
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         self.http = httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=60)
 
-    def call(self, method: str, path: str, **kw: object):
+    def call(self, method: str, path: str, **kw: Any):  # noqa: ANN401 (httpx's keyword arguments)
         try:
             r = self.http.request(method, path, **kw)
         except self.httpx.HTTPError as e:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from enum import StrEnum
+from typing import cast
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import CursorResult, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -81,10 +82,8 @@ def _move(session: Session, event: str, job_id: str, *where: ColumnElement[bool]
     target = values.get("state")
     if isinstance(target, str) and target not in tos:  # the table is the rule, also for this module's own code
         raise ValueError(f"{event} cannot move a job to {target!r}; it moves to {sorted(tos)}")
-    res = session.execute(
-        update(Job).where(Job.id == job_id, Job.state.in_([str(s) for s in froms]), *where).values(**values)
-    )
-    ok = res.rowcount == 1
+    stmt = update(Job).where(Job.id == job_id, Job.state.in_([str(s) for s in froms]), *where).values(**values)
+    ok = cast(CursorResult, session.execute(stmt)).rowcount == 1
     if ok and event not in UNCOUNTED:
         telemetry.bump(session, "transition", event=event)
     return ok

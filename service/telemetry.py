@@ -44,8 +44,8 @@ def _parse(key: str) -> tuple[str, dict[str, str]]:
 def _upsert(session: Session, table: type[Base], values: dict, update: dict) -> None:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(table).values(**values)  # type: ignore[attr-defined]
-    pk = [c.name for c in table.__table__.primary_key]  # type: ignore[attr-defined]
+    stmt = insert(table).values(**values)
+    pk = [c.name for c in table.__table__.primary_key]
     session.execute(stmt.on_conflict_do_update(index_elements=pk, set_=update))
 
 
