@@ -96,3 +96,23 @@ def test_counters_add_up_from_several_sessions(tmp_path, store):
         with sessions() as s:
             s.execute(delete(Counter).where(Counter.key.startswith(name)))
             s.commit()
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_the_service_exports(tmp_path):
+    """docs/grafana-dashboard.json: every metric an expression names is one ``/metrics`` exposes."""
+    import json
+    import re
+
+    from .service_helpers import ROOT
+
+    dash = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    asked = {m for e in exprs for m in re.findall(r"\b(rvsm_[a-z_]+)", e)}
+    with make_client(tmp_path, unique_queue("prom")) as client:
+        client.post("/v1/jobs", json=TOY)
+        r = client.get("/metrics")
+    exported = set(re.findall(r"^# TYPE (rvsm_[a-z_]+) (\w+)", r.text, flags=re.M))
+    names = {n for n, _ in exported}
+    names |= {f"{n}{s}" for n, kind in exported for s in ("_bucket", "_count", "_sum") if kind == "histogram"}
+    names |= {f"{n}_total" for n, kind in exported if kind == "counter"}
+    assert asked and asked <= names, asked - names
