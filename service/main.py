@@ -12,7 +12,7 @@ from rvsm import __version__
 from . import errors
 from .config import get_settings
 from .db import get_engine
-from .routers import health, jobs
+from .routers import health, jobs, ui
 
 
 @asynccontextmanager
@@ -28,10 +28,13 @@ def create_app() -> FastAPI:
         title="rvsm-service",
         version=__version__,
         description="Sparse neural networks by the Relaxed Variable Splitting Method (RVSM / RVSCGD).",
+        docs_url=None,  # /docs and /redoc: served offline by routers.ui
+        redoc_url=None,
     )
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    ui.install(app)  # /ui/, /docs, /redoc, /static
 
     return app
 
