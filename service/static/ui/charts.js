@@ -1,6 +1,6 @@
 // Charts by uPlot (vendored, global `uPlot`): live line charts, quantile bands, bars. Each chart's
 // container carries data-points (how many x values it plots), which the browser test reads.
-import { el } from "./format.js";
+import { el, num } from "./format.js";
 
 const COLORS = ["#2457c5", "#d9480f", "#2b8a3e", "#862e9c", "#c92a2a", "#1098ad"];
 
@@ -18,14 +18,14 @@ export class LineChart {
       scales: { x: { time: false }, y: yRange ? { range: yRange } : {} },
       axes: [
         { label: xLabel, values: xValues ? (_u, ticks) => ticks.map(xValues) : undefined },
-        { label: yLabel, size: 60 },
+        { label: yLabel, size: 64, values: (_u, ticks) => ticks.map((v) => num(v, 3)) },
       ],
       series: [{ label: xLabel }, ...series.map((s, i) => ({
         label: s.label,
         stroke: s.stroke ?? COLORS[i % COLORS.length],
         fill: s.fill,
         width: s.width ?? 1.5,
-        points: { show: false },
+        points: { show: (u) => u.data[0].length < 30 }, // a short trace (or one point) shows its points
         paths: bars ? uPlot.paths.bars({ size: [0.7, 40] }) : undefined,
         value: (_u, v) => (v === null || v === undefined ? "–" : Number(v).toPrecision(5)),
       }))],

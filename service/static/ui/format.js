@@ -41,13 +41,14 @@ export const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
 
 export const stateBadge = (state) => el("span", { class: `state ${state}` }, state);
 
-/** Fraction as a bar and a percentage, then iteration / epoch / step and the ETA, whatever the job reports. */
-export function progress(p, state) {
+/** Fraction as a bar and a percentage, then iteration / epoch / step and the ETA, whatever the job reports
+ * (`unit` names `iteration` of `max_iters`: a checkpoint job counts epochs there). */
+export function progress(p, state, unit = "iter") {
   const frac = Math.max(0, Math.min(1, p?.fraction ?? 0));
   const parts = [];
   if (p?.epochs) parts.push(`epoch ${p.epoch ?? 0}/${p.epochs}`);
   if (p?.steps) parts.push(`step ${p.step ?? 0}/${p.steps}`);
-  if (!p?.epochs && p?.max_iters) parts.push(`iter ${p.iteration ?? 0}/${p.max_iters}`);
+  if (!p?.epochs && p?.max_iters) parts.push(`${unit} ${p.iteration ?? 0}/${p.max_iters}`);
   if (state === "running" || state === "queued") parts.push(`ETA ${duration(p?.eta_s)}`);
   return el("span", { class: "progress" },
     el("span", { class: "bar" }, el("span", { style: `width:${(frac * 100).toFixed(1)}%` })),

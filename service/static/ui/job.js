@@ -3,7 +3,7 @@
 import { api, describe } from "./api.js";
 import { barChart } from "./charts.js";
 import { bytes, el, num, progress, stateBadge, when } from "./format.js";
-import { kindOf } from "./jobs.js";
+import { kindOf, unitOf } from "./jobs.js";
 import { legendNote, liveCharts } from "./live.js";
 import { BOUNDS, HYPOTHESES } from "./text.js";
 
@@ -55,7 +55,7 @@ function header(box, job, life) {
     el("dl", { class: "kv" },
       el("dt", {}, "state"), el("dd", { id: "job-state" }, stateBadge(job.state),
         job.cancel_requested && !TERMINAL.has(job.state) ? " (cancel requested)" : ""),
-      el("dt", {}, "progress"), el("dd", {}, progress(job.progress, job.state)),
+      el("dt", {}, "progress"), el("dd", {}, progress(job.progress, job.state, unitOf(job))),
       el("dt", {}, "created"), el("dd", {}, when(job.created_at)),
       el("dt", {}, "started"), el("dd", {}, when(job.started_at)),
       el("dt", {}, "finished"), el("dd", {}, when(job.finished_at)),
@@ -140,7 +140,7 @@ function layers(box, report, life) {
   if (!entries.length) return;
   const prunable = new Set(report.sparsity.prunable_names ?? []);
   box.append(el("h2", {}, "Sparsity per tensor"));
-  const holder = el("div", { class: "charts", id: "layers" });
+  const holder = el("div", { id: "layers" });
   box.append(holder);
   life.charts.push(barChart(holder, { title: `zeros per tensor (prunable: ${num(report.sparsity.prunable)}, overall: ${num(report.sparsity.overall)})`,
     names: entries.map(([n]) => n), values: entries.map(([, v]) => v.sparsity), yLabel: "fraction of zeros" }));

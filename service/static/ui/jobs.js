@@ -5,6 +5,7 @@ import { el, progress, stateBadge, when } from "./format.js";
 const STATES = ["", "queued", "running", "succeeded", "failed", "cancelled"];
 const KINDS = ["", "toy", "sweep", "checkpoint"];
 
+export const unitOf = (job) => (job.kind === "checkpoint" ? "epoch" : "iter");
 /** toy jobs with a sweep are shown (and filtered) as "sweep". */
 export const kindOf = (job) => (job.kind === "toy" && job.spec?.sweep ? "sweep" : job.kind);
 
@@ -37,7 +38,7 @@ export function jobsPage(view, params, life) {
     body.replaceChildren(...items.map((j) => el("tr", { dataset: { job: j.id } },
       el("td", {}, el("a", { href: `#/job/${j.id}`, class: "mono" }, j.id.slice(0, 12))),
       el("td", {}, stateBadge(j.state)),
-      el("td", {}, progress(j.progress, j.state)),
+      el("td", {}, progress(j.progress, j.state, unitOf(j))),
       el("td", {}, kindOf(j)),
       el("td", {}, when(j.created_at)),
       el("td", {}, when(j.finished_at)))));
