@@ -8,23 +8,80 @@ pages ship their libraries), no script may throw and no Content-Security-Policy 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from .service_helpers import ROOT, free_port, wait_for
+from .service_helpers import ROOT, free_port, make_client, unique_queue, wait_for
 
 CHROMIUM = os.environ.get("RVSM_CHROMIUM", "/usr/bin/chromium")
 KEY = "browser-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LOCAL = {"127.0.0.1", "localhost"}
+STATIC = ROOT / "service" / "static"
+
+
+def test_vendored_files_are_the_ones_recorded():
+    """Every file under static/vendor is listed in VENDOR.json (written by scripts/vendor-ui) with its sha256."""
+    recorded = json.loads((STATIC / "vendor" / "VENDOR.json").read_text())
+    listed = {name: digest for pkg in recorded.values() for name, digest in pkg["files"].items()}
+    on_disk = {str(p.relative_to(STATIC / "vendor")) for p in (STATIC / "vendor").rglob("*") if p.is_file()}
+    assert on_disk - {"VENDOR.json"} == set(listed)
+    for name, digest in listed.items():
+        assert hashlib.sha256((STATIC / "vendor" / name).read_bytes()).hexdigest() == digest, name
+    assert {pkg: v["version"] for pkg, v in recorded.items()} == {
+        "uplot": "1.6.32", "swagger-ui-dist": "5.35.0", "redoc": "2.5.2"
+    }  # fmt: skip
+
+
+def test_pages_load_only_this_service_and_carry_a_policy(tmp_path):
+    """/ui/, /docs and /redoc name no other host, their assets are served, and each page's CSP allows its
+    own inline scripts (by hash) and nothing off this host."""
+    with make_client(tmp_path, unique_queue("ui")) as client:
+        assert client.get("/ui", follow_redirects=False).headers["location"].endswith("/ui/")
+        for path in ("/ui/", "/docs", "/redoc"):
+            r = client.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+            csp = r.headers["content-security-policy"]
+            assert "default-src 'self'" in csp and "http" not in csp
+            for script in re.findall(r"<script>(.*?)</script>", r.text, re.DOTALL):
+                digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+                assert f"'sha256-{digest}'" in csp
+            urls = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+            assert urls and not [u for u in urls if "//" in u], urls
+            for u in urls:
+                if "static/" in u:
+                    asset = client.get(u if u.startswith("/") else f"/ui/{u}")
+                    assert asset.status_code == 200 and asset.content, u
+        assert "url: '/openapi.json'" in client.get("/docs").text
+        assert '"$defs"' not in client.get("/openapi.json").text  # ReDoc refuses refs into missing $defs
+
+
+def test_a_wheel_ships_the_dashboard(tmp_path):
+    """A non-editable install has the pages: the wheel carries every file under service/static."""
+    src = tmp_path / "src"
+    for name in ("rvsm", "service", "worker"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("service/static/")}
+    expected = {f"service/static/{p.relative_to(STATIC)}" for p in STATIC.rglob("*") if p.is_file()}
+    assert shipped == expected
 
 
 @pytest.fixture(scope="module")

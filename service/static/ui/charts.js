@@ -8,17 +8,23 @@ function size(box) {
   return { width: Math.max(300, box.clientWidth - 10), height: 200 };
 }
 
+/** A log axis labels its powers of ten only. */
+function decade(v) {
+  const e = Math.log10(v);
+  return Math.abs(e - Math.round(e)) < 1e-9 ? (Math.abs(e) < 3 ? String(v) : `1e${Math.round(e)}`) : "";
+}
+
 /** A chart box: title, a uPlot instance, and setData() that keeps data-points current. */
 export class LineChart {
-  constructor(parent, { title, series, yLabel = "", xLabel = "iteration", band = null, bars = false, xValues = null, yRange = null }) {
+  constructor(parent, { title, series, yLabel = "", xLabel = "iteration", band = null, bars = false, xValues = null, yRange = null, log = false }) {
     this.box = el("div", { class: "chart", dataset: { chart: title, points: "0" } }, el("h3", {}, title));
     parent.append(this.box);
     const opts = {
       ...size(this.box),
-      scales: { x: { time: false }, y: yRange ? { range: yRange } : {} },
+      scales: { x: { time: false }, y: yRange ? { range: yRange } : log ? { distr: 3 } : {} },
       axes: [
         { label: xLabel, values: xValues ? (_u, ticks) => ticks.map(xValues) : undefined },
-        { label: yLabel, size: 64, values: (_u, ticks) => ticks.map((v) => num(v, 3)) },
+        { label: yLabel, size: 64, values: (_u, ticks) => ticks.map((v) => (log ? decade(v) : num(v, 3))) },
       ],
       series: [{ label: xLabel }, ...series.map((s, i) => ({
         label: s.label,
@@ -31,12 +37,15 @@ export class LineChart {
       }))],
       bands: band ? [band] : undefined,
     };
+    this.log = log;
     this.plot = new uPlot(opts, [[], ...series.map(() => [])], this.box);
     this.resize = () => this.plot.setSize(size(this.box));
     window.addEventListener("resize", this.resize);
   }
 
+  /** [xs, ys...]; on a log axis values <= 0 are left out (gaps). */
   setData(columns) {
+    if (this.log) columns = [columns[0], ...columns.slice(1).map((ys) => ys.map((v) => (v > 0 ? v : null)))];
     this.plot.setData(columns);
     this.box.dataset.points = String(columns[0].length);
   }

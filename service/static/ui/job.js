@@ -8,6 +8,8 @@ import { legendNote, liveCharts } from "./live.js";
 import { BOUNDS, HYPOTHESES } from "./text.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+// A result document larger than this is not parsed in the browser (a 1,000-run sweep's is about 17 MB).
+const MAX_RESULT_BYTES = 128 * 2 ** 20;
 
 export async function jobPage(view, id, life) {
   let job = await api(`v1/jobs/${id}`);
@@ -68,7 +70,11 @@ async function finished(box, job, kind, live, life) {
   const parts = [];
   if (job.summary) parts.push(el("h2", {}, "Summary"), keyValues(job.summary));
   let result = null;
-  if (job.state === "succeeded") {
+  const files = await api(`v1/jobs/${job.id}/artifacts`).catch(() => []);
+  const doc = files.find((a) => a.name === "result.json" || a.name === "report.json");
+  if (doc && doc.size > MAX_RESULT_BYTES) {
+    parts.push(el("p", { class: "muted" }, `The result (${bytes(doc.size)}) is too large to load here; download it below.`));
+  } else if (job.state === "succeeded") {
     try { result = await api(`v1/jobs/${job.id}/result`); } catch (e) { parts.push(el("p", { class: "error" }, describe(e))); }
   }
   if (!life.alive) return;

@@ -5,8 +5,8 @@ import { LineChart, bandChart } from "./charts.js";
 import { el } from "./format.js";
 
 const TOY = [
-  { title: "L_β (Lagrangian)", keys: [["lagrangian", "L_β"]] },
-  { title: "angles to w* (rad)", keys: [["theta_w", "θ(w, w*)"], ["theta_u", "θ(u, w*)"]] },
+  { title: "L_β (Lagrangian, log scale)", keys: [["lagrangian", "L_β"]], log: true },
+  { title: "angles to w* (rad, log scale)", keys: [["theta_w", "θ(w, w*)"], ["theta_u", "θ(u, w*)"]], log: true },
   { title: "‖u‖₀ (non-zeros of u)", keys: [["nnz_u", "‖u‖₀"]] },
 ];
 const SWEEP = [["lagrangian", "L_β"], ["theta_w", "θ(w, w*)"], ["theta_u", "θ(u, w*)"], ["nnz_u", "‖u‖₀"]];
@@ -19,7 +19,7 @@ export function liveCharts(box, kind, life) {
   let charts = null;
   const make = (specs) => specs.map((s) => {
     const chart = new LineChart(box, { title: s.title, series: s.keys.map(([, label]) => ({ label })),
-      xLabel: kind === "checkpoint" ? "epoch" : "iteration" });
+      xLabel: kind === "checkpoint" ? "epoch" : "iteration", log: s.log });
     life.charts.push(chart);
     return { chart, keys: s.keys.map(([k]) => k) };
   });
