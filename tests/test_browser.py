@@ -275,3 +275,30 @@ def test_offline_swagger_ui_and_redoc_render(server, page):
     page.get_by_role("heading", name="Submit Job").first.wait_for()  # an operation, rendered
     assert "Something went wrong" not in page.inner_text("body")
     assert time.monotonic() - started < 30
+
+
+def test_checkpoint_job_with_a_file_from_the_form_then_delete(server, page, tmp_path):
+    """The form's multipart path (spec JSON + a dataset file), then the Delete button (after its confirm)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    with_key(page)
+    page.goto(f"{server}/ui/#/submit?kind=checkpoint")
+    page.select_option("#f-architecture", "mlp")
+    page.fill("#f-hidden", "[8]")
+    page.fill("#f-dataset", '{"name": "upload"}')
+    page.fill("#f-epochs", "1")
+    page.set_input_files("#file-dataset", str(tmp_path / "data.npz"))
+    page.click("#submit")
+    page.wait_for_url("**/ui/#/job/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    job = finished(server, job_id)
+    assert job["spec"]["has_dataset_file"] is True and job["spec"]["dataset"]["name"] == "upload"
+    page.locator("#artifacts").wait_for()
+
+    page.once("dialog", lambda d: d.accept())
+    page.click("#delete")
+    page.wait_for_url("**/ui/#/jobs")
+    assert httpx.get(f"{server}/v1/jobs/{job_id}", headers=AUTH).status_code == 404
