@@ -25,7 +25,7 @@ UI_CSP = (
 )
 
 # The docs pages: the same, plus hashes of the inline scripts FastAPI writes into them, and blob: workers
-# (ReDoc's search). ReDoc's footer links a logo on cdn.redoc.ly: this policy keeps the browser from fetching it.
+# (ReDoc's search). A second guard behind scripts/vendor-ui's patch of ReDoc's cdn.redoc.ly logo.
 DOCS_CSP = (
     "default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -55,12 +55,17 @@ def _static(request: Request, path: str) -> str:
     return str(request.url_for("static", path=path).path)
 
 
+def _openapi_url(request: Request) -> str:
+    """``/openapi.json`` under the app's root path, as FastAPI's own docs routes give it."""
+    return request.scope.get("root_path", "").rstrip("/") + request.app.openapi_url
+
+
 @router.get("/docs", response_class=HTMLResponse)
 def swagger_ui(request: Request) -> HTMLResponse:
     """Swagger UI for ``/openapi.json``, from the vendored ``swagger-ui-dist``."""
     return _offline(
         get_swagger_ui_html(
-            openapi_url=request.app.openapi_url,
+            openapi_url=_openapi_url(request),
             title=f"{request.app.title} - Swagger UI",
             swagger_js_url=_static(request, "vendor/swagger-ui/swagger-ui-bundle.js"),
             swagger_css_url=_static(request, "vendor/swagger-ui/swagger-ui.css"),
@@ -75,7 +80,7 @@ def redoc(request: Request) -> HTMLResponse:
     """ReDoc for ``/openapi.json``, from the vendored ``redoc`` standalone bundle, without Google Fonts."""
     return _offline(
         get_redoc_html(
-            openapi_url=request.app.openapi_url,
+            openapi_url=_openapi_url(request),
             title=f"{request.app.title} - ReDoc",
             redoc_js_url=_static(request, "vendor/redoc/redoc.standalone.js"),
             redoc_favicon_url=_static(request, "vendor/swagger-ui/favicon-32x32.png"),
