@@ -105,8 +105,26 @@ def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
     return job
 
 
+def _inline_defs(schema: dict) -> dict:
+    """A model's JSON schema with its ``$defs`` inlined: inside the OpenAPI document a ``#/$defs/...``
+    reference would point at the document's root, where there is none (ReDoc refuses the document)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: object) -> object:
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return walk(defs[ref.removeprefix("#/$defs/")]) | {k: v for k, v in node.items() if k != "$ref"}
+        return {k: walk(v) for k, v in node.items()}
+
+    return walk(schema)  # type: ignore[return-value]
+
+
 def _body_schema() -> dict:
-    toy, ckpt = ToySpecCreate.model_json_schema(), CheckpointSpecCreate.model_json_schema()
+    toy, ckpt = (_inline_defs(m.model_json_schema()) for m in (ToySpecCreate, CheckpointSpecCreate))
     return {
         "requestBody": {
             "required": True,
