@@ -47,8 +47,8 @@ def one_run(data: rdata.TensorData, epochs: int, *, flush: bool, count_every: in
                       lr=0.05, weight_decay=1e-4, batch_size=64, layer_scale=False)  # fmt: skip
     seen = {"max": 0}
 
-    def on_step(step: int) -> None:
-        if step == 0 and not flush:
+    def on_step(step: int, _per_epoch: int) -> None:
+        if step == 1 and not flush:  # steps count from 1: this is the first step
             torch.set_flush_denormal(False)  # train() turned it on; keep denormals from here on
         if step % count_every == 0:
             n = sum(subnormals(p) + (subnormals(p.grad) if p.grad is not None else 0) for p in model.parameters())

@@ -38,6 +38,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -245,14 +246,14 @@ class _Group:
         self.normalize, self.gradient, self.log_every = c0.normalize, c0.gradient, c0.log_every
         self.dtype = DTYPES[c0.dtype]
         self.device = device
-        dt = dict(dtype=self.dtype, device=device)
+        dt: dict[str, Any] = dict(dtype=self.dtype, device=device)
 
         def col(name: str) -> Tensor:
             return torch.tensor([float(getattr(c, name)) for c in cfgs], **dt).unsqueeze(-1)
 
         self.k = torch.tensor([float(c.k) for c in cfgs], **dt)
         self.lam, self.beta, self.eta, self.a = col("lam"), col("beta"), col("eta"), col("a")
-        f64 = dict(dtype=torch.float64, device=device)  # the metrics' copies
+        f64: dict[str, Any] = dict(dtype=torch.float64, device=device)  # the metrics' copies
         self.k64 = torch.tensor([float(c.k) for c in cfgs], **f64)
         self.lam64 = torch.tensor([c.lam for c in cfgs], **f64)
         self.beta64 = torch.tensor([c.beta for c in cfgs], **f64)
@@ -284,12 +285,16 @@ class _Group:
         if self.fixed is not None:
             if c0.batch_size is None:
                 return self.fixed
-            idx = torch.stack([torch.randperm(c0.samples, generator=g)[: c0.batch_size] for g in self.generators]).to(
+            m = self.fixed.shape[1]  # the fixed sample set's size (``samples``)
+            idx = torch.stack([torch.randperm(m, generator=g)[: c0.batch_size] for g in self.generators]).to(
                 self.device
             )
             return torch.gather(self.fixed, 1, idx[:, :, None, None].expand(-1, -1, c0.k, c0.d))
+        if c0.batch_size is None:
+            raise ValueError("an empirical gradient needs samples or batch_size")
+        b = c0.batch_size
         return torch.stack(
-            [problems.sample_inputs(c0.batch_size, c0.k, c0.d, generator=g, dtype=self.dtype) for g in self.generators]
+            [problems.sample_inputs(b, c0.k, c0.d, generator=g, dtype=self.dtype) for g in self.generators]
         ).to(self.device)
 
     def grad(self, w: Tensor) -> Tensor:

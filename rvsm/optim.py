@@ -19,7 +19,7 @@ Algorithm 2 (adaptive hard thresholding). The training loop may ramp ``RVSM.targ
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +103,7 @@ def rvsm_pull_(
     if foreach is None:
         foreach = params[0].device.type == "cuda"
     mu = lam / beta
+    diff: Sequence[Tensor]
     if penalty == "l1" and foreach:
         diff = torch._foreach_clamp_max(torch._foreach_clamp_min(params, -mu), mu)
     elif penalty == "l1":
@@ -189,8 +190,8 @@ class RVSM:
         for g in self.sparse_groups():
             pairs = [(p, p.grad) for p in g["params"] if p.grad is not None]
             if pairs:
-                ps, gs = zip(*pairs, strict=True)
-                rvsm_pull_(list(ps), list(gs), lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
+                ws, gs = zip(*pairs, strict=True)
+                rvsm_pull_(list(ws), list(gs), lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         if closure is not None:

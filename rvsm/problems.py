@@ -15,6 +15,7 @@ Binarized network (RVSCGD, seed 001): ``h(w, Z) = sum_i 1{Z_i . w > 0}``, sample
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -241,7 +242,7 @@ def make_teacher(
             raise ValueError("w_star must not be all zeros")
         v = v / scale  # first to max |v_i| = 1: the norm of a subnormal or huge w_star neither underflows nor overflows
         return v / torch.linalg.vector_norm(v)
-    gen = torch.Generator().manual_seed(int(seed or 0))
+    gen = stream("teacher", seed)
     if sparsity is not None:
         if not 1 <= sparsity <= d:
             raise ValueError(f"sparsity must be in [1, d={d}], got {sparsity}")
@@ -254,16 +255,31 @@ def make_teacher(
         else:
             raise ValueError(f"values must be 'equal' or 'gaussian', got {values!r}")
         return v / torch.linalg.vector_norm(v)
-    return _unit_gaussian(d, seed)
+    return _unit_gaussian(d, stream("teacher", seed))
 
 
 def make_init(d: int, *, seed: int | None = None, w0: list[float] | Tensor | None = None) -> Tensor:
-    """``w0`` (float64, CPU): as given, or uniform on the unit sphere from ``seed``."""
+    """``w0`` (float64, CPU): as given, or uniform on the unit sphere from ``seed``.
+
+    The start draws from its own stream (:func:`stream`), so ``init.seed == teacher.seed`` does not
+    give ``w0 = w*``."""
     if d < 1:
         raise ValueError(f"d must be >= 1, got {d}")
     if w0 is not None:
         return _given_vector("w0", w0, d).clone()
-    return _unit_gaussian(d, seed)
+    return _unit_gaussian(d, stream("init", seed))
+
+
+def stream(name: str, seed: int | None) -> torch.Generator:
+    """A generator for the random stream ``name`` (``"teacher"``, ``"init"``) at ``seed``.
+
+    The torch seed is the first 8 bytes of ``blake2b(name:seed)``, so streams with different names never
+    share a seed even when the user's seeds are equal (the teacher and the start of one spec would
+    otherwise be the same unit vector)."""
+    if seed is not None and not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    digest = hashlib.blake2b(f"{name}:{int(seed or 0)}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 def _given_vector(name: str, values: list[float] | Tensor, d: int) -> Tensor:
@@ -275,9 +291,9 @@ def _given_vector(name: str, values: list[float] | Tensor, d: int) -> Tensor:
     return v
 
 
-def _unit_gaussian(d: int, seed: int | None) -> Tensor:
-    """Uniform on the unit sphere, from ``seed`` (a normalised N(0, I) draw)."""
-    v = torch.randn(d, generator=torch.Generator().manual_seed(int(seed or 0)), dtype=torch.float64)
+def _unit_gaussian(d: int, gen: torch.Generator) -> Tensor:
+    """Uniform on the unit sphere (a normalised N(0, I) draw from ``gen``)."""
+    v = torch.randn(d, generator=gen, dtype=torch.float64)
     return v / torch.linalg.vector_norm(v)
 
 

@@ -260,10 +260,10 @@ def penalty_value(
         if dim is None:
             return per.sum()
         # the group dims are reduced already: sum the remaining ``dim`` that are left
-        return per.sum(dim=dim)
+        return per.sum(dim=dim if isinstance(dim, int) else tuple(dim))
     if dim is None:
         return per.sum()
-    return per.sum(dim=dim)
+    return per.sum(dim=dim if isinstance(dim, int) else tuple(dim))
 
 
 class Threshold:

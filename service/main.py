@@ -7,13 +7,14 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from rvsm import __version__
 
 from . import errors
 from .config import get_settings
 from .db import get_engine
-from .routers import health, jobs
+from .routers import health, jobs, prometheus, ui
 
 
 @asynccontextmanager
@@ -31,10 +32,16 @@ def create_app() -> FastAPI:
         title="rvsm-service",
         version=__version__,
         description="Sparse neural networks by the Relaxed Variable Splitting Method (RVSM / RVSCGD).",
+        docs_url=None,  # /docs and /redoc: served offline by routers.ui
+        redoc_url=None,
     )
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(prometheus.router)
+    ui.install(app)  # /ui/, /docs, /redoc, /static
+    app.state.metrics_registry = CollectorRegistry()
+    app.add_middleware(prometheus.RequestTimer, registry=app.state.metrics_registry)
 
     return app
 

@@ -69,10 +69,18 @@ class ToySpecCreate(BaseModel):
 
 
 class Progress(BaseModel):
+    """How far a job is. Toy jobs count iterations; checkpoint jobs count optimizer steps in
+    ``iteration`` / ``max_iters`` and say where that is in ``epoch`` (the one under way, from 1) of
+    ``epochs`` and ``step`` of that epoch's ``steps`` (``null`` until the worker has started)."""
+
     fraction: float
     iteration: int
     max_iters: int
     eta_s: float | None
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
 
 
 class JobCreated(BaseModel):

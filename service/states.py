@@ -26,11 +26,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from enum import StrEnum
+from typing import cast
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import CursorResult, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from . import telemetry
 from .db import Artifact, Job, MetricPoint, utcnow
 
 
@@ -61,6 +63,10 @@ TRANSITIONS: dict[str, tuple[frozenset[JobState], frozenset[JobState], str]] = {
 }
 
 
+UNCOUNTED = frozenset({"progress", "renew"})
+"""Events not counted in ``rvsm_job_transitions`` (they happen every few seconds of every running job)."""
+
+
 def allowed(event: str, src: str, dst: str) -> bool:
     """Whether ``event`` may move a job from ``src`` to ``dst`` (the table above is the rule)."""
     if event not in TRANSITIONS:
@@ -76,10 +82,11 @@ def _move(session: Session, event: str, job_id: str, *where: ColumnElement[bool]
     target = values.get("state")
     if isinstance(target, str) and target not in tos:  # the table is the rule, also for this module's own code
         raise ValueError(f"{event} cannot move a job to {target!r}; it moves to {sorted(tos)}")
-    res = session.execute(
-        update(Job).where(Job.id == job_id, Job.state.in_([str(s) for s in froms]), *where).values(**values)
-    )
-    return res.rowcount == 1
+    stmt = update(Job).where(Job.id == job_id, Job.state.in_([str(s) for s in froms]), *where).values(**values)
+    ok = cast(CursorResult, session.execute(stmt)).rowcount == 1
+    if ok and event not in UNCOUNTED:
+        telemetry.bump(session, "transition", event=event)
+    return ok
 
 
 def _after(seconds: float) -> dt.datetime:
@@ -98,6 +105,7 @@ def new_job(
     job = Job(id=uuid.uuid4().hex, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters, state=str(Q))
     job.lease_until = _after(dispatch_s)
     session.add(job)
+    telemetry.bump(session, "transition", event="submit")
     session.commit()
     return job
 
@@ -191,6 +199,7 @@ def finish(
         return False
     session.execute(delete(Artifact).where(Artifact.job_id == job_id))
     session.add_all(artifacts or [])
+    telemetry.observe_run(session, job_id)
     session.commit()
     return True
 

@@ -129,6 +129,28 @@ def test_pt_state_dict_and_training_from_scratch(stack, trained):
     assert [p["epoch"] for p in rep["trace"]] == [1, 2, 3]
 
 
+def test_progress_moves_within_an_epoch(stack):
+    """Issue 11: progress counts optimizer steps, and says which epoch and which step of it, so a long
+    epoch is not a frozen bar. One epoch of batch 1 (~1,400 steps): several reads inside epoch 1."""
+    client, worker, _ = stack
+    job_id = client.post("/v1/jobs", json=RVSM_L0 | {"epochs": 1, "batch_size": 1}).json()["id"]
+    seen: list[dict] = []
+
+    def two_steps_seen() -> bool:
+        p = client.get(f"/v1/jobs/{job_id}").json()["progress"]
+        if p["step"] is not None and 0 < p["step"] < p["steps"]:
+            seen.append(p)
+        return len({q["step"] for q in seen}) >= 2
+
+    wait_for(two_steps_seen, timeout=120, interval=0.05, what="two progress reads inside the epoch")
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    first, last = seen[0], seen[-1]
+    assert first["epoch"] == last["epoch"] == 1 and first["epochs"] == 1 and first["steps"] == last["steps"]
+    assert first["step"] < last["step"] and first["iteration"] == first["step"]
+    assert first["max_iters"] == first["steps"] and 0 < first["fraction"] < last["fraction"] < 1
+    assert wait_done(client, job_id)["state"] == "cancelled"
+
+
 def test_worker_killed_mid_epoch_resumes_from_its_saved_state(tmp_path):
     queue = unique_queue("ckpt-kill")
     # the default visibility timeout: the job store's reconciler, not Redis, hands the job on
@@ -138,13 +160,13 @@ def test_worker_killed_mid_epoch_resumes_from_its_saved_state(tmp_path):
         first = Worker(env, queue, tmp_path / "w1.log")
         try:
             job_id = client.post("/v1/jobs", json=spec).json()["id"]
-            wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"]["iteration"] >= 3, timeout=120,
+            wait_for(lambda: (client.get(f"/v1/jobs/{job_id}").json()["progress"]["epoch"] or 0) >= 4, timeout=120,
                      interval=0.05, what="epoch 3 to finish")  # fmt: skip
             time.sleep(0.15)  # into the next epoch
         finally:
             first.kill()
         at_kill = client.get(f"/v1/jobs/{job_id}").json()
-        assert at_kill["state"] == "running" and at_kill["progress"]["iteration"] < 14
+        assert at_kill["state"] == "running" and at_kill["progress"]["epoch"] < 14
         assert (tmp_path / "artifacts" / job_id / "resume.pt").exists()
         second = Worker(env, queue, tmp_path / "w2.log")
         try:

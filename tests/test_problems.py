@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rvsm import problems
+from rvsm import problems, toy
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:
@@ -198,3 +198,21 @@ def test_relu_gradient_at_zero_is_autograds_value(vectors):
 def test_subnormal_and_huge_teachers_normalise(tiny):
     t = problems.make_teacher(3, w_star=[tiny, 0.0, -tiny])
     torch.testing.assert_close(t, torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64) / math.sqrt(2))
+
+
+def test_equal_teacher_and_init_seeds_do_not_start_at_the_teacher():
+    """Issue 11: the README's sweep used ``teacher.seed == init.seed`` and 9 of 27 runs started at w*.
+    The teacher and the start draw from different streams, so equal seeds give unrelated vectors."""
+    for seed in [0, 1, 2, 7, 2**64 - 1]:
+        for d in (2, 10, 50):
+            cos = float(problems.make_teacher(d, seed=seed) @ problems.make_init(d, seed=seed))
+            assert abs(cos) < 0.999, (seed, d, cos)
+    # through the spec, as a user writes it: the first trace point's angle is far from 0
+    spec = {"network": "relu", "k": 2, "d": 10, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 3,
+            "teacher": {"seed": 4}, "init": {"seed": 4}, "log_every": 1}  # fmt: skip
+    first = toy.run_spec(spec)["trace"]["theta_w"][0]
+    assert first > 0.1, first
+    # each stream is reproducible and differs from the other
+    torch.testing.assert_close(problems.make_init(7, seed=3), problems.make_init(7, seed=3))
+    with pytest.raises(ValueError, match="seed"):
+        problems.stream("init", -1)

@@ -53,7 +53,7 @@ def test_readme_prune_your_own_model(server, tmp_path):  # noqa: F811
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     report = json.loads((tmp_path / "artifacts" / "report.json").read_text())
     assert not report["collapsed"] and report["sparsity"]["prunable"] >= 0.89
-    assert report["accuracy_before"] - report["accuracy_after"] <= 0.02
+    assert report["accuracy_before"] - report["accuracy_after"] <= 0.03
 
     out = run(curl.strip(), tmp_path, url)  # the curl form is accepted too
     assert out.returncode == 0 and json.loads(out.stdout)["state"] == "queued", out.stdout + out.stderr

@@ -33,6 +33,12 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     register(app)
-    signals.worker_ready.connect(lambda sender=None, **_: reconciler.start(settings), weak=False)
+    signals.worker_ready.connect(lambda sender=None, **_: reconciler.start(settings, _queues(sender)), weak=False)
     signals.worker_shutting_down.connect(lambda sender=None, **_: shutting_down.set(), weak=False)
     return app
+
+
+def _queues(consumer: object) -> list[str]:
+    """The queues this worker consumes (``-Q``), from Celery's consumer at ``worker_ready``."""
+    task_consumer = getattr(consumer, "task_consumer", None)
+    return sorted(q.name for q in getattr(task_consumer, "queues", []))

@@ -13,7 +13,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import save as safetensors_save
@@ -56,27 +56,26 @@ def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Pr
     resume = torch.load(rpath, map_location=device, weights_only=True) if rpath.exists() else None
     t_start = time.monotonic()
     first_epoch = resume["epoch"] if resume else 0
+    pos: dict[str, Any] = {"step": 0, "steps": 0, "eta_s": None}  # optimizer steps: done, in all, time left
+
+    def on_step(step: int, per_epoch: int) -> None:
+        """Progress within an epoch (``iteration`` / ``max_iters`` count optimizer steps)."""
+        steps = per_epoch * cfg.total_epochs
+        done = step - first_epoch * per_epoch
+        pos.update(step=step, steps=steps, eta_s=(time.monotonic() - t_start) / max(done, 1) * (steps - step))
+        progress.report(None, progress=step / steps, iteration=step, max_iters=steps, eta_s=pos["eta_s"])
 
     def on_epoch(ev: dict) -> None:
         buf = io.BytesIO()
         torch.save(ev["state"], buf)
         write_atomic(rpath, buf.getvalue())
-        done = ev["epoch"] - first_epoch
-        per_epoch = (time.monotonic() - t_start) / max(done, 1)
         point = {k: v for k, v in ev.items() if k not in ("state", "epochs")}
         progress.report(
-            point | {"iter": ev["epoch"]},
-            progress=ev["epoch"] / ev["epochs"],
-            iteration=ev["epoch"],
-            max_iters=ev["epochs"],
-            eta_s=per_epoch * (ev["epochs"] - ev["epoch"]),
-            force=True,
-        )
+            point | {"iter": ev["epoch"]}, progress=ev["epoch"] / ev["epochs"], iteration=pos["step"],
+            max_iters=pos["steps"], eta_s=pos["eta_s"], force=True,
+        )  # fmt: skip
 
-    result = train(
-        prep.model, prep.data, cfg, device=device, callback=on_epoch, step_callback=lambda _s: progress.check(),
-        resume=resume,
-    )  # fmt: skip
+    result = train(prep.model, prep.data, cfg, device=device, callback=on_epoch, step_callback=on_step, resume=resume)
     return _outputs(spec, prep, cfg, result, device)
 
 

@@ -17,11 +17,14 @@ claim misses); a lost one is what this repairs. Recovery after a worker dies tak
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections import Counter
+from collections.abc import Sequence
 
 from service import queue as broker
-from service import states
+from service import states, telemetry
 from service.config import Settings
 from service.db import get_sessionmaker
 
@@ -69,25 +72,37 @@ def _publish(settings: Settings, job_id: str, queue: str, done: Counter[str]) ->
         broker.enqueue(settings, job_id, queue)
     except Exception as e:  # the row stays queued with a deadline: a later sweep publishes it
         done["publish_failed"] += 1
+        with get_sessionmaker(settings.resolved_database_url)() as s:
+            telemetry.bump(s, "publish_failed")
+            s.commit()
         log.warning("job %s: publish failed (%s: %s); a later sweep retries", job_id, type(e).__name__, e)
 
 
-def run(settings: Settings, stop: threading.Event) -> None:
-    """Sweep every ``reaper_interval_s`` until ``stop`` is set; a failed sweep is logged and retried."""
+def beat(settings: Settings, queues: Sequence[str]) -> None:
+    """This worker process is alive (``rvsm_workers_alive`` in ``/metrics``)."""
+    with get_sessionmaker(settings.resolved_database_url)() as s:
+        telemetry.heartbeat(s, name=f"{socket.gethostname()}:{os.getpid()}", queues=queues,
+                            interval_s=settings.reaper_interval_s, pid=os.getpid())  # fmt: skip
+
+
+def run(settings: Settings, stop: threading.Event, queues: Sequence[str] = ()) -> None:
+    """Beat and sweep every ``reaper_interval_s`` until ``stop`` is set; a failure is logged and retried."""
     while not stop.is_set():
         try:
+            beat(settings, queues)
             sweep(settings)
         except Exception:
             log.exception("reconciler: sweep failed; retrying in %.1fs", settings.reaper_interval_s)
         stop.wait(settings.reaper_interval_s)
 
 
-def start(settings: Settings) -> threading.Thread | None:
+def start(settings: Settings, queues: Sequence[str] = ()) -> threading.Thread | None:
     """Start the sweeping thread once per process (on Celery's ``worker_ready``)."""
     if _started.is_set():
         return None
     _started.set()
-    t = threading.Thread(target=run, args=(settings, threading.Event()), name="rvsm-reconciler", daemon=True)
+    args = (settings, threading.Event(), tuple(queues))
+    t = threading.Thread(target=run, args=args, name="rvsm-reconciler", daemon=True)
     t.start()
     log.info("reconciler: sweeping every %.1fs", settings.reaper_interval_s)
     return t

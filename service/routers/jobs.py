@@ -55,13 +55,33 @@ def to_public(request: Request, job: Job) -> JobPublic:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        progress=Progress(fraction=job.progress, iteration=job.iteration, max_iters=job.max_iters, eta_s=job.eta_s),
+        progress=progress_of(job),
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         error=job.error,
         summary=job.summary,
         spec=job.spec,
     )
+
+
+def progress_of(job: Job) -> Progress:
+    """The job row's progress; for a checkpoint job also epoch / step (``iteration`` counts optimizer
+    steps there, ``max_iters`` = steps per epoch x epochs once the worker has started)."""
+    p = Progress(fraction=job.progress, iteration=job.iteration, max_iters=job.max_iters, eta_s=job.eta_s)
+    if job.kind != "checkpoint":
+        return p
+    try:
+        epochs = TrainConfig.from_spec(job.spec).total_epochs
+    except (ValueError, TypeError):  # a row from an older version: plain progress
+        return p
+    p.epochs = epochs
+    if job.max_iters >= epochs > 0 and job.max_iters % epochs == 0 and job.iteration > 0:
+        per_epoch = job.max_iters // epochs
+        done_epochs, p.step = divmod(job.iteration, per_epoch)
+        p.epoch, p.steps = min(done_epochs + 1, epochs), per_epoch
+        if done_epochs == epochs:  # the last step: the last epoch, complete
+            p.step = per_epoch
+    return p
 
 
 def validate_toy(spec: dict, settings: Settings) -> int:
@@ -85,8 +105,26 @@ def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
     return job
 
 
+def _inline_defs(schema: dict) -> dict:
+    """A model's JSON schema with its ``$defs`` inlined: inside the OpenAPI document a ``#/$defs/...``
+    reference would point at the document's root, where there is none (ReDoc refuses the document)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: object) -> object:
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return walk(defs[ref.removeprefix("#/$defs/")]) | {k: v for k, v in node.items() if k != "$ref"}
+        return {k: walk(v) for k, v in node.items()}
+
+    return walk(schema)  # type: ignore[return-value]
+
+
 def _body_schema() -> dict:
-    toy, ckpt = ToySpecCreate.model_json_schema(), CheckpointSpecCreate.model_json_schema()
+    toy, ckpt = (_inline_defs(m.model_json_schema()) for m in (ToySpecCreate, CheckpointSpecCreate))
     return {
         "requestBody": {
             "required": True,

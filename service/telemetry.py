@@ -1,0 +1,153 @@
+"""Prometheus metrics, read from the job store when scraped.
+
+The job database is the scheduler of record, and API and workers are separate processes (several
+workers, maybe on several machines), so process-local counters would each see a part. What the
+service counts lives in the store instead:
+
+- ``rvsm_counters``: monotonic counters, bumped in the same transaction as the thing they count
+  (a lifecycle transition, a run's duration into histogram buckets), so a rolled-back transition is
+  not counted; one atomic upsert per bump, no read-modify-write race between processes.
+- ``rvsm_workers``: one row per worker process, its heartbeat written by its reconciler thread.
+
+:class:`StoreCollector` turns those, and ``GROUP BY`` counts of the job table, into metric families
+at scrape time. Request durations are the only in-process metric (each API process serves its own).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .db import Base, Counter, Job, WorkerBeat, get_sessionmaker, utcnow
+
+RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+"""Upper bounds (seconds) of the run-duration histogram: a toy run takes milliseconds, a checkpoint job hours."""
+RECONCILER_EVENTS = ("requeue", "give_up", "reap", "redispatch", "publish_failed")
+SEP = "|"
+
+
+def _key(name: str, labels: dict[str, str]) -> str:
+    return name + SEP + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _parse(key: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = key.partition(SEP)
+    return name, dict(p.split("=", 1) for p in rest.split(",") if p)
+
+
+def _upsert(session: Session, table: type[Base], values: dict, update: dict) -> None:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table).values(**values)
+    pk = [c.name for c in table.__table__.primary_key]
+    session.execute(stmt.on_conflict_do_update(index_elements=pk, set_=update))
+
+
+def bump(session: Session, name: str, n: float = 1.0, **labels: str) -> None:
+    """Add ``n`` to a counter in the caller's transaction (committed, or rolled back, with it)."""
+    _upsert(session, Counter, {"key": _key(name, labels), "value": n}, {"value": Counter.value + n})
+
+
+def observe_run(session: Session, job_id: str) -> None:
+    """Add a finished job's run time (``finished_at - started_at``) to the run-duration histogram."""
+    row = session.execute(select(Job.kind, Job.state, Job.started_at, Job.finished_at).where(Job.id == job_id)).one()
+    if row.started_at is None or row.finished_at is None:
+        return
+    seconds = max((row.finished_at - row.started_at).total_seconds(), 0.0)
+    labels = {"kind": row.kind, "state": row.state}
+    for le in RUN_BUCKETS:
+        if seconds <= le:
+            bump(session, "run_seconds_bucket", le=repr(float(le)), **labels)
+    bump(session, "run_seconds_count", **labels)
+    bump(session, "run_seconds_sum", seconds, **labels)
+
+
+def heartbeat(session: Session, *, name: str, queues: Iterable[str], interval_s: float, pid: int) -> None:
+    """A worker is alive: write its row (and forget workers silent for a day)."""
+    values = {"name": name, "queues": ",".join(queues), "seen_at": utcnow(), "interval_s": interval_s, "pid": pid}
+    _upsert(session, WorkerBeat, values, {"seen_at": values["seen_at"], "interval_s": interval_s})
+    session.query(WorkerBeat).filter(WorkerBeat.seen_at < utcnow() - dt.timedelta(days=1)).delete()
+    session.commit()
+
+
+def live_workers(session: Session) -> list[WorkerBeat]:
+    now = utcnow()
+    return [w for w in session.scalars(select(WorkerBeat)) if w.seen_at + dt.timedelta(seconds=3 * w.interval_s) > now]
+
+
+class StoreCollector(Collector):
+    """The job store's view, collected on every scrape of ``/metrics``."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def collect(self) -> Iterator[Metric]:
+        with get_sessionmaker(self.database_url)() as s:
+            yield from self._jobs(s)
+            yield from self._workers(s)
+            yield from self._counters(s)
+
+    def _jobs(self, s: Session) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("rvsm_jobs", "jobs in the store by kind and state", labels=["kind", "state"])
+        for kind, state, n in s.execute(select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)):
+            jobs.add_metric([kind, state], n)
+        yield jobs
+        depth = GaugeMetricFamily("rvsm_queue_depth", "queued jobs per queue (the job store's count)", labels=["queue"])
+        q = select(Job.queue, func.count()).where(Job.state == "queued").group_by(Job.queue)
+        for queue, n in s.execute(q):
+            depth.add_metric([queue], n)
+        yield depth
+
+    def _workers(self, s: Session) -> Iterator[Metric]:
+        alive = GaugeMetricFamily("rvsm_workers_alive", "worker processes with a recent heartbeat", labels=["queue"])
+        per_queue: dict[str, int] = {}
+        for w in live_workers(s):
+            for q in w.queues.split(","):
+                per_queue[q] = per_queue.get(q, 0) + 1
+        for q, n in sorted(per_queue.items()):
+            alive.add_metric([q], n)
+        yield alive
+
+    def _counters(self, s: Session) -> Iterator[Metric]:
+        rows = [(*_parse(k), v) for k, v in s.execute(select(Counter.key, Counter.value))]
+        transitions = CounterMetricFamily(
+            "rvsm_job_transitions", "job lifecycle transitions made (service.states)", labels=["event"]
+        )
+        actions = CounterMetricFamily(
+            "rvsm_reconciler_actions", "repairs made by the workers' reconcilers", labels=["action"]
+        )
+        for name, labels, v in rows:
+            if name == "transition":
+                transitions.add_metric([labels["event"]], v)
+            if name == "transition" and labels["event"] in RECONCILER_EVENTS or name == "publish_failed":
+                actions.add_metric([labels.get("event", "publish_failed")], v)
+        yield transitions
+        yield actions
+        yield from self._run_histogram(rows)
+
+    @staticmethod
+    def _run_histogram(rows: list[tuple[str, dict[str, str], float]]) -> Iterator[Metric]:
+        hist = HistogramMetricFamily(
+            "rvsm_job_run_seconds", "run time of finished jobs (started to finished)", labels=["kind", "state"]
+        )
+        series: dict[tuple[str, str], dict] = {}
+        for name, labels, v in rows:
+            if not name.startswith("run_seconds_"):
+                continue
+            entry = series.setdefault((labels["kind"], labels["state"]), {"buckets": {}, "sum": 0.0, "count": 0.0})
+            if name == "run_seconds_bucket":
+                entry["buckets"][float(labels["le"])] = v
+            elif name == "run_seconds_sum":
+                entry["sum"] = v
+            else:
+                entry["count"] = v
+        for (kind, state), e in sorted(series.items()):
+            buckets = [(repr(le), e["buckets"].get(le, 0.0)) for le in map(float, RUN_BUCKETS)]
+            hist.add_metric([kind, state], buckets + [("+Inf", e["count"])], e["sum"])
+        yield hist
