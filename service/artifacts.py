@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ MEDIA_TYPES = {
 }
 
 
+log = logging.getLogger("rvsm.api")
 PLOT = "convergence.png"
 COLUMNS = "runs.safetensors"
 
@@ -77,7 +79,11 @@ def artifacts_with_plot(session: Session, root: Path, job: Job, rows: list[Artif
     succeeded toy job without one."""
     if job.kind != "toy" or job.state != "succeeded" or not job.result_path or any(a.name == PLOT for a in rows):
         return rows
-    art = record(root, job.id, PLOT, draw_plot(root, job))
+    try:
+        art = record(root, job.id, PLOT, draw_plot(root, job))
+    except (OSError, ValueError) as e:  # its files are gone (deleted meanwhile) or unreadable: list what is there
+        log.warning("job %s: no %s: %s: %s", job.id, PLOT, type(e).__name__, e)
+        return rows
     session.add(art)
     try:
         session.commit()

@@ -141,3 +141,12 @@ def test_app_threadpool_is_the_setting(tmp_path):
     with client:  # runs the lifespan
         tokens = client.portal.call(lambda: anyio.to_thread.current_default_thread_limiter().total_tokens)
     assert tokens == 7
+
+
+def test_a_plot_whose_result_is_gone_is_not_listed(client_and_settings):
+    client, settings = client_and_settings
+    job_id = client.post("/v1/jobs", json=BASE | {"kind": "toy"}).json()["id"]
+    assert execute(job_id, settings=settings) == "succeeded"
+    (settings.resolved_artifact_dir / job_id / "result.json").unlink()  # e.g. a delete racing this request
+    assert [a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()] == ["result.json"]
+    assert client.get(f"/v1/jobs/{job_id}/artifacts/{PLOT}").status_code == 404
