@@ -27,6 +27,7 @@ def test_bench_jobs_smoke(tmp_path):
     assert ratio and float(ratio[2]) <= float(ratio[1]) <= float(ratio[3])  # median within its range
     assert re.search(r"after every 2 of 4 more trivial jobs .*: 2: [\d.]+, 4: [\d.]+\.", out)
     assert "A 20-configuration sweep" in out and "<!-- begin bench_jobs -->" in doc.read_text()
+    assert "Target span / solver ≤ 2x: **" in out
 
 
 def test_bench_api_smoke():
