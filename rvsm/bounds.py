@@ -64,11 +64,17 @@ def _parallel(ws: Tensor, w: Tensor, u: Tensor, cst: Tensor, beta: Tensor) -> tu
 
 
 def _padded(rows: list[list], fill: float, dtype: torch.dtype) -> Tensor:
-    """Lists of numbers (or ``None``) as one ``(rows, longest)`` tensor, ``fill`` past each end and for ``None``."""
+    """Lists of numbers (or ``None``) as one ``(rows, longest)`` tensor, ``fill`` past each end and for ``None``.
+    Rows of one length without ``None`` (the usual case) convert in one call."""
     out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=dtype)
+    by_length: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
-        if r:
-            out[i, : len(r)] = torch.tensor([fill if x is None else x for x in r], dtype=dtype)
+        by_length.setdefault(len(r), []).append(i)
+    for length, idx in by_length.items():
+        if length == 0:
+            continue
+        block = [rows[i] if None not in rows[i] else [fill if x is None else x for x in rows[i]] for i in idx]
+        out[idx, :length] = torch.tensor(block, dtype=dtype)
     return out
 
 

@@ -150,3 +150,17 @@ def test_a_plot_whose_result_is_gone_is_not_listed(client_and_settings):
     (settings.resolved_artifact_dir / job_id / "result.json").unlink()  # e.g. a delete racing this request
     assert [a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()] == ["result.json"]
     assert client.get(f"/v1/jobs/{job_id}/artifacts/{PLOT}").status_code == 404
+
+
+def test_bounds_over_the_batch_equal_bounds_run_by_run():
+    """batch_numbers (the tensor work for all rows, grouped by d) against each run checked alone."""
+    from rvsm.bounds import bound_checks, hypotheses
+    from rvsm.toy import _run, json_safe, run_results
+
+    spec = BASE | {"network": "binary", "algorithm": "rvscgd", "penalty": "l1",
+                   "sweep": {"d": [3, 6], "k": [2, 5], "lam": [0.0, 1e-3, 0.5]}}  # fmt: skip
+    expanded, runs = _run(spec, device=None, callback=None, limits=None)
+    batched = run_results(expanded, runs, vectors=False)
+    for r, b in zip(runs, batched, strict=True):
+        alone = json_safe({"hypotheses": hypotheses(r), "bounds": bound_checks(r)})
+        assert strip_wall(alone) == {"hypotheses": b["hypotheses"], "bounds": b["bounds"]}
