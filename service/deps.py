@@ -7,7 +7,8 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, status
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from .config import Settings, get_settings
@@ -29,15 +30,20 @@ def owner_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def current_owner(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> str | None:
+BEARER = HTTPBearer(auto_error=False, description="an API key from RVSM_API_KEYS (when the service has any)")
+
+
+def current_owner(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+) -> str | None:
     """``None`` when the service runs without API keys; else the owner id of a valid bearer key.
 
     Every configured key is compared, in constant time, whatever matched before.
     """
     if not settings.api_keys:
         return None
-    scheme, _, presented = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not presented:
+    presented = credentials.credentials if credentials is not None else ""
+    if not presented:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="Authorization: a 'Bearer <API key>' header is required",

@@ -12,11 +12,15 @@ from rvsm import __version__
 from . import errors
 from .config import get_settings
 from .db import get_engine
+from .floors import check_torch
+from .limits import BodyLimit
+from .openapi import install_openapi
 from .routers import health, jobs
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    check_torch()
     settings = app.dependency_overrides.get(get_settings, get_settings)()
     get_engine(settings.resolved_database_url)  # creates the tables
     yield
@@ -32,6 +36,8 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.add_middleware(BodyLimit)
+    install_openapi(app)
 
     return app
 
