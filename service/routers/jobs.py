@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rvsm.errors import InputError
 from rvsm.prepare import prepare
@@ -177,8 +178,8 @@ async def _read_form(request: Request, settings: Settings) -> tuple[str | bytes,
     cap = settings.max_upload_bytes
     try:
         form = await request.form(max_files=2, max_fields=4, max_part_size=settings.max_spec_bytes)
-    except HTTPException as e:
-        if "maximum size" in str(e.detail):  # a text field (spec) over the cap: starlette says 400
+    except StarletteHTTPException as e:
+        if "exceeded maximum size" in str(e.detail):  # a text field (spec) over the cap: starlette says 400
             raise _too_large("spec", settings.max_spec_bytes) from None
         raise
     unknown = sorted(set(form) - {"spec", "checkpoint", "dataset"})
