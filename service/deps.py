@@ -7,7 +7,8 @@ import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -62,3 +63,26 @@ def current_owner(
 
 
 OwnerDep = Annotated[str | None, Depends(current_owner)]
+
+
+def _query_names(dependant: object) -> set[str]:
+    names = {p.alias for p in getattr(dependant, "query_params", ())}
+    for sub in getattr(dependant, "dependencies", ()):
+        names |= _query_names(sub)
+    return names
+
+
+def no_unknown_query(request: Request) -> None:
+    """422 for a query parameter the route does not take (a typo such as ``?ofset=`` must not be ignored)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise RequestValidationError(
+            [{"loc": ("query", name), "msg": f"unknown query parameter (allowed: {allowed})", "type": "extra_forbidden"}
+             for name in unknown]
+        )  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,6 +33,19 @@ def responses(*codes: int) -> dict[int | str, dict]:
     return {code: {"model": ErrorPublic, "description": MEANINGS[code]} for code in codes}
 
 
+def _allowed(request: Request, fallback: str) -> str:
+    """Every method the document lists for this path (starlette's 405 names only the first matching
+    route's), HEAD with GET; ``fallback`` for a path the document does not list."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {m.upper() for m in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods)) or fallback
+
+
 def _describe(err: dict) -> str:
     loc = [str(x) for x in err.get("loc", ())]
     if loc and loc[0] in ("body", "query", "path", "header"):  # where it came from, not the field's name
@@ -51,10 +66,13 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException, and the router's 404 / 405
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
         if isinstance(detail, list):
             message = "; ".join(_describe(e) for e in detail)
         else:
             message = str(detail)
-        return JSONResponse({"detail": detail, "message": message}, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            headers = (headers or {}) | {"Allow": _allowed(request, (headers or {}).get("Allow", ""))}
+        return JSONResponse({"detail": detail, "message": message}, status_code=exc.status_code, headers=headers)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
 
-from .schemas import RESULT_MODELS, CheckpointSpecCreate, ToySpecCreate
+from .errors import MEANINGS
+from .schemas import RESULT_MODELS, CheckpointSpecCreate, ErrorPublic, ToySpecCreate
 
 REF = "#/components/schemas/{model}"
 
@@ -24,6 +25,20 @@ def extra_schemas() -> dict[str, dict]:
     return top["$defs"]
 
 
+def _our_422(doc: dict) -> None:
+    """FastAPI documents a 422 on every route with parameters as its ``HTTPValidationError``; this service
+    answers every 422 with :class:`ErrorPublic` (``service.errors``), so say that."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422")
+            schema = (response or {}).get("content", {}).get("application/json", {}).get("schema", {})
+            if schema.get("$ref", "").endswith("/HTTPValidationError"):
+                content = {"application/json": {"schema": ref(ErrorPublic)}}
+                operation["responses"]["422"] = {"description": MEANINGS[422], "content": content}
+    for name in ("HTTPValidationError", "ValidationError"):
+        doc.get("components", {}).get("schemas", {}).pop(name, None)
+
+
 def install_openapi(app: FastAPI) -> None:
     """Make ``app.openapi()`` (``/openapi.json``) return FastAPI's document plus :func:`extra_schemas`."""
     base = app.openapi
@@ -34,6 +49,7 @@ def install_openapi(app: FastAPI) -> None:
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             for name, schema in extra_schemas().items():
                 schemas.setdefault(name, schema)
+            _our_422(doc)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -91,6 +91,11 @@ class ToySpecCreate(BaseModel):
         return self.model_dump(exclude_none=True, exclude_unset=False)
 
 
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(description="database, broker (and worker in embedded mode): 'ok' or the error")
+
+
 class Progress(BaseModel):
     fraction: float
     iteration: int

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
@@ -21,10 +21,10 @@ from rvsm.toy import SpecError, ToyLimits, validate_spec
 from rvsm.train import TrainConfig
 
 from .. import store
-from ..artifacts import job_dir, write_atomic
+from ..artifacts import MEDIA_TYPES, job_dir, write_atomic
 from ..config import Settings
 from ..db import Job
-from ..deps import OwnerDep, SessionDep, SettingsDep
+from ..deps import OwnerDep, SessionDep, SettingsDep, no_unknown_query
 from ..errors import field_error, responses
 from ..limits import BodyTooLarge, body_cap, is_multipart, json_depth
 from ..openapi import ref
@@ -41,7 +41,7 @@ from ..schemas import (
     ToySpecCreate,
 )
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(no_unknown_query)])
 StateFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -354,8 +354,9 @@ def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: Ow
 
 
 def _artifact_responses() -> dict:
-    return {200: {"description": "the file (its media type is in the artifact list)",
-                  "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    content = {media: binary for media in sorted(set(MEDIA_TYPES.values()))}
+    return {200: {"description": "the file (its media type is in the artifact list)", "content": content},
             **responses(401, 404)}  # fmt: skip
 
 
