@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         2**20, ge=1024, description="largest JSON body or multipart 'spec' field (the stored spec's size cap)"
     )
     max_json_depth: int = Field(32, ge=4, le=200, description="deepest nesting of arrays and objects in a JSON spec")
+    max_json_containers: int = Field(
+        20_000, ge=16, description="most arrays and objects in a JSON spec (bounds the parser's cost per byte)"
+    )
     toy_queue: str = Field("cpu", description="Celery queue for toy jobs")
     checkpoint_queue: str = Field("cpu", description="Celery queue for checkpoint jobs (gpu in production)")
     datasets_dir: Path | None = Field(None, description="root of server-side ImageFolder datasets (folder jobs)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-MIN_TORCH = (2, 10)  # torch.load(weights_only=True) is no longer a remote-code-execution path (CVE-2025-32434)
+# torch.load(weights_only=True) on an untrusted checkpoint: code execution before 2.6 (CVE-2025-32434), memory
+# corruption in the weights-only unpickler before 2.10 (CVE-2026-24747)
+MIN_TORCH = (2, 10)
 
 
 def check_torch(version: str | None = None) -> None:
@@ -19,5 +21,5 @@ def check_torch(version: str | None = None) -> None:
     if m is None or (int(m[1]), int(m[2])) < MIN_TORCH:
         raise RuntimeError(
             f"torch {version} is installed; rvsm-service needs torch >= {need} (older releases load untrusted "
-            f"checkpoints unsafely: CVE-2025-32434). Upgrade with: pip install 'torch>={need}'"
+            f"checkpoints unsafely: CVE-2025-32434, CVE-2026-24747). Upgrade with: pip install 'torch>={need}'"
         )

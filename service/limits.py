@@ -8,9 +8,11 @@ file parts to disk never gets more than the cap. JSON bodies have their own, muc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import numpy as np
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
 
@@ -94,15 +96,21 @@ class BodyLimit:
             await response(scope, receive, send)
 
 
-def json_depth(value: object) -> int:
-    """How deeply arrays and objects nest in a parsed JSON value (a scalar: 0), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = item.values()
-        elif not isinstance(item, list):
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in item)
-    return deepest
+
+# a JSON string literal, or an unterminated one to the end: it never fails, so it never backtracks (linear)
+_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*(?:"|\Z)')
+_STEP = np.zeros(256, np.int8)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+
+
+def json_shape(text: bytes) -> tuple[int, int]:
+    """How deeply arrays and objects nest in JSON ``text`` and how many there are, from the text alone
+    (string literals skipped), so both caps are checked before ``json.loads`` builds anything: exact for
+    valid JSON; text that is not JSON is refused by the parser after."""
+    bare = _STRING.sub(b"", text)
+    containers = bare.count(b"[") + bare.count(b"{")
+    if not containers:
+        return 0, 0
+    depth = np.cumsum(_STEP[np.frombuffer(bare, np.uint8)], dtype=np.int64).max()
+    return int(depth), containers

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from service.config import Settings, get_settings
 from service.floors import check_torch
-from service.limits import MULTIPART_OVERHEAD, json_depth
+from service.limits import MULTIPART_OVERHEAD, json_shape
 from service.main import create_app
 from tests.service_helpers import REDIS_URL, ROOT, free_port, make_client, python, unique_queue, wait_for
 
@@ -224,9 +226,39 @@ def test_nesting_at_the_cap_is_parsed(client) -> None:
     assert r.status_code == 422 and r.json()["message"] == "body: the spec must be a JSON object"
 
 
-def test_json_depth() -> None:
-    assert json_depth(1) == 0 and json_depth([]) == 1 and json_depth({"a": [1, {"b": []}]}) == 4
-    assert json_depth(json.loads("[" * 900 + "]" * 900)) == 900
+def test_too_many_containers_is_422_before_parsing(client) -> None:
+    body = b"[" + b",".join([b"[]"] * 20_001) + b"]"
+    r = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["message"] == "body: JSON with more than 20000 arrays and objects (got 20002)"
+
+
+def shape(value: object, depth: int = 1) -> tuple[int, int]:
+    """The reference: (deepest nesting, number of arrays and objects) of a parsed value."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, list):
+        return 0, 0
+    inner = [shape(v, depth + 1) for v in value]
+    return max([depth] + [d for d, _ in inner]), 1 + sum(n for _, n in inner)
+
+
+TEXT = st.text(alphabet=st.sampled_from('[]{}"\\,: ab\n\u00e9'), max_size=8)
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+                    max_leaves=30)  # fmt: skip
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(value=JSON, ensure_ascii=st.booleans(), indent=st.sampled_from([None, 1]))
+def test_json_shape_from_the_text_equals_the_parsed_shape(value: object, ensure_ascii: bool, indent) -> None:
+    text = json.dumps(value, ensure_ascii=ensure_ascii, indent=indent).encode()
+    assert json_shape(text) == shape(value)
+
+
+def test_json_shape_ignores_brackets_in_strings() -> None:
+    assert json_shape(b'{"a": "[[[\\"]]"}') == (1, 1)
+    assert json_shape(b'["\\\\", ["]"]]') == (2, 2)
 
 
 BIG_QUERIES = ["/v1/jobs?offset=18446744073709551616", "/v1/jobs?offset=9223372036854775808",

@@ -26,7 +26,7 @@ from ..config import Settings
 from ..db import Job
 from ..deps import OwnerDep, SessionDep, SettingsDep, no_unknown_query
 from ..errors import field_error, responses
-from ..limits import BodyTooLarge, body_cap, is_multipart, json_depth
+from ..limits import BodyTooLarge, body_cap, is_multipart, json_shape
 from ..openapi import ref
 from ..queue import enqueue
 from ..schemas import (
@@ -135,22 +135,26 @@ def _invalid(errors: list[dict], prefix: tuple = ("body",)) -> RequestValidation
 
 
 def _load_json(text: str | bytes, prefix: tuple, settings: Settings) -> object:
-    """Parse a spec's JSON text (off the event loop): 413 over ``max_spec_bytes``, 422 when it is not
-    JSON or nests deeper than ``max_json_depth``."""
-    where = ".".join(prefix[1:]) or "body"
-    if len(text) > settings.max_spec_bytes:
-        raise _too_large(where, settings.max_spec_bytes)
-    deep = {"type": "json_depth", "loc": (),
-            "msg": f"JSON nested deeper than {settings.max_json_depth} levels of arrays and objects"}  # fmt: skip
-    try:
-        raw = json.loads(text)
-    except RecursionError:
-        raise _invalid([deep], prefix) from None
-    except ValueError as e:
-        raise _invalid([{"type": "json_invalid", "loc": (), "msg": f"JSON decode error: {e}"}], prefix) from None
-    if json_depth(raw) > settings.max_json_depth:
-        raise _invalid([deep], prefix)
-    return raw
+    """Parse a spec's JSON text (off the event loop): 413 over ``max_spec_bytes``; 422 when it nests deeper
+    than ``max_json_depth``, holds more than ``max_json_containers`` arrays and objects (both checked on the
+    text before the parser builds anything) or is not JSON."""
+    data = text.encode() if isinstance(text, str) else text
+    if len(data) > settings.max_spec_bytes:
+        raise _too_large(".".join(prefix[1:]) or "body", settings.max_spec_bytes)
+    depth, containers = json_shape(data)
+    rule = None
+    if depth > settings.max_json_depth:
+        rule = f"JSON nested deeper than {settings.max_json_depth} levels of arrays and objects"
+    elif containers > settings.max_json_containers:
+        rule = f"JSON with more than {settings.max_json_containers} arrays and objects (got {containers})"
+    if rule is None:
+        try:
+            return json.loads(data)
+        except RecursionError:  # not reached for valid JSON (the depth cap is far below the parser's)
+            rule = "JSON nested too deeply"
+        except ValueError as e:
+            rule = f"JSON decode error: {e}"
+    raise _invalid([{"type": "json_invalid", "loc": (), "msg": rule}], prefix)
 
 
 def _parse_spec(raw: object, prefix: tuple) -> ToySpecCreate | CheckpointSpecCreate:
