@@ -12,6 +12,7 @@ status-code and schema checks).
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +29,8 @@ from tests.service_helpers import REDIS_URL, unique_queue
 
 KEY = "schemathesis-key"
 QUEUE = unique_queue("schemathesis")
-TMP = Path(tempfile.mkdtemp(prefix="rvsm-schemathesis-"))
+TMP = Path(tempfile.mkdtemp(prefix="rvsm-schemathesis-"))  # the schema is loaded at import, for parametrize
+atexit.register(shutil.rmtree, TMP, True)  # also when this module is collected but not run
 SETTINGS = Settings(
     data_dir=TMP, database_url=f"sqlite:///{TMP / 'jobs.db'}", artifact_dir=TMP / "artifacts", broker_url=REDIS_URL,
     toy_queue=QUEUE, checkpoint_queue=QUEUE, api_keys=[KEY], max_iters_cap=1000, sweep_cap=4, toy_d_cap=64,
@@ -46,7 +48,6 @@ def _cleanup():
     yield
     print(f"\nschemathesis: {sum(CALLS.values())} generated requests over {len(CALLS)} operations: {CALLS}")
     redis.Redis.from_url(REDIS_URL).delete(QUEUE)  # only this module's key
-    shutil.rmtree(TMP, ignore_errors=True)
 
 
 @schema.parametrize()
