@@ -107,7 +107,7 @@ def client(tmp_path_factory):
     queue = unique_queue("openapi")  # nothing consumes it: the jobs stay queued
     with make_client(tmp_path_factory.mktemp("openapi"), queue) as c:
         yield c
-    redis.Redis.from_url(REDIS_URL).delete(queue)
+    redis.Redis.from_url(REDIS_URL).delete(queue, *(f"_kombu.{k}.{queue}" for k in ("binding", "binding_permanent")))
 
 
 def test_the_examples_are_accepted_and_timestamps_carry_utc(client) -> None:

@@ -47,7 +47,7 @@ CALLS: dict[str, int] = {}
 def _cleanup():
     yield
     print(f"\nschemathesis: {sum(CALLS.values())} generated requests over {len(CALLS)} operations: {CALLS}")
-    redis.Redis.from_url(REDIS_URL).delete(QUEUE)  # only this module's key
+    redis.Redis.from_url(REDIS_URL).delete(QUEUE, *(f"_kombu.{k}.{QUEUE}" for k in ("binding", "binding_permanent")))
 
 
 @schema.parametrize()
