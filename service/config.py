@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     max_iters_cap: int = Field(2_000_000, ge=1, description="largest max_iters a toy job may ask for")
     sweep_cap: int = Field(100_000, ge=1, description="largest number of configurations in one sweep")
     max_upload_bytes: int = Field(256 * 2**20, ge=1, description="largest checkpoint or dataset upload")
+    max_spec_bytes: int = Field(
+        2**20, ge=1024, description="largest JSON body or multipart 'spec' field (the stored spec's size cap)"
+    )
+    max_json_depth: int = Field(32, ge=4, le=200, description="deepest nesting of arrays and objects in a JSON spec")
+    max_json_containers: int = Field(
+        20_000, ge=16, description="most arrays and objects in a JSON spec (bounds the parser's cost per byte)"
+    )
     toy_queue: str = Field("cpu", description="Celery queue for toy jobs")
     checkpoint_queue: str = Field("cpu", description="Celery queue for checkpoint jobs (gpu in production)")
     datasets_dir: Path | None = Field(None, description="root of server-side ImageFolder datasets (folder jobs)")
@@ -54,8 +61,13 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
+        """``"a,b"`` -> ``["a", "b"]``; a value that is set but holds no key (``" , "``) is an error, never
+        an open service."""
         if isinstance(v, str):
-            return [k.strip() for k in v.split(",") if k.strip()]
+            keys = [k.strip() for k in v.split(",") if k.strip()]
+            if v and not keys:
+                raise ValueError(f"RVSM_API_KEYS is set ({v!r}) but holds no key; unset it to run without auth")
+            return keys
         return v
 
     @property
