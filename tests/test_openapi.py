@@ -80,12 +80,14 @@ def test_every_route_documents_its_codes_with_the_error_model() -> None:
     assert set(DOC["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
 
 
-def test_bearer_scheme_on_every_v1_route_only() -> None:
+def test_bearer_scheme_on_every_keyed_route_only() -> None:
+    """The /v1 routes and /metrics take the API key (when keys are set); health, docs and UI do not."""
     assert DOC["components"]["securitySchemes"]["HTTPBearer"] | {"description": ""} == {
         "type": "http", "scheme": "bearer", "description": ""}  # fmt: skip
     for path, ops in DOC["paths"].items():
         for op in ops.values():
-            assert (op.get("security") == [{"HTTPBearer": []}]) == path.startswith("/v1"), path
+            assert (op.get("security") == [{"HTTPBearer": []}]) == (path.startswith("/v1") or path == "/metrics"), path
+    assert set(DOC["paths"]["/metrics"]["get"]["responses"]) == {"200", "401"}
 
 
 def test_request_body_schema_and_examples() -> None:
