@@ -52,6 +52,8 @@ def read_headers(path: str | Path, *, field: str = "dataset") -> dict[str, Array
 
 def safetensors_headers(f: BinaryIO, *, size: int, field: str = "checkpoint") -> dict[str, ArrayInfo]:
     """The tensors a safetensors stream of ``size`` bytes declares, from its header alone."""
+    if size == 0:
+        raise InputError(field, "the file is empty")
     head = f.read(8)
     n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
     if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
