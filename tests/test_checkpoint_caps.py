@@ -80,8 +80,9 @@ def _peak_rss_kib(*, reset: bool = False) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
 
 
-def measured(send) -> tuple[object, float, int, int]:
-    """``send()``'s response, its seconds, Python's peak allocation and the process's peak RSS growth (bytes)."""
+def measured(label: str, send) -> tuple[object, float, int, int]:
+    """``send()``'s response, its seconds, Python's peak allocation and the process's peak RSS growth (bytes),
+    also printed (docs/_checkpoint_caps.md quotes them: ``pytest -s``)."""
     rss0 = _peak_rss_kib(reset=True)
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -91,7 +92,10 @@ def measured(send) -> tuple[object, float, int, int]:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    return r, elapsed, peak, (_peak_rss_kib() - rss0) * 1024
+    grown = (_peak_rss_kib() - rss0) * 1024
+    print(f"{label}: {r.status_code} in {elapsed * 1000:.1f} ms, peak RSS +{grown / MB:.1f} MiB, "
+          f"Python peak {peak / MB:.2f} MiB")  # fmt: skip
+    return r, elapsed, peak, grown
 
 
 def _warm(client) -> None:
@@ -108,7 +112,7 @@ def test_a_million_sample_vgg16_job_and_a_huge_toy_d_are_refused_at_once_without
     _warm(client)
     for spec, words in ((VGG_MILLION, ("architecture", "vgg16", "multiple of 32")),
                         (TOY_HUGE_D, ("d", "100000000", "<= 100000"))):  # fmt: skip
-        r, elapsed, peak, grown = measured(lambda s=spec: client.post("/v1/jobs", json=s))
+        r, elapsed, peak, grown = measured(spec["kind"], lambda s=spec: client.post("/v1/jobs", json=s))
         expect(r, 422, *words)
         assert elapsed < 1.0, (spec["kind"], elapsed)
         assert peak < 50 * MB, (spec["kind"], peak)  # Python's allocations
@@ -120,7 +124,7 @@ def test_a_million_sample_job_that_fits_is_accepted_without_generating_its_data(
     the API never builds it (256 MB of floats) nor the model."""
     _warm(client)
     spec = VGG_MILLION | {"architecture": "mlp"}
-    r, elapsed, peak, grown = measured(lambda: client.post("/v1/jobs", json=spec))
+    r, elapsed, peak, grown = measured("1e6-sample mlp", lambda: client.post("/v1/jobs", json=spec))
     assert r.status_code == 202, r.text
     assert elapsed < 1.0 and peak < 50 * MB and grown < 50 * MB, (elapsed, peak, grown)
 
@@ -133,7 +137,7 @@ def test_a_huge_label_is_refused_before_any_linear_is_built(client):
     y[3] = 2_000_000
     blob = npz(x=x, y=y)
     assert len(blob) < 5000
-    r, elapsed, peak, grown = measured(lambda: upload(client, MLP_UPLOAD, blob))
+    r, elapsed, peak, grown = measured("label 2e6", lambda: upload(client, MLP_UPLOAD, blob))
     expect(r, 422, "dataset", "2000000", "[0, 10000)", "classes cap")
     assert elapsed < 1.0 and peak < 50 * MB and grown < 50 * MB, (elapsed, peak, grown)
 
@@ -145,7 +149,7 @@ def test_a_compressed_upload_that_inflates_past_the_byte_cap_is_refused_from_its
     np.savez_compressed(buf, x=np.zeros((4000, 4000), dtype=np.float32), y=np.zeros(4000, dtype=np.int64))
     blob = buf.getvalue()
     assert len(blob) < 4 * MB
-    r, elapsed, peak, grown = measured(lambda: upload(client, MLP_UPLOAD, blob))
+    r, elapsed, peak, grown = measured("64 MB npz", lambda: upload(client, MLP_UPLOAD, blob))
     expect(r, 422, "dataset", "bytes of the uploaded arrays", "64032000", str(4 * MB))
     assert elapsed < 1.0 and peak < 50 * MB and grown < 50 * MB, (elapsed, peak, grown)
 
