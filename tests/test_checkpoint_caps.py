@@ -212,3 +212,36 @@ def test_a_last_batch_of_one_that_batch_norm_refuses_is_a_422_not_a_failed_job(c
 def test_the_digits_constants_match_the_data_set():
     d = rdata.digits()
     assert (d.x_train.shape[0] + d.x_val.shape[0], d.sample_shape, d.num_classes) == DIGITS
+
+
+def test_an_exported_model_is_capped_by_a_meta_pass_that_leaves_its_weights_alone(tmp_path):
+    """A .pt2: parameters and activations are counted the same way (its real weights are swapped for meta
+    ones only for the pass), and its caps name the same fields."""
+    import torch
+
+    from tests.user_models import ResidualCNN, digits_npz, export
+
+    torch.manual_seed(0)
+    model = ResidualCNN()
+    blob, x_val, _ = digits_npz(flat=False)
+    pt2 = export(model, x_val[:4])
+    (tmp_path / "d.npz").write_bytes(blob)
+    spec = {"kind": "checkpoint", "dataset": {"name": "upload"}, "epochs": 1, "batch_size": 32}
+    plan = check(spec, checkpoint=pt2, dataset_file=tmp_path / "d.npz")
+    assert plan.parameters == sum(p.numel() for p in model.parameters())
+    assert plan.activations > 0 and not any(p.is_meta for p in plan.model.parameters())
+    with pytest.raises(ValueError, match=f"batch_size: .* is {plan.activations}, over the cap of 10"):
+        check(spec, checkpoint=pt2, dataset_file=tmp_path / "d.npz", limits=CheckpointLimits(activations=10))
+    with pytest.raises(ValueError, match="architecture: the model's parameters .* over the cap of 5"):
+        check(spec, checkpoint=pt2, dataset_file=tmp_path / "d.npz", limits=CheckpointLimits(parameters=5))
+
+
+def test_the_worker_checks_the_caps_too(tmp_path):
+    """Defensive: a job that reaches a worker whose caps are tighter (settings changed since it was queued)
+    fails there with the same message, before its data set is generated."""
+    from worker.checkpoint_jobs import run_checkpoint_job
+
+    settings = Settings(data_dir=tmp_path, checkpoint_samples_cap=100)
+    spec = LENET | {"dataset": {"name": "synthetic", "samples": 1000}}
+    with pytest.raises(ValueError, match="dataset.samples: .* is 1000, over the cap of 100"):
+        run_checkpoint_job("job", spec, settings, progress=None)
