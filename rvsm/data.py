@@ -207,16 +207,18 @@ def image_folder(
 
 
 def synthetic(
-    n: int = 2000, *, in_channels: int = 1, input_size: int = 8, num_classes: int = 4, seed: int = 0
-) -> TensorData:
-    """Gaussian inputs labelled by the argmax of a random two-layer teacher network."""
+    n: int = 2000, *, in_channels: int = 1, input_size: int = 8, num_classes: int = 4, seed: int = 0,
+    val_fraction: float = 0.2,
+) -> TensorData:  # fmt: skip
+    """Gaussian inputs labelled by the argmax of a random two-layer teacher network; the model's output
+    width is ``num_classes`` even when the teacher never picks a class."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, in_channels, input_size, input_size, generator=g)
     d = in_channels * input_size * input_size
     w1 = torch.randn(d, 32, generator=g) / d**0.5
     w2 = torch.randn(32, num_classes, generator=g) / 32**0.5
     y = (torch.relu(x.flatten(1) @ w1) @ w2).argmax(dim=1)
-    data = split(x, y, seed=seed)
+    data = split(x, y, val_fraction=val_fraction, seed=seed)
     data.classes = num_classes
     return data
 
@@ -235,7 +237,8 @@ def load_dataset(
         if name == "digits":
             return digits(val_fraction=vf, seed=seed)
         if name == "synthetic":
-            return synthetic(spec.get("samples", 2000), num_classes=spec.get("num_classes", 4), seed=seed)
+            return synthetic(spec.get("samples", 2000), num_classes=spec.get("num_classes", 4), seed=seed,
+                             val_fraction=vf)  # fmt: skip
         if name == "upload":
             if upload is None:
                 raise InputError("dataset", "name 'upload' needs a multipart 'dataset' file (.safetensors or .npz)")

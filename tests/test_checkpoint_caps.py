@@ -245,3 +245,13 @@ def test_the_worker_checks_the_caps_too(tmp_path):
     spec = LENET | {"dataset": {"name": "synthetic", "samples": 1000}}
     with pytest.raises(ValueError, match="dataset.samples: .* is 1000, over the cap of 100"):
         run_checkpoint_job("job", spec, settings, progress=None)
+
+
+def test_a_synthetic_set_is_the_size_its_description_says():
+    """What the API checks (no data) is what the worker builds: rows, the split, the classes."""
+    from rvsm.datashape import describe_dataset
+
+    spec = {"name": "synthetic", "samples": 101, "num_classes": 7, "val_fraction": 0.5, "seed": 2}
+    shape, d = describe_dataset(spec), rdata.load_dataset(spec)
+    assert (shape.rows, shape.train_rows, shape.sample_shape) == (101, d.x_train.shape[0], d.sample_shape)
+    assert shape.outputs == d.num_classes == 7 and d.x_val.shape[0] == 101 - d.x_train.shape[0]
