@@ -255,3 +255,20 @@ def test_a_synthetic_set_is_the_size_its_description_says():
     shape, d = describe_dataset(spec), rdata.load_dataset(spec)
     assert (shape.rows, shape.train_rows, shape.sample_shape) == (101, d.x_train.shape[0], d.sample_shape)
     assert shape.outputs == d.num_classes == 7 and d.x_val.shape[0] == 101 - d.x_train.shape[0]
+
+
+def test_a_folder_set_is_counted_not_decoded(tmp_path):
+    """A folder set's caps come from a directory listing: its images are never opened at submit time."""
+    from PIL import Image
+
+    for c in ("a", "b", "c"):
+        (tmp_path / "set" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (6, 6), color=40 * i).save(tmp_path / "set" / c / f"{i}.png")
+    spec = LENET | {"dataset": {"name": "folder", "path": "set", "input_size": 8}}
+    plan = check(spec, datasets_dir=tmp_path)
+    assert (plan.shape.rows, plan.shape.sample_shape, plan.shape.outputs) == (12, (1, 8, 8), 3)
+    with pytest.raises(ValueError, match="dataset: the data set's samples .* is 12, over the cap of 11"):
+        check(spec, datasets_dir=tmp_path, limits=CheckpointLimits(samples=11))
+    with pytest.raises(ValueError, match="dataset: the number of classes is 3, over the cap of 2"):
+        check(spec, datasets_dir=tmp_path, limits=CheckpointLimits(classes=2))
