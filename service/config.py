@@ -77,7 +77,7 @@ class Settings(BaseSettings):
         2**30, ge=1, description="most elements one training batch's forward pass allocates (counted on meta)"
     )
 
-    def checkpoint_limits(self):  # noqa: ANN201 - rvsm.prepare.CheckpointLimits, imported when asked for
+    def checkpoint_limits(self):  # -> rvsm.prepare.CheckpointLimits (imported here, so settings load no torch)
         """The checkpoint caps as the library takes them."""
         from rvsm.prepare import CheckpointLimits
 
