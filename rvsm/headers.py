@@ -75,6 +75,10 @@ def safetensors_headers(f: BinaryIO, *, size: int, field: str = "checkpoint") ->
         kind, size_ = SAFETENSORS_DTYPES.get(meta["dtype"], ("unknown", 1))
         shape = tuple(meta["shape"])
         out[name] = ArrayInfo(shape, meta["dtype"], kind, math.prod(shape) * size_)
+    declared = sum(a.nbytes for a in out.values())
+    if declared > size - 8 - n:  # safetensors stores raw bytes: the shapes must fit in the file
+        raise InputError(field, f"not a safetensors file (truncated?): its header declares {declared} bytes of "
+                                f"tensors, the file holds {size - 8 - n}")  # fmt: skip
     return _bounded(out, field)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -104,6 +105,12 @@ def test_tensors_without_dense_data_are_422s(client, lenet, tensor, words):
     expect(with_checkpoint(client, pt(_changed(lenet, W, tensor)), "m.pt"), 422, "checkpoint", W, *words)
 
 
+def _header(header: dict, data: bytes = b"") -> bytes:
+    """A safetensors file with this JSON header (whatever it declares) and these data bytes."""
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
 @pytest.mark.parametrize(
     "blob,words",
     [
@@ -112,8 +119,10 @@ def test_tensors_without_dense_data_are_422s(client, lenet, tensor, words):
         (b"\x09\x00\x00\x00\x00\x00\x00\x00[1, 2, 3]", ("not a safetensors", "not a JSON object")),
         (b'\x20\x00\x00\x00\x00\x00\x00\x00{"w": {"dtype": "F32"}}          ', ("no valid dtype and shape",)),
         (b"", ("empty",)),
+        (_header({"w": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 0]}}), ("declares",)),
+        (_header({"w": {"dtype": "F32", "shape": [2**70], "data_offsets": [0, 0]}}), ("declares",)),
     ],
-    ids=["not-json", "bad-length", "json-list", "no-shape", "empty"],
+    ids=["not-json", "bad-length", "json-list", "no-shape", "empty", "overflowing-shape", "huge-dim"],
 )
 def test_a_file_that_is_not_safetensors_is_a_422(client, blob, words):
     expect(with_checkpoint(client, blob, "m.safetensors"), 422, "checkpoint", *words)
@@ -186,6 +195,13 @@ def test_odd_safetensors_data_sets_are_422s(client, tensors, words):
 )
 def test_a_file_that_is_not_what_its_name_says_is_a_422(client, blob, name, words):
     expect(with_dataset(client, blob, name), 422, "dataset", *words)
+
+
+def test_a_data_header_that_declares_more_than_the_file_holds_is_a_422(client):
+    """The shapes of a safetensors header are checked against the file's size before anything is made of them."""
+    blob = _header({"x": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 0]},
+                    "y": {"dtype": "I64", "shape": [2**62], "data_offsets": [0, 0]}})  # fmt: skip
+    expect(with_dataset(client, blob, "d.safetensors"), 422, "dataset", "declares")
 
 
 def test_a_zip_with_other_members_is_not_an_npz(client):
