@@ -80,6 +80,25 @@ class Settings(BaseSettings):
     def resolved_artifact_dir(self) -> Path:
         return (self.artifact_dir or self.data_dir / "artifacts").resolve()
 
+    # checkpoint-job caps (issue 9), checked by rvsm.prepare.check before anything is allocated; epochs: max_epochs_cap
+    checkpoint_samples_cap: int = Field(1_000_000, ge=2, description="largest data set of a checkpoint job (samples)")
+    checkpoint_classes_cap: int = Field(10_000, ge=2, description="most classes (largest label + 1), checkpoint jobs")
+    checkpoint_features_cap: int = Field(2**20, ge=1, description="largest sample of a checkpoint job (elements)")
+    checkpoint_parameters_cap: int = Field(50_000_000, ge=1, description="largest model of a checkpoint job (params)")
+    checkpoint_activations_cap: int = Field(
+        2**30, ge=1, description="most elements one training batch's forward pass allocates (counted on meta)"
+    )
+
+    def checkpoint_limits(self):  # -> rvsm.prepare.CheckpointLimits (imported here, so settings load no torch)
+        """The checkpoint caps as the library takes them."""
+        from rvsm.prepare import CheckpointLimits
+
+        return CheckpointLimits(
+            samples=self.checkpoint_samples_cap, classes=self.checkpoint_classes_cap,
+            features=self.checkpoint_features_cap, parameters=self.checkpoint_parameters_cap,
+            activations=self.checkpoint_activations_cap, epochs=self.max_epochs_cap,
+        )  # fmt: skip
+
 
 @lru_cache
 def get_settings() -> Settings:
