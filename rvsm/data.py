@@ -253,10 +253,16 @@ def load_dataset(
     raise InputError("dataset.name", f"unknown data set {name!r}")
 
 
-def folder_path(spec: dict, root: Path | None) -> Path:
-    """The directory a ``folder`` data set names, checked to lie inside ``root`` (the server's datasets)."""
+def datasets_root(root: Path | None) -> Path:
+    """The server's data set root, resolved; a 4xx when none is configured."""
     if root is None:
         raise InputError("dataset.name", "'folder' data sets are not enabled here (RVSM_DATASETS_DIR is unset)")
+    return root.resolve()
+
+
+def folder_path(spec: dict, root: Path | None) -> Path:
+    """The directory a ``folder`` data set names, checked to lie inside ``root`` (the server's datasets)."""
+    root = datasets_root(root)
     rel = spec.get("path")
     if not rel:
         raise InputError("dataset.path", "is required for a folder data set")
@@ -269,10 +275,11 @@ def folder_path(spec: dict, root: Path | None) -> Path:
 
 
 def _folder(spec: dict, root: Path | None, vf: float, seed: int) -> TensorData:
-    path = folder_path(spec, root)
+    base = datasets_root(root)
+    path = folder_path(spec, base)
     size = spec.get("input_size") or 32
     return image_folder(path, input_size=size, grayscale=spec.get("grayscale", True), val_fraction=vf, seed=seed,
-                        within=root.resolve())  # fmt: skip
+                        within=base)  # fmt: skip
 
 
 @torch.no_grad()

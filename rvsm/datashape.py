@@ -108,10 +108,11 @@ def _check_pair(x: ArrayInfo, y: ArrayInfo, xn: str, yn: str, task: str) -> None
 
 
 def _describe_folder(spec: dict, root: Path | None, vf: float) -> DataShape:
-    from .data import folder_path
+    from .data import datasets_root, folder_path
 
-    path = folder_path(spec, root)
-    classes = sorted(p for p in path.iterdir() if p.is_dir() and p.resolve().is_relative_to(root.resolve()))
+    base = datasets_root(root)
+    path = folder_path(spec, base)
+    classes = sorted(p for p in path.iterdir() if p.is_dir() and p.resolve().is_relative_to(base))
     rows = sum(1 for c in classes for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if not classes or not rows:
         raise InputError("dataset.path", f"{spec.get('path')}: expected one sub-directory of images per class")

@@ -101,8 +101,15 @@ def select_parameters(model: nn.Module, patterns: list[str]) -> list[str]:
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
+def _width(shape: DataShape) -> int:
+    """The model's output width: the data's classes or targets (known once its labels were read)."""
+    if shape.outputs is None:
+        raise ValueError("the data set's outputs are unknown until its labels are read")
+    return shape.outputs
+
+
 def _check_outputs(width: int, shape: DataShape, task: str, what: str) -> None:
-    if task == "classification" and width < shape.outputs:
+    if task == "classification" and width < _width(shape):
         raise InputError("dataset", f"{what} gives {width} outputs per sample, the data has {shape.outputs} classes")
     if task == "regression" and width != shape.outputs:
         raise InputError("dataset", f"{what} gives {width} outputs per sample, the data has {shape.outputs} targets")
@@ -185,7 +192,7 @@ def _builtin(spec: dict, blob: bytes | None, shape: DataShape, cfg: TrainConfig,
     if arch != "mlp" and len(sample_shape) == 2:
         sample_shape = (1, *sample_shape)
         notes.append(f"added a channel dimension to the data: samples of shape {sample_shape}")
-    model = build(arch, sample_shape, shape.outputs, hidden=spec.get("hidden"), device="meta")
+    model = build(arch, sample_shape, _width(shape), hidden=spec.get("hidden"), device="meta")
     params, out, elements = _model_caps(model, sample_shape, shape, cfg, limits)
     _check_outputs(output_width(out), shape, cfg.task, f"architecture {arch!r}")
     state = None
@@ -289,7 +296,7 @@ def prepare(
     if math.prod(data.sample_shape) != plan.shape.features or data.num_outputs > (plan.shape.outputs or 0):
         raise InputError("dataset", f"changed since it was checked: samples {data.sample_shape}, "
                                     f"{data.num_outputs} outputs")  # fmt: skip
-    model = build(plan.architecture, data.sample_shape, plan.shape.outputs, hidden=spec.get("hidden"))
+    model = build(plan.architecture, data.sample_shape, _width(plan.shape), hidden=spec.get("hidden"))
     if plan.state is not None:
         model.load_state_dict(plan.state.tensors)
     return Prepared(model, data, plan.sparse_names, plan.architecture, normalised=plan.normalised)

@@ -74,5 +74,5 @@ def install(app: FastAPI) -> None:
             message = str(detail)
         headers = exc.headers
         if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
-            headers = (headers or {}) | {"Allow": _allowed(request, (headers or {}).get("Allow", ""))}
+            headers = dict(headers or {}) | {"Allow": _allowed(request, (headers or {}).get("Allow", ""))}
         return JSONResponse({"detail": detail, "message": message}, status_code=exc.status_code, headers=headers)

@@ -5,7 +5,8 @@ job specs of the hand-parsed ``POST /v1/jobs`` body, the result documents) are r
 from __future__ import annotations
 
 from fastapi import FastAPI
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from .errors import MEANINGS
 from .schemas import RESULT_MODELS, CheckpointSpecCreate, ErrorPublic, ToySpecCreate
@@ -19,9 +20,11 @@ def ref(model: type) -> dict:
 
 def extra_schemas() -> dict[str, dict]:
     """The spec models (as validated) and the result documents (as served), with refs into components."""
-    models = [(m, "validation") for m in (ToySpecCreate, CheckpointSpecCreate)]
-    models += [(m, "serialization") for m in RESULT_MODELS]
-    _, top = models_json_schema(models, ref_template=REF)  # type: ignore[arg-type]
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((m, "validation") for m in (ToySpecCreate, CheckpointSpecCreate)),
+        *((m, "serialization") for m in RESULT_MODELS),
+    ]
+    _, top = models_json_schema(models, ref_template=REF)
     return top["$defs"]
 
 

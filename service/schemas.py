@@ -190,7 +190,7 @@ class CheckpointSpecCreate(BaseModel):
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
         None, min_length=1, max_length=32, description="mlp: hidden layer widths (default [128, 128])"
     )
-    task: Literal["classification", "regression"] = Field(CKPT.task, description="cross-entropy, or MSE")
+    task: Literal["classification", "regression"] = Field(CKPT.task, description="cross-entropy, or MSE")  # type: ignore[arg-type]
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     algorithm: Literal["sgd", "rvsm", "rvscgd", "admm", "magnitude"] = CKPT.algorithm  # type: ignore[assignment]
     target_sparsity: float | None = Field(
@@ -198,8 +198,9 @@ class CheckpointSpecCreate(BaseModel):
         "magnitude)",
     )  # fmt: skip
     sparsity_scope: Literal["global", "layer"] = Field(
-        CKPT.sparsity_scope, description="target over all sparsified tensors together, or per tensor"
-    )  # type: ignore[assignment]
+        CKPT.sparsity_scope,  # type: ignore[arg-type]
+        description="target over all sparsified tensors together, or per tensor",
+    )
     warmup_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: dense epochs before pruning "
                                       "starts (default a tenth)")  # fmt: skip
     ramp_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: epochs over which the target ramps "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -53,7 +54,7 @@ def to_public(request: Request, job: Job) -> JobPublic:
     return JobPublic(
         id=job.id,
         kind=job.kind,
-        state=job.state,  # type: ignore[arg-type]
+        state=job.state,
         url=job_url(request, job.id),
         queue=job.queue,
         created_at=job.created_at,
@@ -150,8 +151,8 @@ def _result_schema() -> dict:
                   "content": {"application/json": {"schema": schema}}}} | responses(401, 404, 409)  # fmt: skip
 
 
-def _invalid(errors: list[dict], prefix: tuple = ("body",)) -> RequestValidationError:
-    return RequestValidationError([e | {"loc": (*prefix, *e.get("loc", ()))} for e in errors])
+def _invalid(errors: Sequence[Mapping], prefix: tuple = ("body",)) -> RequestValidationError:
+    return RequestValidationError([dict(e) | {"loc": (*prefix, *e.get("loc", ()))} for e in errors])
 
 
 def _load_json(text: str | bytes, prefix: tuple, settings: Settings) -> object:

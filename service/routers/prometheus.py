@@ -47,7 +47,7 @@ class RequestTimer:
 
 @router.get(
     "/metrics", response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}} | responses(401),
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}, **responses(401)},
 )  # fmt: skip
 def metrics(request: Request, settings: SettingsDep, _owner: OwnerDep) -> Response:
     """Jobs by kind and state, queue depth per queue, workers alive, lifecycle transitions, reconciler
