@@ -1,20 +1,24 @@
-# One image for the API and the workers. The base carries a CUDA build of PyTorch, so the same
-# image runs GPU workers (with the NVIDIA container runtime) and CPU workers and the API.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# One image for the API and the workers. torch comes from PyPI: its Linux x86_64 wheels are CUDA builds
+# (the CUDA runtime arrives as nvidia-* wheels), so the same image runs GPU workers (with the NVIDIA
+# container runtime), CPU workers and the API. torch >= 2.10 is a floor (README "Security"); the service
+# refuses to start below it.
+FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+ARG TORCH_VERSION=2.13.0
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     RVSM_DATA_DIR=/data MPLBACKEND=Agg
 WORKDIR /app
 
-# dependencies first (cached layer); torch is already in the base image and satisfies the pin range
+# dependencies first (cached layers): torch, then the rest (the pin range accepts the torch installed)
+RUN pip install "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
 COPY rvsm/__init__.py rvsm/__init__.py
-RUN pip install --no-cache-dir ".[postgres]" && pip uninstall -y rvsm-service
+RUN pip install ".[postgres]" && pip uninstall -y rvsm-service
 
 COPY rvsm rvsm
 COPY service service
 COPY worker worker
-RUN pip install --no-cache-dir --no-deps . && useradd --create-home rvsm && mkdir -p /data && chown rvsm /data
+RUN pip install --no-deps . && useradd --create-home rvsm && mkdir -p /data && chown rvsm /data
 USER rvsm
 VOLUME ["/data"]
 EXPOSE 8000

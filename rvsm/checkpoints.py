@@ -87,16 +87,43 @@ def unwrap(obj: object) -> StateDict:
     return StateDict(tensors, notes)
 
 
+TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "C64": torch.complex64,
+}  # fmt: skip
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def is_safetensors(data: bytes) -> bool:
+    return not (data[:2] == b"PK" or data[:1] == b"\x80")  # not a torch.save zip archive, not a bare pickle
+
+
+def header_state(data: bytes) -> dict[str, Tensor]:
+    """A safetensors checkpoint's tensors as empty ``meta`` tensors of the declared shapes and dtypes, from its
+    header alone: enough for :func:`check_against` to compare keys, shapes and dtypes before any data is read."""
+    from .headers import safetensors_headers
+
+    out = {}
+    for name, a in safetensors_headers(io.BytesIO(data), size=len(data), field="checkpoint").items():
+        if a.dtype not in TORCH_DTYPES:
+            raise InputError("checkpoint", f"tensor {name!r} has dtype {a.dtype}, which cannot be trained")
+        out[name] = torch.empty(a.shape, dtype=TORCH_DTYPES[a.dtype], device="meta")
+    return out
+
+
 def read_state_dict(data: bytes) -> StateDict:
     """A state_dict from safetensors or ``.pt`` bytes (see the module docstring); ``InputError`` otherwise."""
     if not data:
         raise InputError("checkpoint", "the file is empty")
-    if data[:2] == b"PK" or data[:1] == b"\x80":  # a torch.save zip archive, or a bare pickle
-        return unwrap(_load_pt(data))
+    if not is_safetensors(data):
+        return _plain(unwrap(_load_pt(data)))
     try:
         from safetensors.torch import load
 
-        return unwrap(load(data))
+        header_state(data)  # the header parses before any tensor is made
+        return _plain(unwrap(load(data)))
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -105,8 +132,19 @@ def read_state_dict(data: bytes) -> StateDict:
         ) from None
 
 
+def _plain(sd: StateDict) -> StateDict:
+    """Refuse tensors that hold no data (``meta``) or are not dense (sparse, quantized layouts)."""
+    odd = [f"{k} ({v.device.type if v.is_meta else v.layout})" for k, v in sd.tensors.items()
+           if v.is_meta or v.layout != torch.strided or v.is_quantized]  # fmt: skip
+    if odd:
+        raise InputError("checkpoint", f"tensors that hold no dense data (meta, sparse or quantized): {odd[:10]}")
+    return sd
+
+
 def check_against(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Same keys, shapes and floating dtypes as ``model``'s state_dict, or an ``InputError`` naming the differences."""
+    """Same keys, shapes and dtypes of the same kind as ``model``'s state_dict (floating weights: float16 to
+    float64; integer buffers: integers), or an ``InputError`` naming the differences; then every floating tensor
+    finite (skipped for ``meta`` tensors, which :func:`header_state` makes)."""
     want = model.state_dict()
     missing = sorted(set(want) - set(state))
     unexpected = sorted(set(state) - set(want))
@@ -117,17 +155,17 @@ def check_against(model: nn.Module, state: dict[str, Tensor]) -> None:
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append(f"missing keys {missing[:20]}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
+        problems.append(f"unexpected keys {unexpected[:20]}")
     if shapes:
-        problems.append(f"shape mismatches {shapes}")
+        problems.append(f"shape mismatches {shapes[:20]}")
     if problems:
         raise InputError("checkpoint", "does not match the architecture: " + "; ".join(problems))
-    odd = [f"{k} ({v.dtype})" for k, v in state.items() if want[k].is_floating_point() and v.dtype not in
-           (torch.float16, torch.bfloat16, torch.float32, torch.float64)]  # fmt: skip
+    kinds = {k: (FLOATS, "a float") if want[k].is_floating_point() else (INTEGERS, "an integer") for k in want}
+    odd = [f"{k} ({v.dtype}, expected {kinds[k][1]})" for k, v in state.items() if v.dtype not in kinds[k][0]]
     if odd:
-        raise InputError("checkpoint", f"tensors of a dtype that cannot be trained: {odd}")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        raise InputError("checkpoint", f"tensors of a dtype that cannot be trained: {odd[:10]}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.is_meta and not torch.isfinite(v).all()]
     if bad:
-        raise InputError("checkpoint", f"tensors with NaN or Inf: {bad}")
+        raise InputError("checkpoint", f"tensors with NaN or Inf: {bad[:10]}")

@@ -38,6 +38,7 @@ class TensorData:
     x_val: Tensor
     y_val: Tensor
     task: str = "classification"
+    classes: int | None = None  # declared class count (synthetic sets): the output width even if a class is unused
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -53,7 +54,7 @@ class TensorData:
 
     @property
     def num_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_val.max()) + 1)
+        return max(int(max(self.y_train.max(), self.y_val.max()) + 1), self.classes or 0)
 
     @property
     def num_outputs(self) -> int:
@@ -63,43 +64,53 @@ class TensorData:
         return int(self.y_train.shape[1]) if self.y_train.dim() == 2 else 1
 
 
+def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
+    """How many of ``n`` samples :func:`split` puts in training and in validation (both at least 1)."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if n < 2:
+        raise InputError("dataset", f"a data set needs at least 2 samples to split into train and validation "
+                                    f"(or give x_val and y_val), got {n}")  # fmt: skip
+    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+    return n - n_val, n_val
+
+
 def split(
     x: Tensor, y: Tensor, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification"
 ) -> TensorData:
     """A seeded random train/validation split."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n = x.shape[0]
-    if n < 2:
-        raise ValueError(f"a data set needs at least 2 samples to split into train and validation, got {n}")
+    _, n_val = split_sizes(n, val_fraction)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
     va, tr = perm[:n_val], perm[n_val:]
     return TensorData(x[tr], y[tr], x[va], y[va], task)
 
 
-def _check(x: Tensor, y: Tensor, what: str, task: str) -> tuple[Tensor, Tensor]:
+def _check(x: Tensor, y: Tensor, what: str, task: str, max_classes: int) -> tuple[Tensor, Tensor]:
     if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"{what}: x must have shape (N, ...) with N >= 1 samples, got {tuple(x.shape)}")
+        raise InputError("dataset", f"{what}: x must have shape (N, ...) with N >= 1 samples, got {tuple(x.shape)}")
     if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
-        raise ValueError(f"{what}: x must hold numbers, got dtype {x.dtype}")
+        raise InputError("dataset", f"{what}: x must hold numbers, got dtype {x.dtype}")
     if y.shape[:1] != x.shape[:1]:
-        raise ValueError(f"{what}: y must have {x.shape[0]} rows like x, got shape {tuple(y.shape)}")
+        raise InputError("dataset", f"{what}: y must have {x.shape[0]} rows like x, got shape {tuple(y.shape)}")
     x = x.float()
     if not torch.isfinite(x).all():
-        raise ValueError(f"{what}: x must be finite")
+        raise InputError("dataset", f"{what}: x must be finite (it holds NaN or Inf)")
     if task == "classification":
         if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-            raise ValueError(f"{what}: y must be integer class labels of shape ({x.shape[0]},) (or set task to "
-                             f"'regression'), got {y.dtype} of shape {tuple(y.shape)}")  # fmt: skip
-        if int(y.min()) < 0 or int(y.max()) >= MAX_CLASSES:
-            raise ValueError(f"{what}: class labels must be in [0, {MAX_CLASSES}), got {int(y.min())}..{int(y.max())}")
+            raise InputError("dataset", f"{what}: y must be integer class labels of shape ({x.shape[0]},) (or set "
+                             f"task to 'regression'), got {y.dtype} of shape {tuple(y.shape)}")  # fmt: skip
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= max_classes:
+            raise InputError("dataset", f"{what}: class labels must be in [0, {max_classes}) (the classes cap), "
+                                        f"got {lo}..{hi}")  # fmt: skip
         return x, y.long()
     if y.dim() not in (1, 2) or not (y.is_floating_point() or y.dtype in (torch.int32, torch.int64)):
-        raise ValueError(f"{what}: regression targets must be numbers of shape (N,) or (N, T), got {tuple(y.shape)}")
+        raise InputError("dataset", f"{what}: regression targets must be numbers of shape (N,) or (N, T), "
+                                    f"got {tuple(y.shape)}")  # fmt: skip
     y = y.float()
     if not torch.isfinite(y).all():
-        raise ValueError(f"{what}: y must be finite")
+        raise InputError("dataset", f"{what}: y must be finite (it holds NaN or Inf)")
     return x, y
 
 
@@ -112,16 +123,19 @@ def from_tensors(
     val_fraction: float = 0.2,
     seed: int = 0,
     task: str = "classification",
+    max_classes: int = MAX_CLASSES,
 ) -> TensorData:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    x, y = _check(x, y, "train", task)
+    if (x_val is None) != (y_val is None):
+        raise InputError("dataset", "give x_val and y_val together, or neither (then a split of x, y validates)")
+    x, y = _check(x, y, "train", task, max_classes)
     if x_val is None or y_val is None:
         return split(x, y, val_fraction=val_fraction, seed=seed, task=task)
-    xv, yv = _check(x_val, y_val, "validation", task)
+    xv, yv = _check(x_val, y_val, "validation", task, max_classes)
     if xv.shape[1:] != x.shape[1:] or yv.shape[1:] != y.shape[1:]:
-        raise ValueError(f"x_val / y_val have per-sample shapes {tuple(xv.shape[1:])} / {tuple(yv.shape[1:])}, "
-                         f"x / y have {tuple(x.shape[1:])} / {tuple(y.shape[1:])}")  # fmt: skip
+        raise InputError("dataset", f"x_val / y_val have per-sample shapes {tuple(xv.shape[1:])} / "
+                         f"{tuple(yv.shape[1:])}, x / y have {tuple(x.shape[1:])} / {tuple(y.shape[1:])}")  # fmt: skip
     return TensorData(x, y, xv, yv, task)
 
 
@@ -136,8 +150,9 @@ def digits(*, val_fraction: float = 0.2, seed: int = 0) -> TensorData:
 
 
 def load_tensor_file(
-    path: str | Path, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification"
-) -> TensorData:
+    path: str | Path, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification",
+    max_classes: int = MAX_CLASSES,
+) -> TensorData:  # fmt: skip
     """``.safetensors`` or ``.npz`` (no pickles) with ``x``, ``y`` and optionally ``x_val``, ``y_val``."""
     path = Path(path)
     if path.suffix == ".npz":
@@ -154,7 +169,7 @@ def load_tensor_file(
         raise ValueError(f"the data file needs arrays {missing} (has {sorted(arrays)})")
     return from_tensors(
         arrays["x"], arrays["y"], arrays.get("x_val"), arrays.get("y_val"), val_fraction=val_fraction, seed=seed,
-        task=task,
+        task=task, max_classes=max_classes,
     )  # fmt: skip
 
 
@@ -192,21 +207,26 @@ def image_folder(
 
 
 def synthetic(
-    n: int = 2000, *, in_channels: int = 1, input_size: int = 8, num_classes: int = 4, seed: int = 0
-) -> TensorData:
-    """Gaussian inputs labelled by the argmax of a random two-layer teacher network."""
+    n: int = 2000, *, in_channels: int = 1, input_size: int = 8, num_classes: int = 4, seed: int = 0,
+    val_fraction: float = 0.2,
+) -> TensorData:  # fmt: skip
+    """Gaussian inputs labelled by the argmax of a random two-layer teacher network; the model's output
+    width is ``num_classes`` even when the teacher never picks a class."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, in_channels, input_size, input_size, generator=g)
     d = in_channels * input_size * input_size
     w1 = torch.randn(d, 32, generator=g) / d**0.5
     w2 = torch.randn(32, num_classes, generator=g) / 32**0.5
     y = (torch.relu(x.flatten(1) @ w1) @ w2).argmax(dim=1)
-    return split(x, y, seed=seed)
+    data = split(x, y, val_fraction=val_fraction, seed=seed)
+    data.classes = num_classes
+    return data
 
 
 def load_dataset(
-    spec: dict, *, task: str = "classification", upload: Path | None = None, datasets_dir: Path | None = None
-) -> TensorData:
+    spec: dict, *, task: str = "classification", upload: Path | None = None, datasets_dir: Path | None = None,
+    max_classes: int = MAX_CLASSES,
+) -> TensorData:  # fmt: skip
     """A checkpoint job's ``dataset`` spec (``name``: ``digits``, ``synthetic``, ``upload`` with the uploaded
     file, ``folder`` under ``datasets_dir``) as tensors; ``InputError`` naming the field otherwise."""
     name = spec.get("name", "digits")
@@ -217,11 +237,12 @@ def load_dataset(
         if name == "digits":
             return digits(val_fraction=vf, seed=seed)
         if name == "synthetic":
-            return synthetic(spec.get("samples", 2000), num_classes=spec.get("num_classes", 4), seed=seed)
+            return synthetic(spec.get("samples", 2000), num_classes=spec.get("num_classes", 4), seed=seed,
+                             val_fraction=vf)  # fmt: skip
         if name == "upload":
             if upload is None:
                 raise InputError("dataset", "name 'upload' needs a multipart 'dataset' file (.safetensors or .npz)")
-            return load_tensor_file(upload, val_fraction=vf, seed=seed, task=task)
+            return load_tensor_file(upload, val_fraction=vf, seed=seed, task=task, max_classes=max_classes)
         if name == "folder":
             return _folder(spec, datasets_dir, vf, seed)
     except InputError:
@@ -232,9 +253,16 @@ def load_dataset(
     raise InputError("dataset.name", f"unknown data set {name!r}")
 
 
-def _folder(spec: dict, root: Path | None, vf: float, seed: int) -> TensorData:
+def datasets_root(root: Path | None) -> Path:
+    """The server's data set root, resolved; a 4xx when none is configured."""
     if root is None:
         raise InputError("dataset.name", "'folder' data sets are not enabled here (RVSM_DATASETS_DIR is unset)")
+    return root.resolve()
+
+
+def folder_path(spec: dict, root: Path | None) -> Path:
+    """The directory a ``folder`` data set names, checked to lie inside ``root`` (the server's datasets)."""
+    root = datasets_root(root)
     rel = spec.get("path")
     if not rel:
         raise InputError("dataset.path", "is required for a folder data set")
@@ -243,9 +271,15 @@ def _folder(spec: dict, root: Path | None, vf: float, seed: int) -> TensorData:
         raise InputError("dataset.path", "must stay inside the server's datasets directory")
     if not path.is_dir():
         raise InputError("dataset.path", f"no such directory: {rel}")
+    return path
+
+
+def _folder(spec: dict, root: Path | None, vf: float, seed: int) -> TensorData:
+    base = datasets_root(root)
+    path = folder_path(spec, base)
     size = spec.get("input_size") or 32
     return image_folder(path, input_size=size, grayscale=spec.get("grayscale", True), val_fraction=vf, seed=seed,
-                        within=root.resolve())  # fmt: skip
+                        within=base)  # fmt: skip
 
 
 @torch.no_grad()

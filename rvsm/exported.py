@@ -39,6 +39,7 @@ import types
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -347,7 +348,7 @@ def _op_name(node: torch.fx.Node) -> str | None:
 def set_training(module: nn.Module, mode: bool) -> int:
     """Rewrite the train/eval flags of ``batch_norm`` and ``dropout`` nodes; returns how many changed."""
     changed = 0
-    graph = module.graph  # type: ignore[union-attr]
+    graph = cast(torch.fx.Graph, module.graph)
     for node in graph.nodes:
         name = _op_name(node)
         if name in BN_TARGETS:

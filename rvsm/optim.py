@@ -56,7 +56,7 @@ def target_thresholds(params: list[Tensor], sparsity: float, *, scope: str = "gl
 
 
 @torch.no_grad()
-def magnitude_masks(params: list[Tensor], sparsity: float, *, scope: str = "layer") -> list[Tensor]:
+def magnitude_masks(params: Sequence[Tensor], sparsity: float, *, scope: str = "layer") -> list[Tensor]:
     """Keep-masks zeroing exactly ``floor(sparsity n)`` entries of smallest magnitude (ties by position), per
     tensor (``"layer"``) or over all tensors together (``"global"``)."""
     _check_target(sparsity, scope)
@@ -289,7 +289,13 @@ class ADMM:
     """
 
     def __init__(
-        self, base: torch.optim.Optimizer, params: list[Tensor], *, rho: float, sparsity: float, scope: str = "layer"
+        self,
+        base: torch.optim.Optimizer,
+        params: Sequence[Tensor],
+        *,
+        rho: float,
+        sparsity: float,
+        scope: str = "layer",
     ) -> None:
         if not rho > 0:
             raise ValueError(f"rho must be > 0, got {rho}")
@@ -339,7 +345,7 @@ class ADMM:
 
 
 @torch.no_grad()
-def apply_masks_(params: list[Tensor], masks: list[Tensor]) -> None:
+def apply_masks_(params: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
     """Zero the pruned entries (after each fine-tuning step)."""
     for p, m in zip(params, masks, strict=True):
         p.mul_(m)

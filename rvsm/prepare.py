@@ -5,23 +5,80 @@ fail later on something that could have been seen at submit time. The model is a
 (:mod:`rvsm.models`, optionally with an uploaded state_dict) or the user's own, uploaded as a
 ``torch.export`` archive (:mod:`rvsm.exported`). What was normalised on the way (a state_dict unwrapped, key
 prefixes stripped, a channel dimension added) is listed in :attr:`Prepared.normalised`.
+
+:func:`check` is the submit-time half and allocates nothing that scales with the job: the data set's
+size comes from the spec, a directory listing or file headers (:mod:`rvsm.datashape`), every cap of
+:class:`CheckpointLimits` is checked on those numbers, and the model is built on the ``meta`` device, where
+a forward pass computes shapes and counts activations without memory. Only then is an upload read in
+full (NaN, labels), a read bounded by the byte cap. :func:`prepare` (the worker) runs :func:`check` first
+and then builds the real thing.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from . import exported as rexported
 from . import models
-from .checkpoints import check_against, read_state_dict
-from .data import TensorData, check_input_shape, load_dataset, output_width
+from .checkpoints import StateDict, check_against, header_state, is_safetensors, read_state_dict, unwrap
+from .data import MAX_CLASSES, TensorData, check_input_shape, load_dataset, output_width
+from .datashape import DataShape, describe_dataset
 from .errors import InputError
+from .train import TrainConfig
 
 EXPORTED = "exported"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointLimits:
+    """Caps on everything that scales a checkpoint job's cost; ``None`` is no cap (the library's default;
+    the service passes its settings). Each is checked before the thing it caps is allocated.
+
+    - ``samples``: rows of the data set, train and validation together;
+    - ``classes``: a classification set's classes (its declared count, or its largest label + 1);
+    - ``features``: elements of one sample (``C x H x W``, or the flat feature count);
+    - ``parameters``: the model's parameters (counted on the ``meta`` device);
+    - ``activations``: the elements of every tensor one training batch's forward pass allocates (each
+      operator's output; views and in-place results not counted), counted by a ``meta`` forward pass of
+      the first batch (``min(batch_size, train samples)`` samples): what autograd may keep for backward;
+    - ``epochs``: ``epochs + finetune_epochs``.
+    """
+
+    samples: int | None = None
+    classes: int | None = None
+    features: int | None = None
+    parameters: int | None = None
+    activations: int | None = None
+    epochs: int | None = None
+
+
+def _cap(name: str, what: str, value: int, cap: int | None) -> None:
+    if cap is not None and value > cap:
+        raise InputError(name, f"{what} is {value}, over the cap of {cap}")
+
+
+@dataclass
+class Plan:
+    """What :func:`check` found: the data set's shape, the model (built-ins on ``meta``), its size."""
+
+    shape: DataShape
+    model: nn.Module
+    architecture: str  # a built-in's name, or "exported"
+    sparse_names: list[str]
+    parameters: int
+    activations: int
+    data: TensorData | None = None  # an upload, read and checked
+    state: StateDict | None = None  # the uploaded state_dict of a built-in, read and checked
+    exported: rexported.Exported | None = None
+    normalised: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -40,72 +97,206 @@ def select_parameters(model: nn.Module, patterns: list[str]) -> list[str]:
     names = [n for n, _ in model.named_parameters()]
     unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
     if unmatched:
-        raise InputError("params", f"{unmatched} match no parameter; the model has {names}")
+        raise InputError("params", f"{unmatched} match no parameter; the model has {names[:50]}")
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
-def _check_outputs(width: int, data: TensorData, what: str) -> None:
-    if data.task == "classification" and width < data.num_classes:
-        raise InputError("dataset", f"{what} gives {width} outputs per sample, the data has {data.num_classes} classes")
-    if data.task == "regression" and width != data.num_outputs:
-        raise InputError("dataset", f"{what} gives {width} outputs per sample, the data has {data.num_outputs} targets")
+def _width(shape: DataShape) -> int:
+    """The model's output width: the data's classes or targets (known once its labels were read)."""
+    if shape.outputs is None:
+        raise ValueError("the data set's outputs are unknown until its labels are read")
+    return shape.outputs
 
 
-def _exported(blob: bytes, data: TensorData, architecture: str | None, max_bytes: int) -> Prepared:
-    if architecture not in (None, EXPORTED):
-        raise InputError("architecture", f"a .pt2 checkpoint carries its own architecture: leave architecture "
-                                         f"out or set it to 'exported' (got {architecture!r})")  # fmt: skip
-    exp = rexported.load(blob, max_bytes=max_bytes)
-    check_input_shape(data.sample_shape, exp.input_shape)
-    _check_outputs(output_width(exp.output_shape), data, "the exported model")
-    names = rexported.sparsifiable_parameters(exp.module)
-    return Prepared(exp.module, data, names, EXPORTED, exp)
+def _check_outputs(width: int, shape: DataShape, task: str, what: str) -> None:
+    if task == "classification" and width < _width(shape):
+        raise InputError("dataset", f"{what} gives {width} outputs per sample, the data has {shape.outputs} classes")
+    if task == "regression" and width != shape.outputs:
+        raise InputError("dataset", f"{what} gives {width} outputs per sample, the data has {shape.outputs} targets")
 
 
-def _builtin(spec: dict, blob: bytes | None, data: TensorData) -> Prepared:
+class _AllocationCounter(TorchDispatchMode):
+    """Counts the elements of every tensor the operators under it return (views and in-place results
+    left out: they allocate nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        if not any(r.alias_info is not None for r in func._schema.returns):
+            self.elements += sum(t.numel() for t in tree_leaves(out) if isinstance(t, Tensor))
+        return out
+
+
+def meta_forward(model: nn.Module, sample_shape: tuple[int, ...], batch: int) -> tuple[tuple[int, ...], int]:
+    """One training-mode forward pass of ``batch`` samples on the ``meta`` device (no memory, no data): the
+    output's per-sample shape and the elements the pass allocates. The model's own tensors stay as they are
+    (an exported module's real weights are swapped for ``meta`` ones for the call)."""
+    metas = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
+    was_training = model.training
+    model.train()
+    counter = _AllocationCounter()
+    try:
+        with counter:
+            out = torch.func.functional_call(model, metas, (torch.empty(batch, *sample_shape, device="meta"),))
+    except Exception as e:  # noqa: BLE001 - a model that cannot take these inputs: say why
+        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise InputError("architecture", f"the model cannot run on samples of shape {sample_shape} in batches of "
+                                         f"{batch}: {text}") from None  # fmt: skip
+    finally:
+        model.train(was_training)
+    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != batch:
+        raise InputError("architecture", f"the model must return one tensor of {batch} rows for {batch} samples")
+    return tuple(out.shape[1:]), counter.elements
+
+
+def _data_caps(spec: dict, shape: DataShape, task: str, limits: CheckpointLimits, max_bytes: int) -> None:
+    synthetic = spec.get("name") == "synthetic"
+    _cap("dataset.samples" if synthetic else "dataset", "the data set's samples (train + validation)", shape.rows,
+         limits.samples)  # fmt: skip
+    _cap("dataset", f"one sample's elements (features, shape {shape.sample_shape})", shape.features, limits.features)
+    _cap("dataset", "the bytes of the uploaded arrays once read", shape.nbytes, max_bytes)
+    if task == "classification" and shape.outputs is not None:
+        _cap("dataset.num_classes" if synthetic else "dataset", "the number of classes", shape.outputs,
+             limits.classes)  # fmt: skip
+
+
+def _model_caps(model: nn.Module, sample_shape: tuple[int, ...], shape: DataShape, cfg: TrainConfig,
+                limits: CheckpointLimits) -> tuple[int, tuple[int, ...], int]:  # fmt: skip
+    """Parameters (capped), then the output shape and the activations of the first batch (capped); the last
+    batch too when it is smaller (a batch of one fails in batch norm)."""
+    params = sum(p.numel() for p in model.parameters())
+    _cap("architecture", "the model's parameters", params, limits.parameters)
+    first = min(cfg.batch_size, shape.train_rows)
+    out, elements = meta_forward(model, sample_shape, first)
+    _cap("batch_size", f"the activations of one batch of {first} samples (elements)", elements, limits.activations)
+    last = shape.train_rows % cfg.batch_size
+    if 0 < last < first:
+        try:
+            meta_forward(model, sample_shape, last)
+        except InputError as e:
+            why = e.rule.split(": ", 1)[-1]
+            raise InputError("batch_size", f"each epoch ends with a batch of {last} (train samples {shape.train_rows} "
+                             f"% batch_size {cfg.batch_size}), on which the model fails ({why}); choose another "
+                             "batch_size") from None  # fmt: skip
+    return params, out, elements
+
+
+def _builtin(spec: dict, blob: bytes | None, shape: DataShape, cfg: TrainConfig, limits: CheckpointLimits) -> Plan:
     arch = spec["architecture"]
     if spec.get("hidden") is not None and arch != "mlp":
         raise InputError("hidden", f"sets the mlp's layer widths; architecture {arch!r} has none")
-    notes = []
-    if arch != "mlp" and len(data.sample_shape) == 2:
-        for name in ("x_train", "x_val"):
-            setattr(data, name, getattr(data, name).unsqueeze(1))
-        notes.append(f"added a channel dimension to the data: samples of shape {data.sample_shape}")
+    notes, sample_shape = [], shape.sample_shape
+    if arch != "mlp" and len(sample_shape) == 2:
+        sample_shape = (1, *sample_shape)
+        notes.append(f"added a channel dimension to the data: samples of shape {sample_shape}")
+    model = build(arch, sample_shape, _width(shape), hidden=spec.get("hidden"), device="meta")
+    params, out, elements = _model_caps(model, sample_shape, shape, cfg, limits)
+    _check_outputs(output_width(out), shape, cfg.task, f"architecture {arch!r}")
+    state = None
+    if blob is not None:
+        if is_safetensors(blob):
+            check_against(model, unwrap(header_state(blob)).tensors)  # keys, shapes, dtypes before any data
+        state = read_state_dict(blob)
+        check_against(model, state.tensors)
+        notes += state.normalised
+    names = models.default_sparse_parameters(model)
+    return Plan(shape, model, arch, names, params, elements, state=state, normalised=notes)
+
+
+def build(arch: str, sample_shape: tuple[int, ...], outputs: int, *, hidden: list[int] | None,
+          device: str | torch.device = "cpu") -> nn.Module:  # fmt: skip
+    """Built-in ``arch`` for samples of ``sample_shape`` on ``device`` (``meta``: shapes only, no memory)."""
     try:
-        model = models.build_for(arch, data.sample_shape, data.num_outputs, hidden=spec.get("hidden"))
+        with torch.device(device):
+            return models.build_for(arch, sample_shape, outputs, hidden=hidden)
     except ValueError as e:
         raise InputError("architecture", f"cannot be built for this data set: {e}") from None
-    if blob is not None:
-        sd = read_state_dict(blob)
-        check_against(model, sd.tensors)
-        model.load_state_dict(sd.tensors)
-        notes += sd.normalised
-    return Prepared(model, data, models.default_sparse_parameters(model), arch, normalised=notes)
+
+
+def _exported(blob: bytes, shape: DataShape, spec: dict, cfg: TrainConfig, limits: CheckpointLimits,
+              max_bytes: int) -> Plan:  # fmt: skip
+    if spec.get("architecture") not in (None, EXPORTED):
+        raise InputError("architecture", f"a .pt2 checkpoint carries its own architecture: leave architecture "
+                                         f"out or set it to 'exported' (got {spec['architecture']!r})")  # fmt: skip
+    exp = rexported.load(blob, max_bytes=max_bytes)  # bounded by the upload's byte cap
+    check_input_shape(shape.sample_shape, exp.input_shape)
+    params, _, elements = _model_caps(exp.module, exp.input_shape, shape, cfg, limits)
+    _check_outputs(output_width(exp.output_shape), shape, cfg.task, "the exported model")
+    names = rexported.sparsifiable_parameters(exp.module)
+    return Plan(shape, exp.module, EXPORTED, names, params, elements, exported=exp)
+
+
+def _read_upload(spec: dict, shape: DataShape, task: str, upload: Path | None, limits: CheckpointLimits,
+                 ) -> tuple[DataShape, TensorData | None]:  # fmt: skip
+    """An uploaded data set, read in full once its header shapes passed the caps (NaN and labels need the
+    data); classes are capped by the label check itself, before any model is built."""
+    if spec.get("name") != "upload":
+        return shape, None
+    data = load_dataset(spec, task=task, upload=upload, max_classes=limits.classes or MAX_CLASSES)
+    return replace(shape, outputs=data.num_outputs), data
+
+
+def check(
+    spec: dict,
+    *,
+    limits: CheckpointLimits = CheckpointLimits(),  # noqa: B008 - frozen
+    checkpoint: bytes | None = None,
+    dataset_file: Path | None = None,
+    datasets_dir: Path | None = None,
+    max_bytes: int = 2**31,
+) -> Plan:
+    """Every rule and cap of a checkpoint job ``spec``, before anything that scales with it is allocated
+    (module docstring); ``InputError`` naming the field, the value and the cap."""
+    cfg = TrainConfig.from_spec(spec)
+    _cap("epochs", "epochs + finetune_epochs", cfg.total_epochs, limits.epochs)
+    ds = spec.get("dataset", {})
+    shape = describe_dataset(ds, task=cfg.task, upload=dataset_file, datasets_dir=datasets_dir)
+    _data_caps(ds, shape, cfg.task, limits, max_bytes)
+    shape, data = _read_upload(ds, shape, cfg.task, dataset_file, limits)
+    arch = spec.get("architecture")
+    if checkpoint is not None and rexported.is_pt2(checkpoint):
+        plan = _exported(checkpoint, shape, spec, cfg, limits, max_bytes)
+    elif arch in (None, EXPORTED):
+        raise InputError("architecture", "is required (one of the built-ins) unless the checkpoint is a "
+                                         "torch.export .pt2 archive")  # fmt: skip
+    else:
+        plan = _builtin(spec, checkpoint, shape, cfg, limits)
+    plan.data = data
+    if spec.get("algorithm") == "rvscgd" and not plan.architecture.endswith("_binary"):
+        raise InputError("algorithm", "'rvscgd' trains a binarized architecture (lenet5_binary)")
+    if spec.get("params") is not None:
+        plan.sparse_names = select_parameters(plan.model, spec["params"])
+    if not plan.sparse_names and spec.get("algorithm", "rvsm") != "sgd":
+        raise InputError("params", "the model has no convolution or linear weights to sparsify; name them in params")
+    return plan
 
 
 def prepare(
     spec: dict,
     *,
+    limits: CheckpointLimits = CheckpointLimits(),  # noqa: B008 - frozen
     checkpoint: bytes | None = None,
     dataset_file: Path | None = None,
     datasets_dir: Path | None = None,
     max_bytes: int = 2**31,
 ) -> Prepared:
-    """Load and check everything a checkpoint job ``spec`` needs (see the module docstring)."""
+    """:func:`check`, then the real data set and model (the worker's half; see the module docstring)."""
+    plan = check(spec, limits=limits, checkpoint=checkpoint, dataset_file=dataset_file, datasets_dir=datasets_dir,
+                 max_bytes=max_bytes)  # fmt: skip
     task = spec.get("task", "classification")
-    data = load_dataset(spec.get("dataset", {}), task=task, upload=dataset_file, datasets_dir=datasets_dir)
-    arch = spec.get("architecture")
-    if checkpoint is not None and rexported.is_pt2(checkpoint):
-        prep = _exported(checkpoint, data, arch, max_bytes)
-    elif arch in (None, EXPORTED):
-        raise InputError("architecture", "is required (one of the built-ins) unless the checkpoint is a "
-                                         "torch.export .pt2 archive")  # fmt: skip
-    else:
-        prep = _builtin(spec, checkpoint, data)
-    if spec.get("algorithm") == "rvscgd" and not prep.architecture.endswith("_binary"):
-        raise InputError("algorithm", "'rvscgd' trains a binarized architecture (lenet5_binary)")
-    if spec.get("params") is not None:
-        prep.sparse_names = select_parameters(prep.model, spec["params"])
-    if not prep.sparse_names and spec.get("algorithm", "rvsm") != "sgd":
-        raise InputError("params", "the model has no convolution or linear weights to sparsify; name them in params")
-    return prep
+    data = plan.data or load_dataset(spec.get("dataset", {}), task=task, datasets_dir=datasets_dir)
+    if plan.exported is not None:
+        return Prepared(plan.model, data, plan.sparse_names, EXPORTED, plan.exported)
+    if plan.architecture != "mlp" and len(data.sample_shape) == 2:
+        for name in ("x_train", "x_val"):
+            setattr(data, name, getattr(data, name).unsqueeze(1))
+    if math.prod(data.sample_shape) != plan.shape.features or data.num_outputs > (plan.shape.outputs or 0):
+        raise InputError("dataset", f"changed since it was checked: samples {data.sample_shape}, "
+                                    f"{data.num_outputs} outputs")  # fmt: skip
+    model = build(plan.architecture, data.sample_shape, _width(plan.shape), hidden=spec.get("hidden"))
+    if plan.state is not None:
+        model.load_state_dict(plan.state.tensors)
+    return Prepared(model, data, plan.sparse_names, plan.architecture, normalised=plan.normalised)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -185,7 +185,7 @@ def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
     }
 
 
-def layer_scales(params: list[Tensor], penalty: str, *, enabled: bool) -> list[float]:
+def layer_scales(params: Sequence[Tensor], penalty: str, *, enabled: bool) -> list[float]:
     """Per-tensor factors on ``lam`` that put each layer's threshold in units of its weight RMS.
 
     l0's threshold ``sqrt(2 lam/beta)`` scales with ``sqrt(lam)``, so its factor is ``rms^2``; l1's and
@@ -207,6 +207,10 @@ def layer_scales(params: list[Tensor], penalty: str, *, enabled: bool) -> list[f
         else:
             out.append(rms)
     return out
+
+
+Stepper = torch.optim.SGD | RVSM | ADMM
+"""What trains: plain SGD (also the fine-tuning phase), or RVSM / ADMM on top of it."""
 
 
 def set_beta(opt: RVSM, cfg: TrainConfig, beta: float) -> None:
@@ -240,7 +244,7 @@ def _loss_fn(task: str) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda out, y: nn.functional.mse_loss(out.reshape(y.shape), y)
 
 
-def _main_optimizer(cfg: TrainConfig, base: torch.optim.SGD, chosen: list[nn.Parameter]) -> object:
+def _main_optimizer(cfg: TrainConfig, base: torch.optim.SGD, chosen: list[nn.Parameter]) -> Stepper:
     if cfg.algorithm in ("rvsm", "rvscgd"):
         opt = RVSM(base, lam=cfg.lam, beta=cfg.beta, penalty=cfg.penalty, a=cfg.a, scope=cfg.sparsity_scope,
                    target_sparsity=0.0 if cfg.target is not None else None)  # fmt: skip
@@ -344,7 +348,7 @@ def _train(
 
     # phase 1: the main training
     base = base_sgd(cfg.lr)
-    opt = _main_optimizer(cfg, base, chosen)
+    opt: Stepper = _main_optimizer(cfg, base, chosen)
     sched = _scheduler(base, cfg, cfg.epochs)
     masks: list[Tensor] | None = None
     trace: list[dict] = []
@@ -358,7 +362,7 @@ def _train(
             base = base_sgd(cfg.lr)
             opt = base
             sched = _scheduler(base, cfg, cfg.finetune_epochs)
-        opt.load_state_dict(resume["optimizer"])  # type: ignore[union-attr]
+        opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
 
     loss_fn = _loss_fn(cfg.task)
@@ -382,10 +386,10 @@ def _train(
             xb, yb = x_tr[idx].to(dev, non_blocking=True), y_tr[idx].to(dev, non_blocking=True)
             if isinstance(opt, RVSM) and cfg.target is not None:
                 opt.target = ramped_target(cfg.target, step, cfg.warmup * steps_per_epoch, cfg.ramp * steps_per_epoch)
-            opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+            opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
-            opt.step()  # type: ignore[union-attr]
+            opt.step()
             if masks is not None:
                 apply_masks_(chosen, masks)
             total += float(loss.detach()) * idx.numel()
@@ -410,7 +414,7 @@ def _train(
             state = {
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
-                "optimizer": opt.state_dict(),  # type: ignore[union-attr]
+                "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "masks": masks,
                 "trace": trace,

@@ -141,8 +141,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.config import get_settings
+    from service.floors import check_torch
     from service.supervisor import DataDirBusy, Supervisor, lock_data_dir
 
+    try:
+        check_torch()
+    except RuntimeError as e:
+        _err(str(e))
+        return EXIT_INPUT
     settings = get_settings()
     supervisor = None
     broker = None

@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     max_iters_cap: int = Field(2_000_000, ge=1, description="largest max_iters a toy job may ask for")
     sweep_cap: int = Field(100_000, ge=1, description="largest number of configurations in one sweep")
     max_upload_bytes: int = Field(256 * 2**20, ge=1, description="largest checkpoint or dataset upload")
+    max_spec_bytes: int = Field(
+        2**20, ge=1024, description="largest JSON body or multipart 'spec' field (the stored spec's size cap)"
+    )
+    max_json_depth: int = Field(32, ge=4, le=200, description="deepest nesting of arrays and objects in a JSON spec")
+    max_json_containers: int = Field(
+        20_000, ge=16, description="most arrays and objects in a JSON spec (bounds the parser's cost per byte)"
+    )
     toy_queue: str = Field("cpu", description="Celery queue for toy jobs")
     checkpoint_queue: str = Field("cpu", description="Celery queue for checkpoint jobs (gpu in production)")
     datasets_dir: Path | None = Field(None, description="root of server-side ImageFolder datasets (folder jobs)")
@@ -57,8 +64,13 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
+        """``"a,b"`` -> ``["a", "b"]``; a value that is set but holds no key (``" , "``) is an error, never
+        an open service."""
         if isinstance(v, str):
-            return [k.strip() for k in v.split(",") if k.strip()]
+            keys = [k.strip() for k in v.split(",") if k.strip()]
+            if v and not keys:
+                raise ValueError(f"RVSM_API_KEYS is set ({v!r}) but holds no key; unset it to run without auth")
+            return keys
         return v
 
     @property
@@ -70,6 +82,25 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_dir(self) -> Path:
         return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    # checkpoint-job caps (issue 9), checked by rvsm.prepare.check before anything is allocated; epochs: max_epochs_cap
+    checkpoint_samples_cap: int = Field(1_000_000, ge=2, description="largest data set of a checkpoint job (samples)")
+    checkpoint_classes_cap: int = Field(10_000, ge=2, description="most classes (largest label + 1), checkpoint jobs")
+    checkpoint_features_cap: int = Field(2**20, ge=1, description="largest sample of a checkpoint job (elements)")
+    checkpoint_parameters_cap: int = Field(50_000_000, ge=1, description="largest model of a checkpoint job (params)")
+    checkpoint_activations_cap: int = Field(
+        2**30, ge=1, description="most elements one training batch's forward pass allocates (counted on meta)"
+    )
+
+    def checkpoint_limits(self):  # -> rvsm.prepare.CheckpointLimits (imported here, so settings load no torch)
+        """The checkpoint caps as the library takes them."""
+        from rvsm.prepare import CheckpointLimits
+
+        return CheckpointLimits(
+            samples=self.checkpoint_samples_cap, classes=self.checkpoint_classes_cap,
+            features=self.checkpoint_features_cap, parameters=self.checkpoint_parameters_cap,
+            activations=self.checkpoint_activations_cap, epochs=self.max_epochs_cap,
+        )  # fmt: skip
 
 
 @lru_cache

@@ -14,11 +14,15 @@ from rvsm import __version__
 from . import errors
 from .config import get_settings
 from .db import get_engine
+from .floors import check_torch
+from .limits import BodyLimit
+from .openapi import install_openapi
 from .routers import health, jobs, prometheus, ui
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    check_torch()
     settings = app.dependency_overrides.get(get_settings, get_settings)()
     # one number sizes both: the threads that run blocking endpoints, and the database pool (service.db)
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
@@ -40,8 +44,10 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(prometheus.router)
     ui.install(app)  # /ui/, /docs, /redoc, /static
+    app.add_middleware(BodyLimit)
+    install_openapi(app)
     app.state.metrics_registry = CollectorRegistry()
-    app.add_middleware(prometheus.RequestTimer, registry=app.state.metrics_registry)
+    app.add_middleware(prometheus.RequestTimer, registry=app.state.metrics_registry)  # outermost: times 413s too
 
     return app
 

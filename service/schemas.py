@@ -10,11 +10,34 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from rvsm.train import TrainConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+OPEN = ConfigDict(extra="allow")  # documents: the listed fields are always there; more may be added
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """Timestamps leave the API in UTC with their zone (``...Z``); a naive one (SQLite) is UTC."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+UtcDatetime = Annotated[dt.datetime, AfterValidator(_utc)]
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="where: 'body', 'query', 'path' or 'header', then the field")
+    msg: str = Field(description="the rule the value broke")
+    type: str
+
+
+class ErrorPublic(BaseModel):
+    """Every error response (4xx, 503): one readable ``message`` naming the field and the rule, and the
+    ``detail`` (a string, or FastAPI's list of field errors)."""
+
+    detail: str | list[ErrorItem]
+    message: str = Field(description="e.g. 'd: must be <= 100000, got 1000000'")
 
 
 class TeacherSpec(BaseModel):
@@ -68,6 +91,11 @@ class ToySpecCreate(BaseModel):
         return self.model_dump(exclude_none=True, exclude_unset=False)
 
 
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(description="database, broker (and worker in embedded mode): 'ok' or the error")
+
+
 class Progress(BaseModel):
     """How far a job is. Toy jobs count iterations; checkpoint jobs count optimizer steps in
     ``iteration`` / ``max_iters`` and say where that is in ``epoch`` (the one under way, from 1) of
@@ -95,9 +123,9 @@ class JobPublic(BaseModel):
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     url: str
     queue: str
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     progress: Progress
     attempts: int
     cancel_requested: bool
@@ -162,7 +190,7 @@ class CheckpointSpecCreate(BaseModel):
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
         None, min_length=1, max_length=32, description="mlp: hidden layer widths (default [128, 128])"
     )
-    task: Literal["classification", "regression"] = Field(CKPT.task, description="cross-entropy, or MSE")
+    task: Literal["classification", "regression"] = Field(CKPT.task, description="cross-entropy, or MSE")  # type: ignore[arg-type]
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     algorithm: Literal["sgd", "rvsm", "rvscgd", "admm", "magnitude"] = CKPT.algorithm  # type: ignore[assignment]
     target_sparsity: float | None = Field(
@@ -170,8 +198,9 @@ class CheckpointSpecCreate(BaseModel):
         "magnitude)",
     )  # fmt: skip
     sparsity_scope: Literal["global", "layer"] = Field(
-        CKPT.sparsity_scope, description="target over all sparsified tensors together, or per tensor"
-    )  # type: ignore[assignment]
+        CKPT.sparsity_scope,  # type: ignore[arg-type]
+        description="target over all sparsified tensors together, or per tensor",
+    )
     warmup_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: dense epochs before pruning "
                                       "starts (default a tenth)")  # fmt: skip
     ramp_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: epochs over which the target ramps "
@@ -200,3 +229,56 @@ class CheckpointSpecCreate(BaseModel):
 
     def to_spec(self) -> dict:
         return self.model_dump(exclude_none=True)
+
+
+class ToyRunResult(BaseModel):
+    """One toy run (SPEC §8); non-finite numbers are ``null``."""
+
+    model_config = OPEN
+
+    final: dict[str, Any] = Field(description="w, u, w_star, w0, theta_w, theta_u, f_w, f_u, nnz_u, iters, ...")
+    trace: dict[str, list[Any]] = Field(description="columns: iter, lagrangian, theta_w, theta_u, f_w, f_u, ...")
+    trace_info: dict[str, Any] = Field(description="log_every used, requested_log_every, max_points, note")
+    hypotheses: dict[str, Any] = Field(description="the paper's assumptions, checked on this run")
+    bounds: list[dict[str, Any]] = Field(description="each bound: its value, the measured one, whether it held")
+
+
+class ToySweepRunResult(ToyRunResult):
+    config: dict[str, Any] = Field(description="this run's sweep values")
+
+
+class ToySweepResult(BaseModel):
+    """A sweep: one result per configuration, in the sweep's order."""
+
+    model_config = OPEN
+
+    runs: list[ToySweepRunResult]
+
+
+class CheckpointReport(BaseModel):
+    """A checkpoint job's report (also the ``report.json`` artifact). Scores are ``accuracy_*`` for
+    classification, ``loss_*`` (validation MSE) for regression."""
+
+    model_config = OPEN
+
+    architecture: str
+    task: Literal["classification", "regression"]
+    metric: str
+    dataset: dict[str, Any]
+    algorithm: str
+    target_sparsity: float | None
+    sparsity_scope: str | None
+    from_checkpoint: bool
+    normalised: list[str] = Field(description="what was normalised on the way in (prefixes stripped, ...)")
+    collapsed: bool
+    sparsity: dict[str, Any] = Field(description="prunable, overall and per tensor")
+    sizes: dict[str, int]
+    trace: list[dict[str, Any]] = Field(description="one point per epoch")
+    epochs: int
+    resumed_from_epoch: int | None
+    device: str
+    wall_time_s: float
+    config: dict[str, Any]
+
+
+RESULT_MODELS = (ToyRunResult, ToySweepResult, CheckpointReport)

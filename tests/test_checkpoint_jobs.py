@@ -244,7 +244,7 @@ def test_bad_checkpoints(stack, trained, tmp_path):
         ({"algorithm": "rvscgd"}, ("algorithm", "binarized")),
         ({"dataset": {"name": "upload"}}, ("dataset", "exactly when")),
         ({"dataset": {"name": "folder", "path": "x"}}, ("dataset.name", "not enabled")),
-        ({"epochs": 5000}, ("epochs", "<=")),
+        ({"epochs": 5000}, ("epochs", "5000", "over the cap of 1000")),
         ({"params": ["nope.weight"]}, ("params", "nope.weight")),
         ({"lr": -1}, ("lr", "greater than 0")),
         ({"colour": 1}, ("colour", "Extra inputs")),

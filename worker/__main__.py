@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from service.config import get_settings
+from service.floors import check_torch
 
 from .celery_app import make_app
 
@@ -14,6 +15,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queues", default="cpu")
     parser.add_argument("--loglevel", default="info")
     args = parser.parse_args(argv)
+    try:
+        check_torch()
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
     app = make_app(get_settings())
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", args.queues, "-l", args.loglevel,
                      "--without-gossip", "--without-mingle"])  # fmt: skip

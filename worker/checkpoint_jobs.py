@@ -47,8 +47,8 @@ def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Pr
     upload = next(iter(sorted(inputs.glob("dataset.*"))), None) if spec.get("has_dataset_file") else None
     blob = (inputs / "checkpoint.bin").read_bytes() if spec.get("has_checkpoint") else None
     torch.manual_seed(spec.get("seed", 0))
-    prep = prepare(spec, checkpoint=blob, dataset_file=upload, datasets_dir=settings.datasets_dir,
-                   max_bytes=settings.max_upload_bytes)  # fmt: skip
+    prep = prepare(spec, limits=settings.checkpoint_limits(), checkpoint=blob, dataset_file=upload,
+                   datasets_dir=settings.datasets_dir, max_bytes=settings.max_upload_bytes)  # fmt: skip
     cfg = TrainConfig.from_spec(spec | {"params": prep.sparse_names})
     device = torch.device(settings.device) if settings.device else default_device()
 

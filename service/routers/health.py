@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from .. import queue, supervisor
 from ..deps import SessionDep, SettingsDep
+from ..schemas import Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -18,7 +19,7 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness, "description": "part is down"}})
 def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
     """The job database and the broker answer within ``RVSM_BROKER_TIMEOUT_S``, and in embedded mode the
     worker is alive (503 with the failing part otherwise)."""

@@ -5,28 +5,33 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rvsm.errors import InputError
-from rvsm.prepare import prepare
+from rvsm.prepare import check
 from rvsm.toy import SpecError, ToyLimits, validate_spec
 from rvsm.train import TrainConfig
 
 from .. import store
-from ..artifacts import PLOT, artifacts_with_plot, job_dir, write_atomic
+from ..artifacts import MEDIA_TYPES, PLOT, artifacts_with_plot, job_dir, write_atomic
 from ..config import Settings
 from ..db import Job
-from ..deps import OwnerDep, SessionDep, SettingsDep
-from ..errors import field_error
+from ..deps import OwnerDep, SessionDep, SettingsDep, no_unknown_query
+from ..errors import field_error, responses
+from ..limits import BodyTooLarge, body_cap, is_multipart, json_shape
+from ..openapi import ref
 from ..queue import enqueue
 from ..schemas import (
+    RESULT_MODELS,
     ArtifactPublic,
     CheckpointSpecCreate,
     JobCreated,
@@ -37,7 +42,7 @@ from ..schemas import (
     ToySpecCreate,
 )
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(no_unknown_query)])
 StateFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -49,7 +54,7 @@ def to_public(request: Request, job: Job) -> JobPublic:
     return JobPublic(
         id=job.id,
         kind=job.kind,
-        state=job.state,  # type: ignore[arg-type]
+        state=job.state,
         url=job_url(request, job.id),
         queue=job.queue,
         created_at=job.created_at,
@@ -105,31 +110,20 @@ def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
     return job
 
 
-def _inline_defs(schema: dict) -> dict:
-    """A model's JSON schema with its ``$defs`` inlined: inside the OpenAPI document a ``#/$defs/...``
-    reference would point at the document's root, where there is none (ReDoc refuses the document)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: object) -> object:
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if not isinstance(node, dict):
-            return node
-        ref = node.get("$ref", "")
-        if ref.startswith("#/$defs/"):
-            return walk(defs[ref.removeprefix("#/$defs/")]) | {k: v for k, v in node.items() if k != "$ref"}
-        return {k: walk(v) for k, v in node.items()}
-
-    return walk(schema)  # type: ignore[return-value]
+TOY_EXAMPLE = {"kind": "toy", "k": 4, "d": 20, "lam": 0.05, "beta": 0.1, "eta": 0.1, "max_iters": 2000,
+               "teacher": {"seed": 0, "sparsity": 5}, "sweep": {"lam": [0.01, 0.05]}}  # fmt: skip
+CHECKPOINT_EXAMPLE = {"kind": "checkpoint", "architecture": "mlp", "dataset": {"name": "digits"},
+                      "algorithm": "rvsm", "target_sparsity": 0.9, "epochs": 5}  # fmt: skip
 
 
 def _body_schema() -> dict:
-    toy, ckpt = (_inline_defs(m.model_json_schema()) for m in (ToySpecCreate, CheckpointSpecCreate))
+    spec = {"oneOf": [ref(ToySpecCreate), ref(CheckpointSpecCreate)]}
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {"oneOf": [toy, ckpt]}},
+                "application/json": {"schema": spec, "examples": {"toy": {"value": TOY_EXAMPLE},
+                                                                  "checkpoint": {"value": CHECKPOINT_EXAMPLE}}},
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
@@ -142,15 +136,46 @@ def _body_schema() -> dict:
                             "dataset": {"type": "string", "format": "binary",
                                         "description": ".safetensors or .npz with x, y[, x_val, y_val]"},
                         },
-                    }
+                        "additionalProperties": False,
+                    },
+                    "example": {"spec": json.dumps(CHECKPOINT_EXAMPLE)},
                 },
             },
         }
     }  # fmt: skip
 
 
-def _invalid(errors: list[dict], prefix: tuple = ("body",)) -> RequestValidationError:
-    return RequestValidationError([e | {"loc": (*prefix, *e.get("loc", ()))} for e in errors])
+def _result_schema() -> dict:
+    schema = {"anyOf": [ref(m) for m in RESULT_MODELS]}
+    return {200: {"description": "a toy result, a sweep's results or a checkpoint report",
+                  "content": {"application/json": {"schema": schema}}}} | responses(401, 404, 409)  # fmt: skip
+
+
+def _invalid(errors: Sequence[Mapping], prefix: tuple = ("body",)) -> RequestValidationError:
+    return RequestValidationError([dict(e) | {"loc": (*prefix, *e.get("loc", ()))} for e in errors])
+
+
+def _load_json(text: str | bytes, prefix: tuple, settings: Settings) -> object:
+    """Parse a spec's JSON text (off the event loop): 413 over ``max_spec_bytes``; 422 when it nests deeper
+    than ``max_json_depth``, holds more than ``max_json_containers`` arrays and objects (both checked on the
+    text before the parser builds anything) or is not JSON."""
+    data = text.encode() if isinstance(text, str) else text
+    if len(data) > settings.max_spec_bytes:
+        raise _too_large(".".join(prefix[1:]) or "body", settings.max_spec_bytes)
+    depth, containers = json_shape(data)
+    rule = None
+    if depth > settings.max_json_depth:
+        rule = f"JSON nested deeper than {settings.max_json_depth} levels of arrays and objects"
+    elif containers > settings.max_json_containers:
+        rule = f"JSON with more than {settings.max_json_containers} arrays and objects (got {containers})"
+    if rule is None:
+        try:
+            return json.loads(data)
+        except RecursionError:  # not reached for valid JSON (the depth cap is far below the parser's)
+            rule = "JSON nested too deeply"
+        except ValueError as e:
+            rule = f"JSON decode error: {e}"
+    raise _invalid([{"type": "json_invalid", "loc": (), "msg": rule}], prefix)
 
 
 def _parse_spec(raw: object, prefix: tuple) -> ToySpecCreate | CheckpointSpecCreate:
@@ -163,52 +188,63 @@ def _parse_spec(raw: object, prefix: tuple) -> ToySpecCreate | CheckpointSpecCre
         raise _invalid(e.errors(include_url=False, include_context=False, include_input=False), prefix) from None
 
 
+def _spec_of(text: str | bytes, prefix: tuple, settings: Settings) -> ToySpecCreate | CheckpointSpecCreate:
+    return _parse_spec(_load_json(text, prefix, settings), prefix)
+
+
 def _too_large(what: str, cap: int) -> HTTPException:
     return HTTPException(
         status.HTTP_413_CONTENT_TOO_LARGE, detail=f"{what}: larger than this service accepts ({cap} bytes)"
     )
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, openapi_extra=_body_schema())
+async def _read_form(request: Request, settings: Settings) -> tuple[str | bytes, dict[str, bytes]]:
+    """The multipart body: the ``spec`` text and the uploads (the body is cut at its cap while it streams)."""
+    cap = settings.max_upload_bytes
+    try:
+        form = await request.form(max_files=2, max_fields=4, max_part_size=settings.max_spec_bytes)
+    except StarletteHTTPException as e:
+        if "exceeded maximum size" in str(e.detail):  # a text field (spec) over the cap: starlette says 400
+            raise _too_large("spec", settings.max_spec_bytes) from None
+        raise
+    unknown = sorted(set(form) - {"spec", "checkpoint", "dataset"})
+    if unknown:
+        raise field_error(unknown[0], "unknown form field (allowed: spec, checkpoint, dataset)")
+    text = form.get("spec")
+    if not isinstance(text, str):
+        raise field_error("spec", "a multipart job needs a 'spec' field holding the JSON spec")
+    files: dict[str, bytes] = {}
+    for name in ("checkpoint", "dataset"):
+        part = form.get(name)
+        if part is None:
+            continue
+        if isinstance(part, str):
+            raise field_error(name, "must be a file upload")
+        if part.size is not None and part.size > cap:
+            raise _too_large(name, cap)
+        files[name] = await part.read()
+        files[f"{name}.filename"] = (part.filename or "").encode()
+    return text, files
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, openapi_extra=_body_schema(),
+             responses=responses(400, 401, 413, 422, 503))  # fmt: skip
 async def submit_job(request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
     """Submit a job: a toy spec (SPEC §8) as JSON, or a checkpoint job as JSON (trains from scratch) or as
     multipart with the ``spec`` JSON text, a ``checkpoint`` file and, for ``dataset.name = upload``, a
-    ``dataset`` file. 202 with the job's id; follow it at ``url``."""
-    cap = settings.max_upload_bytes
+    ``dataset`` file. 202 with the job's id; follow it at ``url``. Bodies are cut at their cap while they
+    stream (413); JSON parsing and validation run off the event loop."""
+    content_type = request.headers.get("content-type", "")
+    cap = body_cap(settings, content_type)
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > cap + 2**20:
-        raise _too_large("body", cap)
-    files: dict[str, bytes] = {}
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form(max_files=2, max_fields=4, max_part_size=2**20)
-        unknown = sorted(set(form) - {"spec", "checkpoint", "dataset"})
-        if unknown:
-            raise field_error(unknown[0], "unknown form field (allowed: spec, checkpoint, dataset)")
-        text = form.get("spec")
-        if not isinstance(text, str):
-            raise field_error("spec", "a multipart job needs a 'spec' field holding the JSON spec")
-        try:
-            raw = json.loads(text)
-        except ValueError as e:
-            raise field_error("spec", f"is not valid JSON: {e}") from None
+    if length and length.isdigit() and int(length) > cap:
+        raise BodyTooLarge(cap)
+    if is_multipart(content_type):
+        text, files = await _read_form(request, settings)
         prefix: tuple = ("body", "spec")
-        for name in ("checkpoint", "dataset"):
-            part = form.get(name)
-            if part is None:
-                continue
-            if isinstance(part, str):
-                raise field_error(name, "must be a file upload")
-            if part.size is not None and part.size > cap:
-                raise _too_large(name, cap)
-            files[name] = await part.read()
-            files[f"{name}.filename"] = (part.filename or "").encode()
     else:
-        try:
-            raw = json.loads(await request.body())
-        except ValueError as e:
-            raise _invalid([{"type": "json_invalid", "loc": (), "msg": f"JSON decode error: {e}"}]) from None
-        prefix = ("body",)
-    body = _parse_spec(raw, prefix)
+        text, files, prefix = await request.body(), {}, ("body",)
+    body = await run_in_threadpool(_spec_of, text, prefix, settings)
     return await run_in_threadpool(_create, body, files, request, session, settings, owner)
 
 
@@ -258,53 +294,51 @@ def input_name(name: str, files: dict[str, bytes]) -> str:
 
 
 def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes], settings: SettingsDep) -> int:
-    """Everything a worker would trip over, checked now by the code the worker runs (:mod:`rvsm.prepare`):
-    the training config, the epochs cap, the data set, the model, the checkpoint. Returns the epochs."""
+    """Everything a worker would trip over, checked now by the code the worker runs (:func:`rvsm.prepare.check`):
+    the training config, every cap (before anything is allocated), the data set, the model (on the meta device),
+    the checkpoint. Returns the epochs."""
     spec = body.to_spec()
     if ("dataset" in files) != (body.dataset.name == "upload"):
         raise field_error("dataset", "send a 'dataset' file exactly when dataset.name is 'upload'")
     try:
-        total = TrainConfig.from_spec(spec).total_epochs
-        if total > settings.max_epochs_cap:
-            raise InputError("epochs", f"epochs (+ finetune_epochs) must be <= {settings.max_epochs_cap}, got {total}")
         with tempfile.TemporaryDirectory() as tmp:
             upload = None
             if "dataset" in files:
                 upload = Path(tmp) / input_name("dataset", files)
                 upload.write_bytes(files["dataset"])
-            prepare(spec, checkpoint=files.get("checkpoint"), dataset_file=upload, datasets_dir=settings.datasets_dir,
-                    max_bytes=settings.max_upload_bytes)  # fmt: skip
+            check(spec, limits=settings.checkpoint_limits(), checkpoint=files.get("checkpoint"), dataset_file=upload,
+                  datasets_dir=settings.datasets_dir, max_bytes=settings.max_upload_bytes)  # fmt: skip
     except InputError as e:
         raise field_error(e.field, e.rule) from None
-    return total
+    return TrainConfig.from_spec(spec).total_epochs
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=responses(401, 422))
 def list_jobs(
     request: Request,
     session: SessionDep,
     owner: OwnerDep,
     state: StateFilter | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, lt=2**63)] = 0,
 ):
     """Jobs, newest first."""
     rows, total = store.list_jobs(session, owner=owner, state=state, limit=limit, offset=offset)
     return JobList(items=[to_public(request, j) for j in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=responses(401, 404))
 def get_job(job_id: str, request: Request, session: SessionDep, owner: OwnerDep):
     """State, progress (iteration of max, ETA), timestamps, attempts, error."""
     return to_public(request, find(session, owner, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=responses(401, 404, 422))
 def get_metrics(
     job_id: str,
     session: SessionDep,
     owner: OwnerDep,
-    since: Annotated[int, Query(ge=0, description="only points after this seq")] = 0,
+    since: Annotated[int, Query(ge=0, lt=2**63, description="only points after this seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ):
     """The trace so far, also while running; ``?since=`` returns only newer points."""
@@ -314,7 +348,7 @@ def get_metrics(
     return MetricsPublic(job_id=job.id, state=job.state, points=data, next_since=points[-1].seq if points else since)
 
 
-@router.get("/{job_id}/result")
+@router.get("/{job_id}/result", responses=_result_schema())
 def get_result(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> Response:
     """The result document (final report, trace, hypotheses, bounds, sparse weights); 409 until succeeded."""
     job = find(session, owner, job_id)
@@ -326,7 +360,7 @@ def get_result(job_id: str, session: SessionDep, owner: OwnerDep, settings: Sett
     return Response(content=path.read_bytes(), media_type="application/json")
 
 
-@router.get("/{job_id}/artifacts", response_model=list[ArtifactPublic])
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactPublic], responses=responses(401, 404))
 def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: OwnerDep, settings: SettingsDep):
     """Files the job produced, each with its size and sha256 (a toy job's plot is drawn on the first ask)."""
     job = find(session, owner, job_id)
@@ -343,7 +377,14 @@ def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: Ow
     ]
 
 
-@router.get("/{job_id}/artifacts/{name}")
+def _artifact_responses() -> dict:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    content = {media: binary for media in sorted(set(MEDIA_TYPES.values()))}
+    return {200: {"description": "the file (its media type is in the artifact list)", "content": content},
+            **responses(401, 404)}  # fmt: skip
+
+
+@router.get("/{job_id}/artifacts/{name}", responses=_artifact_responses())
 def get_artifact(job_id: str, name: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep):
     """One artifact file; its sha256 is in the ``X-Content-SHA256`` header (a toy job's plot: drawn on the
     first ask, then served from its file)."""
@@ -362,14 +403,14 @@ def get_artifact(job_id: str, name: str, session: SessionDep, owner: OwnerDep, s
     raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"name: job {job.id} has no artifact {name!r}")
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=responses(401, 404))
 def cancel_job(job_id: str, request: Request, session: SessionDep, owner: OwnerDep):
     """Cancel: a queued job at once, a running one between iterations. A finished job is left as it is."""
     job = store.request_cancel(session, find(session, owner, job_id))
     return to_public(request, job)
 
 
-@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(401, 404))
 def delete_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> Response:
     """Delete a job, its trace and its artifacts (a running job is stopped at its next check)."""
     job = find(session, owner, job_id)

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..deps import OwnerDep, SettingsDep
+from ..errors import responses
 from ..telemetry import StoreCollector
 
 router = APIRouter(tags=["health"])
@@ -44,7 +45,10 @@ class RequestTimer:
             self.hist.labels(scope["method"], route, str(status[0])).observe(time.perf_counter() - start)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.get(
+    "/metrics", response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}, **responses(401)},
+)  # fmt: skip
 def metrics(request: Request, settings: SettingsDep, _owner: OwnerDep) -> Response:
     """Jobs by kind and state, queue depth per queue, workers alive, lifecycle transitions, reconciler
     actions, run durations (all from the job store, so every worker's part is counted), and this API

@@ -14,7 +14,8 @@ export async function submitPage(view, params, life) {
   openapi ??= await (await fetch(new URL("openapi.json", BASE))).json();
   const kind = params.get("kind") === "checkpoint" ? "checkpoint" : "toy";
   const body = openapi.paths["/v1/jobs"].post.requestBody.content["application/json"].schema;
-  const schema = body.oneOf.find((s) => s.title === MODELS[kind]);
+  const named = (s) => (s.$ref ? openapi.components.schemas[s.$ref.split("/").pop()] : s);  // models live in components
+  const schema = body.oneOf.map(named).find((s) => s.title === MODELS[kind]);
   const schemas = { ...openapi.components?.schemas, ...schema.$defs };
   const fields = Object.entries(schema.properties).map(([name, prop]) => field(name, resolve(prop, schemas), kind, schema));
   const files = kind === "checkpoint" ? [fileInput("checkpoint", "a .pt2, .safetensors or .pt state_dict (optional)"),

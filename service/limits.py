@@ -1,0 +1,116 @@
+"""Request-body limits, enforced while the body streams in (any transfer encoding, chunked included).
+
+:class:`BodyLimit` is a pure ASGI middleware: it wraps ``receive`` and counts the bytes of every
+``http.request`` message. The first message that takes the total over the request's cap raises
+:class:`BodyTooLarge` (a 413) inside whatever is reading the body, so a multipart parser that spools
+file parts to disk never gets more than the cap. JSON bodies have their own, much smaller cap.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException, status
+from fastapi.responses import JSONResponse
+
+from .config import Settings, get_settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+MULTIPART_OVERHEAD = 64 * 2**10  # part headers and boundaries around the files and the spec
+
+
+class BodyTooLarge(HTTPException):
+    """A request body over its cap: 413 naming the body and the cap."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(
+            status.HTTP_413_CONTENT_TOO_LARGE, detail=f"body: larger than this service accepts ({cap} bytes)"
+        )
+
+
+def is_multipart(content_type: str) -> bool:
+    return content_type.lower().lstrip().startswith("multipart/form-data")
+
+
+def body_cap(settings: Settings, content_type: str) -> int:
+    """The largest body of a request: a multipart upload (files and the spec) or a JSON document."""
+    if is_multipart(content_type):
+        return settings.max_upload_bytes + settings.max_spec_bytes + MULTIPART_OVERHEAD
+    return settings.max_spec_bytes
+
+
+def _settings_of(scope: Scope) -> Settings:
+    """The app's settings, honouring a test's ``dependency_overrides`` (as the routes do)."""
+    overrides = getattr(scope.get("app"), "dependency_overrides", {})
+    return overrides.get(get_settings, get_settings)()
+
+
+def _content_type(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-type":
+            return value.decode("latin-1")
+    return ""
+
+
+class BodyLimit:
+    """Cut every HTTP request body at :func:`body_cap` while it streams (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cap = body_cap(_settings_of(scope), _content_type(scope))
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise BodyTooLarge(cap)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except BodyTooLarge as e:  # read outside the app's exception handlers: answer here
+            if started:
+                raise
+            response = JSONResponse({"detail": e.detail, "message": e.detail}, status_code=e.status_code)
+            await response(scope, receive, send)
+
+
+
+# a JSON string literal, or an unterminated one to the end: it never fails, so it never backtracks (linear)
+_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*(?:"|\Z)')
+_STEP = np.zeros(256, np.int8)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+
+
+def json_shape(text: bytes) -> tuple[int, int]:
+    """How deeply arrays and objects nest in JSON ``text`` and how many there are, from the text alone
+    (string literals skipped), so both caps are checked before ``json.loads`` builds anything: exact for
+    valid JSON; text that is not JSON is refused by the parser after."""
+    bare = _STRING.sub(b"", text)
+    containers = bare.count(b"[") + bare.count(b"{")
+    if not containers:
+        return 0, 0
+    depth = np.cumsum(_STEP[np.frombuffer(bare, np.uint8)], dtype=np.int64).max()
+    return int(depth), containers
