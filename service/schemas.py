@@ -245,6 +245,10 @@ class ToyRunResult(BaseModel):
 
 class ToySweepRunResult(ToyRunResult):
     config: dict[str, Any] = Field(description="this run's sweep values")
+    trace: dict[str, list[Any]] | None = Field(  # type: ignore[assignment]
+        None, description="absent when the sweep is columnar (columns.inline false): then in runs.safetensors, "
+        "and final has d instead of w, u, w_star, w0",
+    )  # fmt: skip
 
 
 class ToySweepResult(BaseModel):
@@ -253,6 +257,10 @@ class ToySweepResult(BaseModel):
     model_config = OPEN
 
     runs: list[ToySweepRunResult]
+    columns: dict[str, Any] | None = Field(
+        None, description="every run's trace and vectors as columns: artifact (runs.safetensors), format, rows, "
+        "inline (whether runs also carry them), tensors {name: {dtype, shape}}; see the README",
+    )  # fmt: skip
 
 
 class CheckpointReport(BaseModel):

@@ -15,6 +15,7 @@ from rvsm.toy import merge_columns, run_spec, run_spec_columnar
 from service.artifacts import COLUMNS, PLOT
 from service.db import get_engine, pool_options
 from service.plots import LINES_MAX, convergence_png
+from service.schemas import ToySweepResult
 from tests.service_helpers import REDIS_URL, make_client, unique_queue
 from worker.jobs import execute
 
@@ -34,6 +35,7 @@ def test_columns_and_summaries_rebuild_the_full_result():
     spec = BASE | {"sweep": {"d": [4, 6], "penalty": ["l0", "l1"], "max_iters": [50, 300]}}
     result, columns = run_spec_columnar(spec, inline_points=0)  # summaries only, as a large sweep's
     assert len(result["runs"]) == 8 and all("trace" not in r and "w" not in r["final"] for r in result["runs"])
+    ToySweepResult.model_validate(result)  # the documented /result model admits a columnar sweep
     assert [r["final"]["d"] for r in result["runs"]] == [c.item() for c in columns["d"]]
     assert columns["w"].shape == (8, 6) and columns["w"][0, 4:].isnan().all()  # d=4 rows padded with NaN
     lengths = columns["trace.length"].tolist()
