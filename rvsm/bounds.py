@@ -294,7 +294,8 @@ def bound_checks(run: ToyRun, hyp: dict | None = None, nums: dict | None = None)
         note="exact at a fixed point of normalised RVSM; the residual measures how far the run is from it",
     )
     for name, key in (("lagrangian_monotone", "lagrangian"), ("angle_monotone", "theta_w")):
-        m = _monotone(name, *nums[f"monotone_{key}"], tol["monotone_rel"])
+        first, largest = nums[f"monotone_{key}"]
+        m = _monotone(name, first, largest, tol["monotone_rel"])
         m["formula"] = f"{'L_beta' if key == 'lagrangian' else 'theta(w^t, w*)'} non-increasing along the trace"
         m["hypotheses_met"] = met
         out.append(m)

@@ -188,7 +188,8 @@ def _vector_lengths(spec: dict) -> Iterator[tuple[str, int]]:
     """``(field, length)`` of every ``w_star`` / ``w0`` list in the spec or its sweep, without copying."""
     sweep = _sweep_lists(spec)
     for head, tail in (("teacher", "w_star"), ("init", "w0")):
-        objs = sweep.get(head) if isinstance(sweep.get(head), list) else [spec.get(head)]
+        swept = sweep.get(head)
+        objs = swept if isinstance(swept, list) else [spec.get(head)]
         where = f"sweep.{head}" if head in sweep else head
         for obj in objs:
             if isinstance(obj, dict) and isinstance(obj.get(tail), list):
@@ -276,7 +277,7 @@ def _sample_elements(spec: dict, n: int) -> int:
         vals = {x: spec.get(x) for x in names} | dict(zip(swept, combo, strict=True))
         if vals["gradient"] != "empirical":
             continue
-        m = vals["samples"] if _is_int(vals["samples"]) else vals["batch_size"]
+        m: Any = vals["samples"] if _is_int(vals["samples"]) else vals["batch_size"]
         k, d = vals["k"], vals["d"]
         if _is_int(m) and _is_int(k) and _is_int(d) and min(m, k, d) > 0:
             total += m * k * d * weight

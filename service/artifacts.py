@@ -89,9 +89,10 @@ def artifacts_with_plot(session: Session, root: Path, job: Job, rows: list[Artif
         session.commit()
     except IntegrityError:  # drawn by another request at the same time, or the job was deleted meanwhile
         session.rollback()
-        art = session.get(Artifact, (job.id, PLOT))
-        if art is None:
+        drawn = session.get(Artifact, (job.id, PLOT))
+        if drawn is None:
             return rows
+        art = drawn
     return sorted([*rows, art], key=lambda a: a.name)
 
 
@@ -99,6 +100,8 @@ def draw_plot(root: Path, job: Job) -> bytes:
     """The plot of a finished toy job, from its ``result.json`` (and a sweep's ``runs.safetensors``)."""
     from .plots import convergence_png
 
+    if not job.result_path:
+        raise ValueError(f"job {job.id} has no result")
     result = json.loads((root / job.result_path).read_bytes())
     columns = None
     if "runs" in result and (job_dir(root, job.id) / COLUMNS).exists():  # a sweep stored before columns: traces
