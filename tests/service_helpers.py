@@ -98,6 +98,28 @@ def python() -> str:
     return sys.executable
 
 
+def start_serve(tmp: Path, port: int, *, log_name: str = "serve.log", **env: str) -> subprocess.Popen:
+    """``rvsm serve`` in ``tmp`` (so its data directory is ``tmp/data``) with no configuration but ``env``,
+    once ``/readyz`` answers 200; its output goes to ``tmp/log_name``."""
+    import httpx
+    import pytest
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {"PYTHONPATH": str(ROOT)}
+    with open(tmp / log_name, "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=tmp,
+                                env=clean | env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None and pytest.fail((tmp / log_name).read_text())
+
+    wait_for(ready, timeout=90, interval=0.3, what="rvsm serve to be ready")
+    return proc
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

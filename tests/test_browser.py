@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from .service_helpers import ROOT, free_port, make_client, unique_queue, wait_for
+from .service_helpers import ROOT, free_port, make_client, start_serve, unique_queue, wait_for
 
 CHROMIUM = os.environ.get("RVSM_CHROMIUM", "/usr/bin/chromium")
 KEY = "browser-test-key"
@@ -88,24 +88,11 @@ def test_a_wheel_ships_the_dashboard(tmp_path):
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")}
-    env |= {"PYTHONPATH": str(ROOT), "RVSM_API_KEYS": KEY, "RVSM_PROGRESS_INTERVAL_S": "0.2"}
-    log = open(tmp / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=tmp, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = start_serve(tmp, port, RVSM_API_KEYS=KEY, RVSM_PROGRESS_INTERVAL_S="0.2")
     url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None and pytest.fail((tmp / "serve.log").read_text())
-
-    wait_for(ready, timeout=90, interval=0.3, what="the service to be ready")
     yield url
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
-    log.close()
 
 
 @pytest.fixture(scope="module")

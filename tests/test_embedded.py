@@ -14,44 +14,20 @@ import time
 import httpx
 import pytest
 
-from tests.service_helpers import ROOT, wait_for
+from tests.service_helpers import ROOT, free_port, start_serve, wait_for
 
 SPEC = {"kind": "toy", "k": 2, "d": 10, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "penalty": "l0",
         "max_iters": 3000, "tol": 1e-14, "log_every": 10}  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("embedded")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")}  # no configuration at all
-    log = open(tmp / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        cwd=tmp,  # the default data directory is ./data
-        env=env | {"PYTHONPATH": str(ROOT)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None and pytest.fail((tmp / "serve.log").read_text())
-
-    wait_for(ready, timeout=90, interval=0.3, what="the embedded service to be ready")
-    yield url, tmp, proc
+    proc = start_serve(tmp, port)  # no configuration at all: the default data directory is ./data
+    yield f"http://127.0.0.1:{port}", tmp, proc
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
-    log.close()
 
 
 def rvsm(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -211,21 +187,7 @@ def _zombie(pid: str) -> bool:
 
 
 def _serve(tmp, port: int, log_name: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")}
-    env |= {"PYTHONPATH": str(ROOT), "RVSM_LEASE_S": "3", "RVSM_REAPER_INTERVAL_S": "1"}
-    log = open(tmp / log_name, "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=tmp, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None and pytest.fail((tmp / log_name).read_text())
-
-    wait_for(ready, timeout=90, interval=0.3, what="rvsm serve to be ready")
-    return proc
+    return start_serve(tmp, port, log_name=log_name, RVSM_LEASE_S="3", RVSM_REAPER_INTERVAL_S="1")
 
 
 def _job(url: str, job_id: str) -> dict:
