@@ -10,6 +10,7 @@ on stop.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def redis_server() -> str:
@@ -65,9 +67,10 @@ class EmbeddedBroker:
         self.socket.unlink(missing_ok=True)  # a stale socket of a killed run (the data-dir lock is held)
         conf = self.data_dir / "broker.conf"
         conf.write_text(self.config())
-        # its own session: a terminal's Ctrl-C reaches serve, which stops the worker first and the broker last
+        # its own session: a terminal's Ctrl-C reaches serve, which stops the worker first and the broker last;
+        # and a SIGTERM when serve dies any other way (SIGKILL included), so no broker outlives it
         self.proc = subprocess.Popen([redis_server(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)  # fmt: skip
+                                     start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
         deadline = time.monotonic() + self.start_timeout_s
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -91,6 +94,8 @@ class EmbeddedBroker:
             deadline = time.monotonic() + 10
             while _running(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if _running(pid):  # Redis refuses SIGTERM when its final save fails (its directory gone, disk full)
+                os.kill(pid, signal.SIGKILL)
 
     def answers(self) -> bool:
         with socket.socket(socket.AF_UNIX) as s:
@@ -122,3 +127,12 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def _die_with_parent() -> None:
+    """In the child before ``exec``: ask Linux for a SIGTERM when the parent dies (``PR_SET_PDEATHSIG``);
+    elsewhere a no-op (a broker left behind is stopped by the next start on the same data directory)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass

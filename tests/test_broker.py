@@ -64,3 +64,32 @@ def test_a_broker_left_by_a_killed_serve_is_stopped_before_a_new_one_starts(tmp_
         assert int((tmp_path / "broker.pid").read_text()) == second.proc.pid
     finally:
         second.stop()
+
+
+def test_the_broker_dies_with_a_serve_that_is_sigkilled(tmp_path):
+    """``kill -9`` of ``rvsm serve`` runs none of its cleanup: the broker must not outlive it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .service_helpers import ROOT, wait_for
+
+    code = (
+        "import sys, time; from pathlib import Path; from service.broker import EmbeddedBroker; "
+        "b = EmbeddedBroker(Path(sys.argv[1])).start(); print(b.proc.pid, flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    broker_pid = int(parent.stdout.readline())
+    assert os.path.exists(f"/proc/{broker_pid}")
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+
+    def gone() -> bool:
+        try:
+            return open(f"/proc/{broker_pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    wait_for(gone, timeout=15, what="the orphaned broker to stop")
