@@ -34,10 +34,14 @@ and :data:`TRACE_POINTS_TOTAL` shared by a batch): ``log_every`` is raised to fi
 
 from __future__ import annotations
 
+import bisect
+import gc
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from math import isfinite
 from typing import Any
 
 import torch
@@ -407,10 +411,6 @@ def _compiled_advance(group: _Group) -> Callable:
     return torch.compile(group.advance, dynamic=False, fullgraph=True)
 
 
-def _nan_to_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def trace_interval(log_every: int, max_iters: int, max_points: int) -> int:
     """``log_every``, raised so that a run of ``max_iters`` keeps at most ``max_points`` trace points
     (iteration 0, every ``log_every``-th and an off-grid last one: ``max_iters/log_every + 2``)."""
@@ -423,6 +423,20 @@ def _finite_or_nan(v: Tensor) -> list[float]:
     return torch.where(torch.isfinite(v), v, torch.full_like(v, math.nan)).tolist()
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a block that builds many lists and dicts and no cycles (a
+    sweep's per-run results): otherwise its full collections rescan every object built so far, and for a
+    10,000-run sweep they took as long as the assembly itself. Restored afterwards (if it was on)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _run_group(
     group: _Group,
     *,
@@ -430,6 +444,7 @@ def _run_group(
     callback: ProgressCallback | None,
     group_index: int,
     groups: int,
+    rows: list[int],
     compile: bool = False,
     max_points: int = TRACE_POINTS_PER_RUN,
 ) -> list[ToyRun]:
@@ -494,45 +509,63 @@ def _run_group(
                     "max_iters": limit,
                     "active": int(active.sum()),
                     "configs": n,
+                    "rows": rows,
+                    "running": active.tolist(),
                     "elapsed_s": elapsed,
                     "eta_s": elapsed * (limit - t) / t,
                     "metrics": {k: _finite_or_nan(v) for k, v in metrics.items()},  # NaN: undefined
                 }
             )
     wall = time.perf_counter() - t_start
-    iters, converged, diverged, max_delta = book["iters"], book["converged"], book["diverged"], book["max_delta"]
+    with gc_paused():
+        return _runs(group, state, book, snaps=snaps, snap_iters=snap_iters, snap_steps=snap_steps,
+                     timed_out=timed_out, wall=wall, keep_every=keep_every, max_points=max_points)  # fmt: skip
 
-    # final state and per-row traces, on the CPU in float64
+
+def _runs(
+    group: _Group,
+    state: dict[str, Tensor],
+    book: dict[str, Tensor],
+    *,
+    snaps: list[dict[str, Tensor]],
+    snap_iters: list[int],
+    snap_steps: list[Tensor],
+    timed_out: bool,
+    wall: float,
+    keep_every: int,
+    max_points: int,
+) -> list[ToyRun]:
+    """Each row's :class:`ToyRun` from a finished group: the final state and the per-row traces, on the CPU in
+    float64, turned into Python lists once for the whole batch and cut per row."""
+    iters, converged, diverged, max_delta = book["iters"], book["converged"], book["diverged"], book["max_delta"]
+    active, last_step = book["active"], book["last_step"]
     w = state["w"]
     u = group.sparse_answer(state)
-    final = {k: v.double().cpu() for k, v in group.metrics(w, u).items()}
+    final = {k: v.double().cpu().tolist() for k, v in group.metrics(w, u).items()}
     iters_l = iters.tolist()
     converged_l, diverged_l = converged.tolist(), diverged.tolist()
     active_l = active.tolist()
-    steps_final = last_step.double().cpu()
-    snap_t = torch.tensor(snap_iters)
-    snap_m = {k: torch.stack([s[k] for s in snaps], dim=1).double().cpu() for k in METRICS}
-    snap_s = torch.stack(snap_steps, dim=1).double().cpu()
+    steps_final = last_step.double().cpu().tolist()
+    traced = [name for name in METRICS if name != "f_u_normalized"]
+    snap_m = {k: torch.stack([s[k] for s in snaps], dim=1).double().cpu().tolist() for k in traced}
+    snap_s = torch.stack(snap_steps, dim=1).double().cpu().tolist()
     w_cpu, u_cpu = w.double().cpu(), u.double().cpu()
     max_delta_l = max_delta.double().cpu().tolist()
     runs = []
     for i, cfg in enumerate(group.cfgs):
         it = iters_l[i]
-        keep = snap_t <= it
-        trace: dict[str, list] = {"iter": snap_t[keep].tolist()}
-        for name in METRICS:
-            if name == "f_u_normalized":
-                continue
-            trace[name] = snap_m[name][i][keep].tolist()
-        trace["step"] = snap_s[i][keep].tolist()
+        kept = bisect.bisect_right(snap_iters, it)  # the snapshots up to this row's last iteration
+        trace: dict[str, list] = {"iter": snap_iters[:kept]}
+        for name in traced:
+            trace[name] = snap_m[name][i][:kept]
+        trace["step"] = snap_s[i][:kept]
         if trace["iter"][-1] != it:  # a final point off the logging grid
             trace["iter"].append(it)
-            for name in METRICS:
-                if name != "f_u_normalized":
-                    trace[name].append(final[name][i].item())
-            trace["step"].append(steps_final[i].item())
+            for name in traced:
+                trace[name].append(final[name][i])
+            trace["step"].append(steps_final[i])
         for name in ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "step"):
-            trace[name] = [_nan_to_none(x) for x in trace[name]]
+            trace[name] = [x if isfinite(x) else None for x in trace[name]]
         trace["nnz_u"] = [int(x) for x in trace["nnz_u"]]
         if diverged_l[i]:
             stopped = "diverged"
@@ -552,7 +585,7 @@ def _run_group(
                 diverged=bool(diverged_l[i]),
                 diverged_at=it + 1 if diverged_l[i] else None,
                 stopped_by=stopped,
-                final={k: final[k][i].item() for k in METRICS} | {"step": steps_final[i].item()},
+                final={k: final[k][i] for k in METRICS} | {"step": steps_final[i]},
                 trace=trace,
                 max_step_norm=max_delta_l[i],
                 wall_time_s=wall,
@@ -581,8 +614,9 @@ def run_toy(
 
     ``callback(progress)`` is called at each trace point (every ``log_every`` iterations) with a plain
     dict (iteration, max_iters, active rows, elapsed and estimated remaining seconds, the latest
-    metrics, NaN where undefined or not finite); it may raise to stop the run. Stopping, the time
-    budget and (when the trace interval was raised) the callback, at least every
+    metrics, NaN where undefined or not finite, one entry per row of the group; ``rows``: which of
+    ``configs`` those rows are; ``running``: whether each is still iterating); it may raise to stop the
+    run. Stopping, the time budget and (when the trace interval was raised) the callback, at least every
     :data:`REPORT_INTERVAL_S`, are still checked every requested ``log_every`` iterations.
     Results come back in the order of ``configs``. ``compile=True`` fuses each iteration with
     ``torch.compile`` (worth it for large batches, mostly on a GPU; the first call of each batch shape
@@ -615,6 +649,7 @@ def run_toy(
                 callback=callback,
                 group_index=gi,
                 groups=len(order),
+                rows=idx,
                 compile=compile,
                 max_points=max_trace_points,
             )

@@ -31,7 +31,17 @@ from typing import Any
 import torch
 
 from . import problems
-from .algorithms import ALGORITHMS, DTYPES, GRADIENTS, ToyConfig, ToyRun, number_rule, run_toy
+from .algorithms import (
+    ALGORITHMS,
+    DTYPES,
+    GRADIENTS,
+    TRACE_POINTS_PER_RUN,
+    ToyConfig,
+    ToyRun,
+    gc_paused,
+    number_rule,
+    run_toy,
+)
 from .bounds import batch_numbers, bound_checks, hypotheses, trace_matrix
 from .prox import PENALTIES
 
@@ -397,15 +407,26 @@ def _time_budget(spec: dict) -> float | None:
     return v
 
 
-def _build(resolved: dict) -> ToyConfig:
-    """The vectors of a resolved configuration, and the :class:`ToyConfig`."""
+def _build(resolved: dict, seeded: dict | None = None) -> ToyConfig:
+    """The vectors of a resolved configuration, and the :class:`ToyConfig`. ``seeded``: vectors drawn from a
+    seed so far, by description, to share rather than draw again (a sweep's rows often share a teacher)."""
     kw = dict(resolved)
     teacher, init, d = kw.pop("teacher"), kw.pop("init"), kw["d"]
+    seeded = {} if seeded is None else seeded
     if teacher[0] == "w_star":
         w_star = problems.make_teacher(d, w_star=teacher[1])
     else:
-        w_star = problems.make_teacher(d, seed=teacher[1], sparsity=teacher[2], values=teacher[3])
-    w0 = problems.make_init(d, w0=init[1]) if init[0] == "w0" else problems.make_init(d, seed=init[1])
+        key = (d, *teacher)
+        if key not in seeded:
+            seeded[key] = problems.make_teacher(d, seed=teacher[1], sparsity=teacher[2], values=teacher[3])
+        w_star = seeded[key]
+    if init[0] == "w0":
+        w0 = problems.make_init(d, w0=init[1])
+    else:
+        key = (d, *init)
+        if key not in seeded:
+            seeded[key] = problems.make_init(d, seed=init[1])
+        w0 = seeded[key]
     return ToyConfig(w_star=w_star, w0=w0, **kw)
 
 
@@ -477,11 +498,13 @@ def validate_spec(spec: dict, *, limits: ToyLimits | None = None) -> CheckedSpec
 
 def configs_from_spec(spec: dict, *, limits: ToyLimits | None = None) -> list[tuple[dict, ToyConfig]]:
     """Every configuration of ``spec`` (its sweep's grid, or the one), validated: ``[(overrides, config)]``."""
-    return [(overrides, _build(r)) for overrides, r in _resolved(spec, limits)]
+    seeded: dict = {}
+    with gc_paused():  # a large sweep's 10,000 configurations: no cycles among them (gc_paused)
+        return [(overrides, _build(r, seeded)) for overrides, r in _resolved(spec, limits)]
 
 
-def _vec(t: torch.Tensor) -> list[float]:
-    return t.double().tolist()
+def _vec(t: torch.Tensor) -> list[float | None]:
+    return [x if math.isfinite(x) else None for x in t.double().tolist()]  # a diverged run's vectors hold NaN
 
 
 def _none(x: float) -> float | None:
@@ -551,10 +574,10 @@ def run_result(run: ToyRun, *, vectors: bool = True, nums: dict | None = None) -
                 else None
             ),
         },
-        "hypotheses": hyp,
-        "bounds": bound_checks(run, hyp, nums),
+        "hypotheses": json_safe(hyp),  # the raw numbers (NaN, inf) stay for bound_checks
+        "bounds": bound_checks(run, hyp, nums),  # strict already, as are final and the trace
     }
-    return json_safe(result)
+    return result
 
 
 def run_results(
@@ -563,7 +586,8 @@ def run_results(
     """Each run's result (with its sweep ``config``), the checks' tensor work done once for the batch."""
     nums = batch_numbers(runs, traces)
     pairs = zip(expanded, runs, nums, strict=True)
-    return [json_safe({"config": o}) | run_result(r, vectors=vectors, nums=n) for (o, _), r, n in pairs]
+    with gc_paused():  # config o: validated values, finite
+        return [{"config": o} | run_result(r, vectors=vectors, nums=n) for (o, _), r, n in pairs]
 
 
 def sweep_columns(runs: list[ToyRun]) -> dict[str, torch.Tensor]:
@@ -601,7 +625,7 @@ def merge_columns(result: dict, columns: dict[str, Any]) -> dict:
             continue
         final = dict(r["final"])
         d = final.pop("d")
-        vecs = {name: [float(x) for x in columns[name][i][:d].tolist()] for name in VECTORS}
+        vecs = {name: [_none(float(x)) for x in columns[name][i][:d].tolist()] for name in VECTORS}
         length = int(columns["trace.length"][i])
         trace: dict[str, list] = {"iter": [int(x) for x in columns["trace.iter"][i][:length].tolist()]}
         for name in TRACE_FIELDS:
@@ -625,6 +649,28 @@ def run_spec(
     if "sweep" not in spec:
         return run_result(runs[0])
     return {"runs": run_results(expanded, runs, vectors=True)}
+
+
+def run_batch(
+    configs: list[ToyConfig],
+    *,
+    device: str | torch.device | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Several one-configuration specs (of separate jobs) run as one batch: result ``i`` is what
+    :func:`run_spec` returns for ``configs[i]`` alone, up to rounding in the last bits (rows of a batch
+    reduce in another order, as a sweep's rows do), with ``final.wall_time_s`` the batch's time.
+
+    Unlike a sweep's runs, each run keeps the trace it would keep alone (up to
+    :data:`~rvsm.algorithms.TRACE_POINTS_PER_RUN` points, not a share of a batch total), which needs the
+    configurations to share ``max_iters`` (a batch's trace grid follows its longest run). A service
+    worker runs small queued jobs so; each costs about what one alone does.
+    """
+    iters = {c.max_iters for c in configs}
+    if len(iters) > 1:
+        raise ValueError(f"configs must share max_iters, got {sorted(iters)}")
+    runs = run_toy(configs, device=device, callback=callback, max_trace_points=TRACE_POINTS_PER_RUN)
+    return [run_result(r, nums=n) for r, n in zip(runs, batch_numbers(runs), strict=True)]
 
 
 INLINE_TRACE_POINTS = 50_000  # a sweep whose traces total at most this many points keeps them in its JSON too

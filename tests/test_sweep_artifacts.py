@@ -166,3 +166,11 @@ def test_bounds_over_the_batch_equal_bounds_run_by_run():
     for r, b in zip(runs, batched, strict=True):
         alone = json_safe({"hypotheses": hypotheses(r), "bounds": bound_checks(r)})
         assert strip_wall(alone) == {"hypotheses": b["hypotheses"], "bounds": b["bounds"]}
+
+
+def test_a_run_with_nan_vectors_rebuilt_from_columns_is_strict_json_like_run_spec():
+    spec = BASE | {"penalty": "tl1", "sweep": {"a": [1.0, 1e300]}}  # the second row's u is NaN (a overflows)
+    result, columns = run_spec_columnar(spec, inline_points=0)
+    rebuilt = merge_columns(result, {k: v.numpy() for k, v in columns.items()})
+    assert any(None in rebuilt["runs"][1]["final"][v] for v in ("w", "u"))
+    assert strip_wall(json.loads(json.dumps(rebuilt, allow_nan=False))) == strip_wall(run_spec(spec))
