@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         12 * 3600, ge=1, description="Redis visibility timeout: longer than the longest job"
     )
     lease_s: float = Field(60.0, gt=0, description="a running job whose worker is silent this long may be taken over")
+    batch_jobs: int = Field(
+        256, ge=1, description="most small toy jobs a worker runs together as one batch (1: each job alone)"
+    )
     progress_interval_s: float = Field(0.5, gt=0, description="how often a running job writes progress and metrics")
     device: str | None = Field(None, description="torch device for workers; default: cuda when present, else cpu")
     toy_d_cap: int = Field(100_000, ge=1, description="largest d of a toy job (also the length of w_star / w0)")

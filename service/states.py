@@ -19,6 +19,11 @@ its broker message should have been claimed. Past it, the reconciler acts. Every
 conditional UPDATE on the row (``WHERE id = ? AND state = ? AND ...``), so two actors racing for a
 job cannot both win: a duplicate broker message is harmless (its claim misses), a lost one is
 repaired by the reconciler.
+
+A worker may hold several small toy jobs at once and run them as one batch (:mod:`worker.batches`):
+``claim_all``, ``renew_all`` and ``release_all`` move a set of jobs in one UPDATE, and progress and
+finish take ``commit=False`` so that a batch writes all its jobs in one transaction. Each row still
+makes its own transition under the same conditions.
 """
 
 from __future__ import annotations
@@ -78,15 +83,20 @@ def allowed(event: str, src: str, dst: str) -> bool:
 def _move(session: Session, event: str, job_id: str, *where: ColumnElement[bool], **values: object) -> bool:
     """One conditional UPDATE for ``event``: the row must be in one of the event's source states and
     match ``where``; ``True`` when this call made the transition. Does not commit."""
+    return _move_all(session, event, [job_id], *where, **values) == 1
+
+
+def _move_all(session: Session, event: str, ids: list[str], *where: ColumnElement[bool], **values: object) -> int:
+    """:func:`_move` for every job of ``ids`` in one UPDATE; how many moved."""
     froms, tos, _ = TRANSITIONS[event]
     target = values.get("state")
     if isinstance(target, str) and target not in tos:  # the table is the rule, also for this module's own code
         raise ValueError(f"{event} cannot move a job to {target!r}; it moves to {sorted(tos)}")
-    stmt = update(Job).where(Job.id == job_id, Job.state.in_([str(s) for s in froms]), *where).values(**values)
-    ok = cast(CursorResult, session.execute(stmt)).rowcount == 1
-    if ok and event not in UNCOUNTED:
-        telemetry.bump(session, "transition", event=event)
-    return ok
+    stmt = update(Job).where(Job.id.in_(ids), Job.state.in_([str(s) for s in froms]), *where).values(**values)
+    moved = cast(CursorResult, session.execute(stmt)).rowcount
+    if moved and event not in UNCOUNTED:
+        telemetry.bump(session, "transition", moved, event=event)
+    return moved
 
 
 def _after(seconds: float) -> dt.datetime:
@@ -125,15 +135,38 @@ def request_cancel(session: Session, job: Job) -> Job:
 # ----------------------------------------------------------------------------- worker
 def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Job | None:
     """claim: take a queued job for ``worker`` under a lease. ``None``: not ours to run (finished,
-    cancelled, deleted, or running under another worker, whose lease the reconciler watches)."""
+    cancelled, deleted, or running under another worker, whose lease the reconciler watches). A job
+    seen not queued is passed over with a read alone (no write lock): the messages of jobs that ran in
+    another's batch cost little."""
+    if session.scalar(select(Job.state).where(Job.id == job_id)) != str(Q):
+        session.rollback()  # end the read transaction
+        return None
+    return session.get(Job, job_id, populate_existing=True) if claim_all(session, [job_id], worker, lease_s) else None
+
+
+def claim_all(session: Session, ids: list[str], worker: str, lease_s: float) -> list[str]:
+    """claim every job of ``ids`` that is still queued (one UPDATE, one commit); the ids this worker now holds."""
     now = utcnow()
-    ok = _move(
-        session, "claim", job_id, Job.cancel_requested.is_(False),
+    moved = _move_all(
+        session, "claim", ids, Job.cancel_requested.is_(False),
         state=str(R), worker=worker, lease_until=now + dt.timedelta(seconds=lease_s),
         attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now), error=None,
     )  # fmt: skip
     session.commit()
-    return session.get(Job, job_id, populate_existing=True) if ok else None
+    if moved in (0, len(ids)):
+        return list(ids) if moved else []
+    held = set(session.scalars(select(Job.id).where(Job.id.in_(ids), Job.state == str(R), _held_by(worker))))
+    return [i for i in ids if i in held]
+
+
+def batch_candidates(session: Session, *, queue: str, max_iters: int, limit: int) -> list[tuple[str, dict]]:
+    """Queued toy jobs on ``queue`` with this ``max_iters``, never attempted (a job whose worker was lost
+    runs alone next time), oldest first: ``(id, spec)`` for a worker to pick batch-mates from."""
+    q = (select(Job.id, Job.spec)
+         .where(Job.state == str(Q), Job.queue == queue, Job.kind == "toy", Job.max_iters == max_iters,
+                Job.attempts == 0, Job.cancel_requested.is_(False))
+         .order_by(Job.created_at).limit(limit))  # fmt: skip
+    return [(i, spec) for i, spec in session.execute(q).all()]
 
 
 def report_progress(
@@ -147,30 +180,36 @@ def report_progress(
     max_iters: int,
     eta_s: float | None,
     points: list[dict],
+    commit: bool = True,
 ) -> bool:
     """progress: write progress and new trace points and renew the lease. ``False``: stop, the job was
-    cancelled, deleted or taken from this worker."""
+    cancelled, deleted or taken from this worker. ``commit=False``: the caller commits (a worker running
+    several jobs as one batch writes them all in one transaction)."""
     ok = _move(
         session, "progress", job_id, _held_by(worker), Job.cancel_requested.is_(False),
         progress=progress, iteration=iteration, max_iters=max_iters, eta_s=eta_s,
         lease_until=_after(lease_s), metrics_seq=Job.metrics_seq + len(points),
     )  # fmt: skip
-    if not ok:
-        session.rollback()
-        return False
-    last = session.scalar(select(Job.metrics_seq).where(Job.id == job_id))
-    first = (last or 0) - len(points) + 1
-    session.add_all(MetricPoint(job_id=job_id, seq=first + i, data=p) for i, p in enumerate(points))
-    session.commit()
-    return True
+    if ok:
+        last = session.scalar(select(Job.metrics_seq).where(Job.id == job_id))
+        first = (last or 0) - len(points) + 1
+        session.add_all(MetricPoint(job_id=job_id, seq=first + i, data=p) for i, p in enumerate(points))
+    if commit:
+        session.commit()
+    return ok
 
 
 def renew(session: Session, job_id: str, worker: str, lease_s: float) -> bool:
     """renew: extend the lease of a job this worker holds. A lease so means "its worker process is
     alive", whatever the job is doing (loading data, a long epoch). ``False``: no longer held."""
-    ok = _move(session, "renew", job_id, _held_by(worker), lease_until=_after(lease_s))
+    return renew_all(session, [job_id], worker, lease_s) == 1
+
+
+def renew_all(session: Session, ids: list[str], worker: str, lease_s: float) -> int:
+    """:func:`renew` for every job of ``ids`` (one UPDATE, one commit); how many are still held."""
+    n = _move_all(session, "renew", ids, _held_by(worker), lease_until=_after(lease_s))
     session.commit()
-    return ok
+    return n
 
 
 def finish(
@@ -183,9 +222,11 @@ def finish(
     result_path: str | None = None,
     summary: dict | None = None,
     artifacts: list[Artifact] | None = None,
+    commit: bool = True,
 ) -> bool:
     """finish: a job this worker holds ends in ``state`` with its artifacts (a job asked to cancel
-    that succeeds anyway ends cancelled). ``False``: the job is no longer this worker's."""
+    that succeeds anyway ends cancelled). ``False``: the job is no longer this worker's.
+    ``commit=False``: the caller commits (a worker that ran several jobs as one batch ends them in one)."""
     if state not in TERMINAL:
         raise ValueError(f"state must be one of {sorted(TERMINAL)}, got {state!r}")
     values: dict = dict(error=error, result_path=result_path, summary=summary, finished_at=utcnow(), lease_until=None)
@@ -194,23 +235,28 @@ def finish(
         values.update(progress=1.0, eta_s=0.0)
         if summary and "iters" in summary:
             values["iteration"] = summary["iters"]
-    if not _move(session, "finish", job_id, _held_by(worker), **values):
-        session.rollback()
-        return False
-    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
-    session.add_all(artifacts or [])
-    telemetry.observe_run(session, job_id)
-    session.commit()
-    return True
+    ok = _move(session, "finish", job_id, _held_by(worker), **values)
+    if ok:
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+        session.add_all(artifacts or [])
+        telemetry.observe_run(session, job_id)
+    if commit:
+        session.commit()
+    return ok
 
 
 def release(session: Session, job_id: str, worker: str) -> bool:
     """release: a worker that is shutting down hands its job back at once (no wait for the lease);
     the reconciler publishes it again, and a checkpoint job resumes from its last saved epoch."""
-    ok = _move(session, "release", job_id, _held_by(worker), Job.cancel_requested.is_(False),
-               state=str(Q), worker=None, lease_until=utcnow())  # fmt: skip
+    return release_all(session, [job_id], worker) == 1
+
+
+def release_all(session: Session, ids: list[str], worker: str) -> int:
+    """:func:`release` for every job of ``ids`` (one UPDATE, one commit); how many were handed back."""
+    n = _move_all(session, "release", ids, _held_by(worker), Job.cancel_requested.is_(False),
+                  state=str(Q), worker=None, lease_until=utcnow())  # fmt: skip
     session.commit()
-    return ok
+    return n
 
 
 # ----------------------------------------------------------------------------- reconciler

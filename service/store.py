@@ -10,10 +10,23 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from .db import Artifact, Job, MetricPoint
-from .states import claim, finish, new_job, release, renew, report_progress, request_cancel
+from .states import (
+    batch_candidates,
+    claim,
+    claim_all,
+    finish,
+    new_job,
+    release,
+    release_all,
+    renew,
+    renew_all,
+    report_progress,
+    request_cancel,
+)
 
-__all__ = ["new_job", "get_job", "list_jobs", "claim", "report_progress", "renew", "finish", "release",
-           "request_cancel", "metric_points", "artifacts", "delete_job"]  # fmt: skip
+__all__ = ["new_job", "get_job", "list_jobs", "claim", "claim_all", "batch_candidates", "report_progress", "renew",
+           "renew_all", "finish", "release", "release_all", "request_cancel", "metric_points", "artifacts",
+           "delete_job"]  # fmt: skip
 
 
 def get_job(session: Session, job_id: str, owner: str | None = None) -> Job | None:

@@ -6,7 +6,9 @@ service counts lives in the store instead:
 
 - ``rvsm_counters``: monotonic counters, bumped in the same transaction as the thing they count
   (a lifecycle transition, a run's duration into histogram buckets), so a rolled-back transition is
-  not counted; one atomic upsert per bump, no read-modify-write race between processes.
+  not counted. A transaction's bumps are summed per series and written when it commits, one atomic
+  upsert per series in key order (a worker ending a batch of jobs writes each bucket once; no
+  read-modify-write race, and no lock-order deadlock, between processes).
 - ``rvsm_workers``: one row per worker process, its heartbeat written by its reconciler thread.
 
 :class:`StoreCollector` turns those, and ``GROUP BY`` counts of the job table, into metric families
@@ -20,7 +22,7 @@ from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -49,9 +51,26 @@ def _upsert(session: Session, table: type[Base], values: dict, update: dict) -> 
     session.execute(stmt.on_conflict_do_update(index_elements=pk, set_=update))
 
 
+PENDING = "rvsm_counter_bumps"  # Session.info key: this transaction's bumps, summed per series
+
+
 def bump(session: Session, name: str, n: float = 1.0, **labels: str) -> None:
-    """Add ``n`` to a counter in the caller's transaction (committed, or rolled back, with it)."""
-    _upsert(session, Counter, {"key": _key(name, labels), "value": n}, {"value": Counter.value + n})
+    """Add ``n`` to a counter in the caller's transaction: written when it commits, dropped if it rolls back."""
+    session.connection()  # in a transaction now, so that a rollback (after_soft_rollback) drops the bump
+    pending = session.info.setdefault(PENDING, {})
+    key = _key(name, labels)
+    pending[key] = pending.get(key, 0.0) + n
+
+
+@event.listens_for(Session, "before_commit")
+def _write_bumps(session: Session) -> None:
+    for key, n in sorted(session.info.pop(PENDING, {}).items()):
+        _upsert(session, Counter, {"key": key, "value": n}, {"value": Counter.value + n})
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_bumps(session: Session, _previous: object) -> None:
+    session.info.pop(PENDING, None)
 
 
 def observe_run(session: Session, job_id: str) -> None:

@@ -78,18 +78,21 @@ def test_metrics_need_a_key_when_keys_are_set(tmp_path):
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_counters_add_up_from_several_sessions(tmp_path, store):
     """The upsert is atomic: bumps from separate sessions (as from separate processes) add, none is lost,
-    and a rolled-back bump is not counted."""
+    a transaction's bumps of one series are summed into one upsert, and a rolled-back bump is not counted,
+    not even by a later commit of the same session."""
     url = f"sqlite:///{tmp_path / 'c.db'}" if store == "sqlite" else POSTGRES_URL
     sessions = get_sessionmaker(url)
     name = f"test_{uuid.uuid4().hex[:8]}"
     try:
         for n in (1, 2.5):
             with sessions() as s:
-                telemetry.bump(s, name, n, event="x")
+                telemetry.bump(s, name, n / 2, event="x")
+                telemetry.bump(s, name, n / 2, event="x")
                 s.commit()
         with sessions() as s:
             telemetry.bump(s, name, 100, event="x")
             s.rollback()
+            s.commit()
         with sessions() as s:
             assert s.get(Counter, telemetry._key(name, {"event": "x"})).value == 3.5
     finally:
