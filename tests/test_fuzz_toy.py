@@ -21,7 +21,7 @@ from service.config import Settings
 from service.plots import convergence_png
 from service.schemas import ToySpecCreate
 from tests.service_helpers import REDIS_URL, make_client, unique_queue
-from worker.jobs import summarize_toy
+from worker.outcomes import summarize_toy
 
 FLOATS = st.one_of(
     st.sampled_from(

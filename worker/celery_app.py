@@ -17,7 +17,7 @@ from service.config import Settings
 from service.queue import base_config
 
 from . import reconciler
-from .jobs import shutting_down
+from .progress import shutting_down
 from .tasks import register
 
 
