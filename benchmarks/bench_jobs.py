@@ -10,9 +10,9 @@ in a temporary directory; jobs are submitted through the real ASGI app in this p
    configurations as one sweep job, two ways, alternated (jobs, sweep, ... ``--repeats`` times; each
    ratio within a repeat, printed as median and range):
 
-   - *a backlog* (the target, <= 10x): everything submitted while the worker is stopped (SIGSTOP), timed
-     from letting it go on (SIGCONT) to the last ``finished_at`` in the store: the worker's own time, which
-     queued small jobs share by running as one batch (``worker.batches``);
+   - *a backlog* (the target, <= 10x): everything submitted while the worker is stopped (SIGSTOP), then let
+     go on (SIGCONT), timed from its first claim to its last finish (``started_at``, ``finished_at`` in the
+     store): the worker's own time, which queued small jobs share by running as one batch (``worker.batches``);
    - *one by one*: submitted one request at a time while the worker runs, timed from the first submission to
      the last job seen finished; this end-to-end figure also holds the API's time per request (the sweep
      is one request), and is printed with that time.
@@ -110,23 +110,24 @@ class Stack:
         return time.perf_counter() - t0
 
     def backlog(self, specs: list[dict], *, timeout: float = 3600) -> float:
-        """Submit ``specs`` while the worker is stopped, then let it go on: seconds from then to the last
-        ``finished_at`` in the store (the worker's own clock, the same machine's)."""
+        """Submit ``specs`` while the worker is stopped, then let it go on: seconds from its first claim to its
+        last finish, from the store (``started_at``, ``finished_at``: the worker's clock), so that the time the
+        stopped process takes to wake up counts on neither side."""
         from sqlalchemy import func, select
 
-        from service.db import Job, get_sessionmaker, utcnow
+        from service.db import Job, get_sessionmaker
 
         os.killpg(self.proc.pid, signal.SIGSTOP)
         try:
             ids = self.last_ids = [self.submit(s) for s in specs]
         finally:
-            start = utcnow()
             os.killpg(self.proc.pid, signal.SIGCONT)
         self.wait(ids, timeout)
         with get_sessionmaker(self.settings.resolved_database_url)() as s:
-            last = s.scalar(select(func.max(Job.finished_at)).where(Job.id.in_(ids)))
+            first, last = s.execute(select(func.min(Job.started_at), func.max(Job.finished_at))
+                                    .where(Job.id.in_(ids))).one()  # fmt: skip
             self.batches = int(s.scalar(select(func.count(func.distinct(Job.worker))).where(Job.id.in_(ids))) or 0)
-        return (last - start).total_seconds()
+        return (last - first).total_seconds()
 
     def wait(self, ids: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -259,10 +260,11 @@ def report(args: argparse.Namespace, out: dict, wall: float) -> str:
         "",
         f"**Per-job overhead.** {args.jobs} trivial toy jobs (k=2, d=10, 100 iterations) through the API and one "
         f"worker, against the same {args.jobs} configurations as one sweep job. *Backlog* (the target): all "
-        "submitted while the worker is stopped (SIGSTOP), timed from letting it go on to the last `finished_at` in "
-        "the store, the worker's own time. *One by one*: one request per job while the worker runs, from the first "
-        "submission to the last job seen finished, which also holds the API's time per request (the sweep is one "
-        "request). The floor: `run_toy` on each configuration alone in the benchmark's process, no service. "
+        "submitted while the worker is stopped (SIGSTOP), then let go on, timed from its first claim to its last "
+        "finish (`started_at`, `finished_at` in the store): the worker's own time. *One by one*: one request per "
+        "job while the worker runs, from the first submission to the last job seen finished, which also holds "
+        "the API's time per request (the sweep is one request). The floor: `run_toy` on each configuration "
+        "alone in the benchmark's process, no service. "
         f"{args.repeats} alternating repeats (backlog jobs, backlog sweep, jobs, sweep, floor, ...). "
         "Median (min–max).",
         "",

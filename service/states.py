@@ -33,7 +33,7 @@ import uuid
 from enum import StrEnum
 from typing import cast
 
-from sqlalchemy import CursorResult, and_, case, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Row, Update, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -88,15 +88,31 @@ def _move(session: Session, event: str, job_id: str, *where: ColumnElement[bool]
 
 def _move_all(session: Session, event: str, ids: list[str], *where: ColumnElement[bool], **values: object) -> int:
     """:func:`_move` for every job of ``ids`` in one UPDATE; how many moved."""
+    moved = cast(CursorResult, session.execute(_transition(event, ids, where, values))).rowcount
+    if moved and event not in UNCOUNTED:
+        telemetry.bump(session, "transition", moved, event=event)
+    return moved
+
+
+def _move_returning(
+    session: Session, event: str, job_id: str, *where: ColumnElement[bool], returning: tuple, **values: object
+) -> Row | None:
+    """:func:`_move`, returning the columns ``returning`` of the row after the move (``None``: it did not move)."""
+    row = session.execute(_transition(event, [job_id], where, values).returning(*returning)).first()
+    if row is not None and event not in UNCOUNTED:
+        telemetry.bump(session, "transition", event=event)
+    return row
+
+
+def _transition(event: str, ids: list[str], where: tuple[ColumnElement[bool], ...], values: dict) -> Update:
     froms, tos, _ = TRANSITIONS[event]
     target = values.get("state")
     if isinstance(target, str) and target not in tos:  # the table is the rule, also for this module's own code
         raise ValueError(f"{event} cannot move a job to {target!r}; it moves to {sorted(tos)}")
     stmt = update(Job).where(Job.id.in_(ids), Job.state.in_([str(s) for s in froms]), *where).values(**values)
-    moved = cast(CursorResult, session.execute(stmt)).rowcount
-    if moved and event not in UNCOUNTED:
-        telemetry.bump(session, "transition", moved, event=event)
-    return moved
+    # no in-session sync: the caller reads rows back after its commit (which expires them); "evaluate" matched
+    # the criteria against every object in the session, quadratic in a batch that adds trace points and artifacts
+    return stmt.execution_options(synchronize_session=False)
 
 
 def _after(seconds: float) -> dt.datetime:
@@ -222,27 +238,36 @@ def finish(
     result_path: str | None = None,
     summary: dict | None = None,
     artifacts: list[Artifact] | None = None,
+    points: list[dict] | None = None,
     commit: bool = True,
 ) -> bool:
-    """finish: a job this worker holds ends in ``state`` with its artifacts (a job asked to cancel
-    that succeeds anyway ends cancelled). ``False``: the job is no longer this worker's.
-    ``commit=False``: the caller commits (a worker that ran several jobs as one batch ends them in one)."""
+    """finish: a job this worker holds ends in ``state`` with its artifacts and its last trace ``points``
+    (a job asked to cancel that succeeds anyway ends cancelled). ``False``: the job is no longer this
+    worker's. ``commit=False``: the caller commits (a worker that ran several jobs as one batch ends them
+    in one transaction; rows added here are inserted together at its flush)."""
     if state not in TERMINAL:
         raise ValueError(f"state must be one of {sorted(TERMINAL)}, got {state!r}")
-    values: dict = dict(error=error, result_path=result_path, summary=summary, finished_at=utcnow(), lease_until=None)
+    points = points or []
+    values: dict = dict(error=error, result_path=result_path, summary=summary, finished_at=utcnow(), lease_until=None,
+                        metrics_seq=Job.metrics_seq + len(points))  # fmt: skip
     values["state"] = case((Job.cancel_requested.is_(True), str(C)), else_=state) if state == S else state
     if state == S:
         values.update(progress=1.0, eta_s=0.0)
         if summary and "iters" in summary:
             values["iteration"] = summary["iters"]
-    ok = _move(session, "finish", job_id, _held_by(worker), **values)
-    if ok:
-        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
-        session.add_all(artifacts or [])
-        telemetry.observe_run(session, job_id)
+    with session.no_autoflush:
+        row = _move_returning(session, "finish", job_id, _held_by(worker), **values,
+                              returning=(Job.kind, Job.state, Job.started_at, Job.finished_at, Job.metrics_seq))
+        if row is not None:
+            session.execute(delete(Artifact).where(Artifact.job_id == job_id)
+                            .execution_options(synchronize_session=False))  # fmt: skip
+            session.add_all(artifacts or [])
+            first = row.metrics_seq - len(points) + 1
+            session.add_all(MetricPoint(job_id=job_id, seq=first + i, data=p) for i, p in enumerate(points))
+            telemetry.observe_run(session, row.kind, row.state, row.started_at, row.finished_at)
     if commit:
         session.commit()
-    return ok
+    return row is not None
 
 
 def release(session: Session, job_id: str, worker: str) -> bool:

@@ -73,18 +73,18 @@ def _drop_bumps(session: Session, _previous: object) -> None:
     session.info.pop(PENDING, None)
 
 
-def observe_run(session: Session, job_id: str) -> None:
+def observe_run(
+    session: Session, kind: str, state: str, started_at: dt.datetime | None, finished_at: dt.datetime | None
+) -> None:
     """Add a finished job's run time (``finished_at - started_at``) to the run-duration histogram."""
-    row = session.execute(select(Job.kind, Job.state, Job.started_at, Job.finished_at).where(Job.id == job_id)).one()
-    if row.started_at is None or row.finished_at is None:
+    if started_at is None or finished_at is None:
         return
-    seconds = max((row.finished_at - row.started_at).total_seconds(), 0.0)
-    labels = {"kind": row.kind, "state": row.state}
+    seconds = max((finished_at - started_at).total_seconds(), 0.0)
     for le in RUN_BUCKETS:
         if seconds <= le:
-            bump(session, "run_seconds_bucket", le=repr(float(le)), **labels)
-    bump(session, "run_seconds_count", **labels)
-    bump(session, "run_seconds_sum", seconds, **labels)
+            bump(session, "run_seconds_bucket", le=repr(float(le)), kind=kind, state=state)
+    bump(session, "run_seconds_count", kind=kind, state=state)
+    bump(session, "run_seconds_sum", seconds, kind=kind, state=state)
 
 
 def heartbeat(session: Session, *, name: str, queues: Iterable[str], interval_s: float, pid: int) -> None:

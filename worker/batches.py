@@ -88,7 +88,7 @@ def run_together(settings: Settings, worker: str, jobs: list[tuple[str, dict]]) 
         try:
             reporter.check_shutdown()
             results = list(run_batch([c for _, c in runnable], device=settings.device, callback=reporter))
-            reporter.flush()
+            reporter.check_shutdown()  # the last points are written with each finish, not in a flush of their own
         except Released:
             with get_sessionmaker(settings.resolved_database_url)() as s:
                 n = store.release_all(s, [j for j, _ in jobs], worker)
@@ -102,6 +102,7 @@ def run_together(settings: Settings, worker: str, jobs: list[tuple[str, dict]]) 
             return None
         for (job_id, _), result in zip(runnable, results, strict=True):
             ends[job_id] = _end(settings, job_id, None if job_id in reporter.stopped else result)
+            ends[job_id].points = reporter.take(job_id)
     return conclude(settings, worker, [ends[j] for j, _ in jobs])
 
 

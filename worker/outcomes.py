@@ -68,6 +68,7 @@ class End:
     result_path: str | None = None
     summary: dict | None = None
     artifacts: list[Artifact] = field(default_factory=list)
+    points: list[dict] = field(default_factory=list)  # trace points not yet written (a batch's last ones)
 
 
 def conclude(settings: Settings, worker: str, ends: list[End]) -> list[str]:
@@ -76,7 +77,8 @@ def conclude(settings: Settings, worker: str, ends: list[End]) -> list[str]:
     sessions = get_sessionmaker(settings.resolved_database_url)
     with sessions() as s:
         done = [store.finish(s, e.job_id, worker, state=e.state, error=e.error, result_path=e.result_path,
-                             summary=e.summary, artifacts=e.artifacts, commit=False) for e in ends]  # fmt: skip
+                             summary=e.summary, artifacts=e.artifacts, points=e.points, commit=False)
+                for e in ends]  # fmt: skip
         s.commit()
     outcomes = []
     for e, ok in zip(ends, done, strict=True):

@@ -110,19 +110,25 @@ class Reporter:
         self.last = time.monotonic()
         with self.sessions() as s:
             for job in self.ids:
-                points, self.buffers[job] = self.buffers[job], []
+                points = self.take(job)
                 if job in self.stopped:
                     continue
-                for pt in points:  # JSON has no NaN: undefined angles travel as null
-                    for k, v in pt.items():
-                        if isinstance(v, float) and v != v:
-                            pt[k] = None
                 if not store.report_progress(s, job, self.worker, lease_s=self.settings.lease_s, points=points,
                                              commit=False, **self.states[job]):  # fmt: skip
                     self.stopped.add(job)
             s.commit()
         if len(self.stopped) == len(self.ids):
             raise Stop
+
+
+    def take(self, job: str) -> list[dict]:
+        """The trace points of ``job`` not yet written, as strict JSON (an undefined angle, NaN, is null)."""
+        points, self.buffers[job] = self.buffers[job], []
+        for pt in points:
+            for k, v in pt.items():
+                if isinstance(v, float) and v != v:
+                    pt[k] = None
+        return points
 
 
 class Heartbeat:
