@@ -9,7 +9,8 @@ once with all its data lost, waits, and prints:
 
 - lost: a submitted job the store no longer has; stuck: not finished when the drill's deadline
   passes; run twice at the same time: two workers' runs of one job that overlap in time (from the
-  worker logs: each run lasts from its "running ... as" line to the end of its task, or its kill);
+  worker logs: each run lasts from its "running ... as" line to the end of its task, or its kill; a batch's
+  task runs several jobs);
 - recovery seconds: from a SIGKILL to the reconciler's requeue of the job the worker held (the job
   then waits its turn in the queue).
 
@@ -151,21 +152,20 @@ def parse_runs(workers: Workers) -> tuple[list[tuple[str, float, float]], list[t
     """Each run of a job by a worker process as (job, start, end), and each requeue as (job, time)."""
     runs, requeues = [], []
     for log, _, died in workers.runs:
-        current: tuple[str, float] | None = None
+        current: dict[str, float] = {}  # the jobs of the task running now (a batch holds several), from when
         for line in log.read_text(errors="replace").splitlines():
             m = STAMP.match(line)
             if not m:
                 continue
             t, msg = _ts(m.group(1)), m.group(2)
             if (r := re.match(r"job (\w+): running \(", msg)) is not None:
-                current = (r.group(1), t)
-            elif msg.startswith("Task rvsm.run_job[") and current is not None:
-                runs.append((current[0], current[1], t))
-                current = None
+                current.setdefault(r.group(1), t)  # a failed batch's job run again alone: still one run
+            elif msg.startswith("Task rvsm.run_job["):
+                runs.extend((job, start, t) for job, start in current.items())
+                current = {}
             if (r := re.match(r"job (\w+): lease of .* expired .*: requeue", msg)) is not None:
                 requeues.append((r.group(1), t))
-        if current is not None:  # killed while running it
-            runs.append((current[0], current[1], died or time.time()))
+        runs.extend((job, start, died or time.time()) for job, start in current.items())  # killed while running
     return runs, requeues
 
 

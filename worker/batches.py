@@ -81,7 +81,8 @@ def run_together(settings: Settings, worker: str, jobs: list[tuple[str, dict]]) 
             runnable.append((job_id, config_from_spec(spec)))
         except SpecError as e:
             ends[job_id] = End(job_id, "failed", error=f"invalid input: {e}")
-    log.info("jobs %s and %d more: running as one batch as %s", jobs[0][0], len(jobs) - 1, worker)
+    for job_id, _ in jobs:  # a line per job, as alone (the drill reads them)
+        log.info("job %s: running (toy, in a batch of %d) as %s", job_id, len(jobs), worker)
     if runnable:
         reporter = Reporter(settings, [j for j, _ in runnable], worker)
         results: list[dict | None]
