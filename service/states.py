@@ -21,9 +21,11 @@ job cannot both win: a duplicate broker message is harmless (its claim misses), 
 repaired by the reconciler.
 
 A worker may hold several small toy jobs at once and run them as one batch (:mod:`worker.batches`):
+``join_batch`` renames the holder of the job it claimed to a batch name (ending in :data:`BATCH`),
 ``claim_all``, ``renew_all`` and ``release_all`` move a set of jobs in one UPDATE, and progress and
 finish take ``commit=False`` so that a batch writes all its jobs in one transaction. Each row still
-makes its own transition under the same conditions.
+makes its own transition under the same conditions. A job lost in a batch is requeued without the
+attempt counted, and, started once, never joins a batch again.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from enum import StrEnum
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import CursorResult, Row, Update, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -58,6 +60,7 @@ TRANSITIONS: dict[str, tuple[frozenset[JobState], frozenset[JobState], str]] = {
     "claim": (frozenset({Q}), frozenset({R}), "worker"),
     "progress": (frozenset({R}), frozenset({R}), "worker holding the lease"),
     "renew": (frozenset({R}), frozenset({R}), "worker holding the lease (a heartbeat while the job computes)"),
+    "join_batch": (frozenset({R}), frozenset({R}), "worker holding the lease: it takes batch-mates (worker.batches)"),
     "finish": (frozenset({R}), TERMINAL, "worker holding the lease"),
     "release": (frozenset({R}), frozenset({Q}), "worker holding the lease, shutting down"),
     "cancel": (frozenset({Q, R}), frozenset({C, R}), "api (a running job only gets cancel_requested)"),
@@ -68,7 +71,7 @@ TRANSITIONS: dict[str, tuple[frozenset[JobState], frozenset[JobState], str]] = {
 }
 
 
-UNCOUNTED = frozenset({"progress", "renew"})
+UNCOUNTED = frozenset({"progress", "renew", "join_batch"})
 """Events not counted in ``rvsm_job_transitions`` (they happen every few seconds of every running job)."""
 
 
@@ -149,15 +152,25 @@ def request_cancel(session: Session, job: Job) -> Job:
 
 
 # ----------------------------------------------------------------------------- worker
-def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Job | None:
+class Claimed(NamedTuple):
+    """A job just claimed, and whether this was its first claim ever (never started before)."""
+
+    job: Job
+    first: bool
+
+
+def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Claimed | None:
     """claim: take a queued job for ``worker`` under a lease. ``None``: not ours to run (finished,
     cancelled, deleted, or running under another worker, whose lease the reconciler watches). A job
     seen not queued is passed over with a read alone (no write lock): the messages of jobs that ran in
     another's batch cost little."""
-    if session.scalar(select(Job.state).where(Job.id == job_id)) != str(Q):
+    seen = session.execute(select(Job.state, Job.started_at).where(Job.id == job_id)).first()
+    if seen is None or seen.state != str(Q):
         session.rollback()  # end the read transaction
         return None
-    return session.get(Job, job_id, populate_existing=True) if claim_all(session, [job_id], worker, lease_s) else None
+    if not claim_all(session, [job_id], worker, lease_s):
+        return None
+    return Claimed(session.get_one(Job, job_id, populate_existing=True), seen.started_at is None)
 
 
 def claim_all(session: Session, ids: list[str], worker: str, lease_s: float) -> list[str]:
@@ -175,14 +188,31 @@ def claim_all(session: Session, ids: list[str], worker: str, lease_s: float) -> 
     return [i for i in ids if i in held]
 
 
+BATCH = "+batch"
+"""The end of the holder's name while a worker runs several jobs as one batch (:func:`join_batch`)."""
+
+
+def in_batch(worker: str | None) -> bool:
+    return worker is not None and worker.endswith(BATCH)
+
+
 def batch_candidates(session: Session, *, queue: str, max_iters: int, limit: int) -> list[tuple[str, dict]]:
-    """Queued toy jobs on ``queue`` with this ``max_iters``, never attempted (a job whose worker was lost
-    runs alone next time), oldest first: ``(id, spec)`` for a worker to pick batch-mates from."""
+    """Queued toy jobs on ``queue`` with this ``max_iters`` that were never started (a job whose worker was
+    lost, or that was handed back, runs alone), oldest first: ``(id, spec)`` for a worker to pick batch-mates from."""
     q = (select(Job.id, Job.spec)
          .where(Job.state == str(Q), Job.queue == queue, Job.kind == "toy", Job.max_iters == max_iters,
-                Job.attempts == 0, Job.cancel_requested.is_(False))
+                Job.started_at.is_(None), Job.cancel_requested.is_(False))
          .order_by(Job.created_at).limit(limit))  # fmt: skip
     return [(i, spec) for i, spec in session.execute(q).all()]
+
+
+def join_batch(session: Session, job_id: str, worker: str, lease_s: float) -> str | None:
+    """The job ``worker`` holds becomes the first of a batch: held from now on under ``worker + BATCH`` (the name
+    its mates are claimed under, so that the reconciler knows a lost batch); that name, or ``None`` if not held."""
+    batch = worker + BATCH
+    ok = _move(session, "join_batch", job_id, _held_by(worker), worker=batch, lease_until=_after(lease_s))
+    session.commit()
+    return batch if ok else None
 
 
 def report_progress(
@@ -294,7 +324,9 @@ def expired(session: Session, limit: int = 500) -> list[Job]:
 def recover(session: Session, job: Job, *, max_attempts: int, dispatch_s: float) -> str | None:
     """The transition for a running job whose lease ran out: ``reap`` (cancel was asked),
     ``give_up`` (``attempts`` reached ``max_attempts``) or ``requeue``. Returns the event made, or
-    ``None`` when another reconciler (or a late progress write) got there first."""
+    ``None`` when another reconciler (or a late progress write) got there first. A job lost in a batch
+    is requeued without the attempt counted: it has been started, so it never joins a batch again, and a
+    poison job among its mates then kills only runs of its own (:func:`batch_candidates`)."""
     now = utcnow()
     stale = (Job.lease_until == job.lease_until, Job.lease_until < now)
     if job.cancel_requested:
@@ -305,6 +337,8 @@ def recover(session: Session, job: Job, *, max_attempts: int, dispatch_s: float)
         event, values = "give_up", dict(state=str(F), finished_at=now, lease_until=None, error=error)
     else:
         event, values = "requeue", dict(state=str(Q), worker=None, lease_until=now + dt.timedelta(seconds=dispatch_s))
+        if in_batch(job.worker):  # not charged (who killed the batch is unknown); it runs alone from now on
+            values["attempts"] = Job.attempts - 1
     ok = _move(session, event, job.id, *stale, **values)
     session.commit()
     return event if ok else None

@@ -15,6 +15,7 @@ from .states import (
     claim,
     claim_all,
     finish,
+    join_batch,
     new_job,
     release,
     release_all,
@@ -24,8 +25,8 @@ from .states import (
     request_cancel,
 )
 
-__all__ = ["new_job", "get_job", "list_jobs", "claim", "claim_all", "batch_candidates", "report_progress", "renew",
-           "renew_all", "finish", "release", "release_all", "request_cancel", "metric_points", "artifacts",
+__all__ = ["new_job", "get_job", "list_jobs", "claim", "claim_all", "batch_candidates", "join_batch", "report_progress",
+           "renew", "renew_all", "finish", "release", "release_all", "request_cancel", "metric_points", "artifacts",
            "delete_job"]  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import redis
 from sqlalchemy import update
 
 from rvsm.toy import config_from_spec, run_batch, run_spec
-from service.db import Job, get_sessionmaker
+from service.db import Job, get_sessionmaker, utcnow
 from tests.service_helpers import REDIS_URL, make_client, unique_queue
 from worker import batches
 from worker.jobs import execute
@@ -106,11 +106,11 @@ def test_queued_small_jobs_run_as_one_batch_each_as_if_alone(stack):
 
 
 def test_a_retried_job_runs_alone_and_is_no_batch_mate(stack):
-    """A job whose worker was lost (attempts > 0) may be a poison job: it neither joins nor takes mates."""
+    """A job that was started before (its worker lost) may be a poison job: it neither joins nor takes mates."""
     client, settings = stack
     retried, a, b = (submit(client, BASE | {"teacher": {"seed": s}}) for s in range(3))
-    with get_sessionmaker(settings.resolved_database_url)() as s:
-        s.execute(update(Job).where(Job.id == retried).values(attempts=1))  # requeued after a lost worker
+    with get_sessionmaker(settings.resolved_database_url)() as s:  # requeued after a lost worker: started once
+        s.execute(update(Job).where(Job.id == retried).values(attempts=1, started_at=utcnow()))
         s.commit()
     assert execute(a, settings=settings) == "succeeded"
     jobs = rows(settings, [retried, a, b])
@@ -178,5 +178,5 @@ def test_a_worker_shutting_down_hands_the_whole_batch_back(stack):
         shutting_down.clear()
     jobs = rows(settings, ids)
     assert {j.state for j in jobs.values()} == {"queued"} and {j.worker for j in jobs.values()} == {None}
-    assert execute(ids[2], settings=settings) == "succeeded"  # an attempt was spent: each now runs alone
+    assert execute(ids[2], settings=settings) == "succeeded"  # handed back, so started: each now runs alone
     assert [j.state for j in rows(settings, ids).values()] == ["queued", "queued", "succeeded"]

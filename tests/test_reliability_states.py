@@ -40,7 +40,8 @@ def test_the_table_names_every_state_and_rejects_unknown_events():
 def test_only_one_of_two_claims_wins_and_only_the_holder_writes(sessions):
     with sessions() as s:
         job_id = _new(s)
-        assert states.claim(s, job_id, "a", 60).attempts == 1
+        claimed = states.claim(s, job_id, "a", 60)
+        assert claimed.job.attempts == 1 and claimed.first
         assert states.claim(s, job_id, "b", 60) is None  # a live lease: the second claim misses
         assert states.renew(s, job_id, "a", 60) and not states.renew(s, job_id, "b", 60)
         kw = dict(lease_s=60, progress=0.5, iteration=5, max_iters=10, eta_s=1.0)
@@ -60,7 +61,8 @@ def test_an_expired_lease_is_requeued_then_given_up_after_max_attempts(sessions)
     with sessions() as s:
         job_id = _new(s)
         for attempt in (1, 2, 3):
-            assert states.claim(s, job_id, f"w{attempt}", 60).attempts == attempt
+            claimed = states.claim(s, job_id, f"w{attempt}", 60)
+            assert claimed.job.attempts == attempt and claimed.first == (attempt == 1)
             job = _expire(s, job_id)
             assert [j.id for j in states.expired(s)] == [job_id]
             event = states.recover(s, job, max_attempts=3, dispatch_s=5)
@@ -139,3 +141,19 @@ def _open_store(url: str) -> None:
     from service.db import get_engine
 
     get_engine(url)
+
+
+def test_a_job_lost_in_a_batch_is_requeued_without_the_attempt_and_never_batched_again(sessions):
+    with sessions() as s:
+        first, mate, alone = _new(s), _new(s), _new(s)
+        assert states.claim(s, first, "w", 60).first and states.claim(s, alone, "v", 60).first
+        batch = states.join_batch(s, first, "w", 60)
+        assert batch == "w" + states.BATCH and states.claim_all(s, [mate], batch, 60) == [mate]
+        for job_id in (first, mate, alone):  # the two workers die
+            assert states.recover(s, _expire(s, job_id), max_attempts=3, dispatch_s=5) == "requeue"
+        jobs = {j: s.get(Job, j, populate_existing=True) for j in (first, mate, alone)}
+        assert [jobs[j].attempts for j in (first, mate, alone)] == [0, 0, 1]  # only the lone job's loss counts
+        assert all(j.state == JobState.QUEUED and j.started_at is not None for j in jobs.values())
+        fresh = _new(s)
+        assert states.batch_candidates(s, queue="q", max_iters=10, limit=10) == [(fresh, {})]  # started: alone
+        assert not states.claim(s, first, "u", 60).first

@@ -8,10 +8,13 @@ delivered later, find them claimed or done) and runs them all with :func:`rvsm.t
 Each job keeps its own row, lease, progress, trace points, result file and finish, as if it ran alone
 (its numbers equal to rounding in the last bits, as a sweep's rows; ``final.wall_time_s`` is the batch's).
 Batch-mates must share ``max_iters`` (so a short job never waits on a long one, and each keeps the trace
-grid it would have alone), be on their first attempt (a job whose worker was lost runs alone next time,
-so a poison job cannot take its mates down twice), and together stay within the toy cap on
+grid it would have alone), never have been started (a job whose worker was lost, or that was handed back,
+runs alone from then on), and together stay within the toy cap on
 configurations x ``d``, and their traces within a sweep's total (:data:`rvsm.algorithms.TRACE_POINTS_TOTAL`).
-``RVSM_BATCH_JOBS`` caps the jobs of one batch (1: no batching).
+``RVSM_BATCH_JOBS`` caps the jobs of one batch (1: no batching). A batch is held under one name ending in
+:data:`service.states.BATCH`; if its worker is lost, the reconciler requeues its jobs without counting the
+attempt (nobody knows which job killed it), and each runs alone after: a poison job then fails by itself,
+having cost its mates a rerun and no attempt.
 """
 
 from __future__ import annotations
@@ -45,13 +48,16 @@ def batchable(spec: dict) -> bool:
     )
 
 
-def claim_mates(session: Session, settings: Settings, worker: str, job: Job) -> list[tuple[str, dict]]:
-    """Claim queued jobs to run as one batch with ``job`` (just claimed by ``worker``): ``[(id, spec)]``,
-    oldest first; none unless ``job`` is a batchable toy job on its first attempt."""
+def claim_mates(
+    session: Session, settings: Settings, worker: str, job: Job, *, first: bool
+) -> tuple[list[tuple[str, dict]], str]:
+    """Claim queued jobs to run as one batch with ``job`` (just claimed by ``worker``, for the ``first`` time):
+    ``([(id, spec)], holder)``, oldest first, and the name the batch is held under (``job``'s too, from now
+    on: :func:`service.states.join_batch`); no mates unless ``job`` is a batchable toy job never started before."""
     # the batch's traces stay within what one sweep may keep (each run may log up to max_iters + 1 points)
     most = min(settings.batch_jobs, TRACE_POINTS_TOTAL // min(TRACE_POINTS_PER_RUN, job.max_iters + 1))
-    if most < 2 or job.kind != "toy" or job.attempts != 1 or not batchable(job.spec):
-        return []
+    if most < 2 or not first or job.kind != "toy" or not batchable(job.spec):
+        return [], worker
     widest: int = job.spec["d"]
     chosen: list[tuple[str, dict]] = []
     for job_id, spec in store.batch_candidates(session, queue=job.queue, max_iters=job.max_iters,
@@ -63,10 +69,11 @@ def claim_mates(session: Session, settings: Settings, worker: str, job: Job) -> 
         widest = width
         if len(chosen) + 1 == most:
             break
-    if not chosen:
-        return []
-    held = set(store.claim_all(session, [j for j, _ in chosen], worker, settings.lease_s))
-    return [(j, spec) for j, spec in chosen if j in held]
+    batch = store.join_batch(session, job.id, worker, settings.lease_s) if chosen else None
+    if batch is None:
+        return [], worker
+    held = set(store.claim_all(session, [j for j, _ in chosen], batch, settings.lease_s))
+    return [(j, spec) for j, spec in chosen if j in held], batch
 
 
 def run_together(settings: Settings, worker: str, jobs: list[tuple[str, dict]]) -> list[str] | None:

@@ -60,12 +60,12 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with get_sessionmaker(settings.resolved_database_url)() as s:
-        job = store.claim(s, job_id, worker, settings.lease_s)
-        if job is None:
+        claimed = store.claim(s, job_id, worker, settings.lease_s)
+        if claimed is None:
             log.info("job %s: not claimable (finished, cancelled, deleted or held by a live worker)", job_id)
             return "skipped"
-        spec, kind = job.spec, job.kind
-        mates = claim_mates(s, settings, worker, job)
+        spec, kind = claimed.job.spec, claimed.job.kind
+        mates, worker = claim_mates(s, settings, worker, claimed.job, first=claimed.first)
     if not mates:
         return run_claimed(settings, worker, job_id, spec, kind)
     jobs = [(job_id, spec), *mates]
