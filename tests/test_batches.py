@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from rvsm.toy import config_from_spec, run_batch, run_spec
 from service.db import Job, get_sessionmaker, utcnow
-from tests.service_helpers import REDIS_URL, make_client, unique_queue
+from tests.service_helpers import POSTGRES_URL, REDIS_URL, make_client, unique_queue
 from worker import batches
 from worker.jobs import execute
 from worker.outcomes import summarize_toy
@@ -47,10 +47,11 @@ def close(a: object, b: object, path: str = "") -> None:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
-@pytest.fixture()
-def stack(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stack(tmp_path, request):
     queue = unique_queue("batch")
-    client = make_client(tmp_path, queue, progress_interval_s=0.05)
+    store = {} if request.param == "sqlite" else {"database_url": POSTGRES_URL}  # jobs apart by their own queue
+    client = make_client(tmp_path, queue, progress_interval_s=0.05, **store)
     settings = next(iter(client.app.dependency_overrides.values()))()
     yield client, settings
     redis.Redis.from_url(REDIS_URL).delete(queue)  # our queue's key only
