@@ -170,7 +170,8 @@ def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Claimed
         return None
     if not claim_all(session, [job_id], worker, lease_s):
         return None
-    return Claimed(session.get_one(Job, job_id, populate_existing=True), seen.started_at is None)
+    job = session.get(Job, job_id, populate_existing=True)  # None only if deleted since: its worker stops
+    return Claimed(job, seen.started_at is None) if job is not None else None
 
 
 def claim_all(session: Session, ids: list[str], worker: str, lease_s: float) -> list[str]:
