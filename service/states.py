@@ -232,18 +232,23 @@ def report_progress(
     """progress: write progress and new trace points and renew the lease. ``False``: stop, the job was
     cancelled, deleted or taken from this worker. ``commit=False``: the caller commits (a worker running
     several jobs as one batch writes them all in one transaction)."""
-    ok = _move(
-        session, "progress", job_id, _held_by(worker), Job.cancel_requested.is_(False),
-        progress=progress, iteration=iteration, max_iters=max_iters, eta_s=eta_s,
-        lease_until=_after(lease_s), metrics_seq=Job.metrics_seq + len(points),
-    )  # fmt: skip
-    if ok:
-        last = session.scalar(select(Job.metrics_seq).where(Job.id == job_id))
-        first = (last or 0) - len(points) + 1
-        session.add_all(MetricPoint(job_id=job_id, seq=first + i, data=p) for i, p in enumerate(points))
+    with session.no_autoflush:
+        row = _move_returning(
+            session, "progress", job_id, _held_by(worker), Job.cancel_requested.is_(False),
+            progress=progress, iteration=iteration, max_iters=max_iters, eta_s=eta_s,
+            lease_until=_after(lease_s), metrics_seq=Job.metrics_seq + len(points), returning=(Job.metrics_seq,),
+        )  # fmt: skip
+        if row is not None:
+            _add_points(session, job_id, row.metrics_seq, points)
     if commit:
         session.commit()
-    return ok
+    return row is not None
+
+
+def _add_points(session: Session, job_id: str, last_seq: int, points: list[dict]) -> None:
+    """Trace points numbered up to ``last_seq`` (the job's ``metrics_seq`` after the move that counted them)."""
+    first = last_seq - len(points) + 1
+    session.add_all(MetricPoint(job_id=job_id, seq=first + i, data=p) for i, p in enumerate(points))
 
 
 def renew(session: Session, job_id: str, worker: str, lease_s: float) -> bool:
@@ -293,8 +298,7 @@ def finish(
             session.execute(delete(Artifact).where(Artifact.job_id == job_id)
                             .execution_options(synchronize_session=False))  # fmt: skip
             session.add_all(artifacts or [])
-            first = row.metrics_seq - len(points) + 1
-            session.add_all(MetricPoint(job_id=job_id, seq=first + i, data=p) for i, p in enumerate(points))
+            _add_points(session, job_id, row.metrics_seq, points)
             telemetry.observe_run(session, row.kind, row.state, row.started_at, row.finished_at)
     if commit:
         session.commit()
