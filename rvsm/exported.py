@@ -1,26 +1,16 @@
 """Any architecture, no user code: ``torch.export`` archives (``.pt2``) read safely, trained, written back.
 
-What ``torch.export.load`` would run from an untrusted archive (read from torch 2.13's source,
-``torch/export/pt2_archive/_package.py`` and ``torch/_export/serde/serialize.py``), and what we do:
+An uploaded archive passes three fences (``docs/security.md``):
 
-- **pickles**: a weight or constant whose ``use_pickle`` flag is set is read by
-  ``torch.load(weights_only=False)``; opaque constants by ``pickle.loads``; custom objects by the
-  TorchScript unpickler; the sample inputs by ``torch.load``, falling back to ``weights_only=False``;
-  the legacy (pre-2.8) layout pickles its weights. We refuse every flagged payload and every
-  non-tensor constant, refuse the legacy layout, re-read the sample inputs with ``weights_only=True``
-  ourselves, and load with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` as a second fence.
-- **eval of strings**: symbolic shape expressions (``expr_str``) go to ``sympy.sympify``, which
-  evaluates Python; ``guards_code`` is compiled into the unlifted module's ``_guards_fn``. Every
-  expression must match a small grammar (symbol names, numbers, arithmetic, an allow-list of sympy
-  functions; no attributes, no subscripts); guards code is dropped (we check the batch dimension
-  ourselves).
-- **graph targets**: a node's target string is resolved by ``getattr`` from ``torch``, ``operator``
-  or ``math`` (``torch.os.system`` resolves) and called when the module runs. Targets must be ATen
-  operators (less a deny-list that touches files) or a few ``operator`` arithmetic functions; node
-  metadata (stack traces, module stacks, resolved by the same ``getattr`` walk) is dropped.
-- **the zip itself**: names, sizes and duplicates are checked with :mod:`zipfile`, and the archive
-  that ``torch.export.load`` reads is one we rebuild from the checked bytes, so no second reading of
-  a crafted zip can differ from ours.
+1. :mod:`rvsm.archive` reads it as data only, under caps, and checks every name, expression and operator
+   that could reach the Python source torch.fx generates; :func:`load` gives torch only the archive
+   :func:`rebuild` writes from those checked parts (no sample inputs, guard code or node metadata; weights
+   loaded with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``), then checks the unlifted graph again (:func:`check_module`).
+2. :func:`fake_cost` runs the forward under ``FakeTensorMode`` (every tensor and device faked, so nothing is
+   computed or allocated) and counts what a real pass would cost: the elements every operator allocates, the
+   elements it reads and writes (an ``expand`` then a reduction is counted at its expanded size), and the
+   floating-point operations of matmul-like operators.
+3. All of this runs in a confined child process (:mod:`rvsm.sandbox`), never in the API's or the worker's.
 
 The unlifted module keeps the user's parameter names. ``torch.export`` graphs bake train/eval
 behaviour into ``batch_norm``/``dropout`` arguments; :func:`set_training` rewrites them, and the
@@ -33,8 +23,7 @@ import contextlib
 import io
 import json
 import os
-import re
-import tokenize
+import threading
 import types
 import zipfile
 from collections.abc import Iterator
@@ -43,198 +32,50 @@ from typing import cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from . import archive
+from .archive import ALLOWED_ATEN, FIELD, OUT_OVERLOAD, ArchiveLimits, Members
 from .errors import InputError
 
-FIELD = "checkpoint"
-ROOT = "archive/"
-FIXED_FILES = {
-    "archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id",
-    "models/model.json", "data/weights/model_weights_config.json", "data/constants/model_constants_config.json",
-    "data/sample_inputs/model.pt",
-}  # fmt: skip
-PAYLOAD_FILE = re.compile(r"data/(weights/weight|constants/tensor)_\d+")
-MAX_FILES = 100_000
-# ATen operators that read or write files, or that we never expect in a model's forward
-DENIED_ATEN = {"from_file", "_nested_tensor_from_mask", "save", "load"}
-OPERATOR_TARGETS = {
-    f"_operator.{n}"
-    for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq", "ne", "lt", "le",
-              "gt", "ge", "and_", "or_", "not_", "abs")
-}  # fmt: skip
-SYM_TARGETS = {f"torch.{n}" for n in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sqrt")}
-ATEN_TARGET = re.compile(r"torch\.ops\.aten\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)")
-SYMPY_NAMES = {
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt",
-    "Ge", "And", "Or", "Not", "oo", "zoo", "nan", "True", "False", "integer", "positive", "nonnegative", "real",
-    "finite", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
-    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv", "TruncToFloat",
-    "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity", "OpaqueUnaryFn_sqrt", "floor", "ceiling",
-    "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or", "IsNonOverlappingAndDenseIndicator",
-}  # fmt: skip
-SYMBOL_NAME = re.compile(r"[a-z]{1,3}\d{1,9}")
-SYMPY_OPS = {"+", "-", "*", "/", "//", "%", "**", "(", ")", ",", "=", "<", ">", "<=", ">=", "==", "!=", "&", "|", "~"}
 BN_TARGETS = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm", "cudnn_batch_norm"}
 DROPOUT_TARGETS = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "native_dropout"}
 WEIGHT_CONSUMERS = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
                     "conv_transpose3d", "linear", "matmul", "mm", "bmm", "addmm", "einsum"}  # fmt: skip
+IN_PLACE = {"add_", "clamp_", "copy_", "detach_", "div_", "dropout_", "fill_", "hardtanh_", "leaky_relu_",
+            "masked_fill_", "mul_", "relu_", "silu_", "sub_", "tanh_", "zero_"}  # fmt: skip
+_load_lock = threading.Lock()  # torch's deserialiser keeps a process-wide global while it reads
 
 
 def is_pt2(data: bytes) -> bool:
-    """Whether ``data`` looks like a ``torch.export`` archive (a zip holding ``*/models/*.json``)."""
+    """Whether ``data`` looks like a ``torch.export`` archive (a zip whose directory names ``*/models/*.json``);
+    only the zip's directory is read, and only when it declares a sane number of entries."""
     if data[:2] != b"PK":
         return False
     try:
+        if archive.directory_entries(data) > 100_000:
+            return True  # a zip of that many members is refused as an archive, with its reason
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             return any("/models/" in n and n.endswith(".json") for n in z.namelist())
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, InputError, ValueError, OSError, EOFError):
         return False
 
 
-# ----------------------------------------------------------------------------- checking
-def check_expression(expr: str) -> None:
-    """``expr`` is a plain symbolic expression (what sympify may see), or ``InputError``."""
-    if len(expr) > 10_000:
-        raise InputError(FIELD, "refused: a symbolic shape expression longer than 10000 characters")
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(expr).readline))
-    except (tokenize.TokenError, IndentationError, SyntaxError):
-        raise InputError(FIELD, f"refused: a symbolic shape expression that does not parse: {expr[:80]!r}") from None
-    for tok in tokens:
-        ok = (
-            tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
-            or (tok.type == tokenize.NAME and (tok.string in SYMPY_NAMES or SYMBOL_NAME.fullmatch(tok.string)))
-            or (tok.type == tokenize.NUMBER and re.fullmatch(r"[0-9.eE+-]+", tok.string))
-            or (tok.type == tokenize.STRING and re.fullmatch(r"'[a-z]{1,3}\d{1,9}'", tok.string))
-            or (tok.type == tokenize.OP and tok.string in SYMPY_OPS)
-        )
-        if not ok:
-            raise InputError(
-                FIELD, f"refused: the symbolic shape expression {expr[:80]!r} holds {tok.string!r}, which is not "
-                "a symbol, a number or arithmetic (it would be evaluated)",
-            )  # fmt: skip
-
-
-def check_target(target: str) -> None:
-    m = ATEN_TARGET.fullmatch(target)
-    if m and m.group(1) not in DENIED_ATEN:
-        return
-    if target in OPERATOR_TARGETS or target in SYM_TARGETS:
-        return
-    raise InputError(FIELD, f"refused: the graph calls {target[:100]!r}; only ATen operators are accepted")
-
-
-def _walk(obj: object) -> Iterator[tuple[str, object]]:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield k, v
-            yield from _walk(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _walk(v)
-
-
-def sanitize_program(program: dict) -> dict:
-    """Check the serialized program (``models/model.json``) and return it without what could run code."""
-    gm = program.get("graph_module")
-    if not isinstance(gm, dict) or not isinstance(gm.get("graph"), dict):
-        raise InputError(FIELD, "not a torch.export archive: models/model.json has no graph")
-    for key, value in _walk(program):
-        if key == "expr_str":
-            if not isinstance(value, str):
-                raise InputError(FIELD, "refused: a symbolic expression that is not a string")
-            check_expression(value)
-        elif key == "target":
-            if not isinstance(value, str):
-                raise InputError(FIELD, "refused: a graph node whose target is not a string")
-            check_target(value)
-        elif key in ("as_graph", "as_custom_obj", "as_operator"):
-            raise InputError(FIELD, f"refused: the graph uses {key[3:]} arguments (control flow or custom objects)")
-    for name in program.get("range_constraints", {}) or {}:
-        check_expression(str(name))
-    if gm["graph"].get("custom_obj_values"):
-        raise InputError(FIELD, "refused: the program holds custom (TorchBind) objects")
-    clean = json.loads(json.dumps(program))
-    clean["guards_code"] = []
-    for node in clean["graph_module"]["graph"].get("nodes", []):
-        node["metadata"] = {}
-    clean["graph_module"]["metadata"] = {}
-    return clean
-
-
-def _check_payloads(config: dict, what: str) -> None:
-    for name, meta in (config.get("config") or {}).items():
-        if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
-            raise InputError(FIELD, f"refused: {what} {name!r} is stored as a pickle (only raw tensors are read)")
-        path = str(meta.get("path_name", ""))
-        if not re.fullmatch(r"(weight|tensor)_\d+", path):
-            raise InputError(FIELD, f"refused: {what} {name!r} is a {path.split('_')[0] or 'non-tensor'} object")
-
-
-def _read_members(data: bytes, max_bytes: int) -> dict[str, bytes]:
-    """The archive's files under ``archive/``, checked: known names, no duplicates, sizes under ``max_bytes``."""
-    try:
-        z = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as e:
-        raise InputError(FIELD, f"not a readable .pt2 archive (truncated or corrupt?): {e}") from None
-    with z:
-        infos = z.infolist()
-        names = [i.filename for i in infos]
-        if len(infos) > MAX_FILES or len(set(names)) != len(names):
-            raise InputError(FIELD, "refused: the archive has duplicate entries or too many files")
-        if sum(i.file_size for i in infos) > max_bytes:
-            raise InputError(FIELD, f"refused: the archive unpacks to more than {max_bytes} bytes")
-        root = names[0].split("/", 1)[0] + "/" if names else ROOT
-        out = {}
-        for i in infos:
-            rel = i.filename.removeprefix(root)
-            if not i.filename.startswith(root) or not (rel in FIXED_FILES or PAYLOAD_FILE.fullmatch(rel)):
-                raise InputError(FIELD, f"refused: unexpected file {i.filename[:100]!r} in the archive "
-                                        "(only one exported program with tensor weights is accepted)")  # fmt: skip
-            try:
-                out[rel] = z.read(i)
-            except (zipfile.BadZipFile, OSError, NotImplementedError) as e:
-                raise InputError(FIELD, f"not a readable .pt2 archive: {i.filename}: {e}") from None
-    for need in ("models/model.json", "data/weights/model_weights_config.json", "data/sample_inputs/model.pt"):
-        if need not in out:
-            raise InputError(FIELD, f"not a torch.export archive of this torch version: no {need} "
-                                    "(save it with torch.export.save on torch >= 2.8)")  # fmt: skip
-    return out
-
-
-def _json(members: dict[str, bytes], name: str) -> dict:
-    try:
-        obj = json.loads(members[name])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(FIELD, f"not a readable .pt2 archive: {name} is not JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise InputError(FIELD, f"not a readable .pt2 archive: {name} is not a JSON object")
-    return obj
-
-
-def sanitize_archive(data: bytes, *, max_bytes: int) -> bytes:
-    """A rebuilt archive holding only the checked parts of ``data`` (see the module docstring)."""
-    members = _read_members(data, max_bytes)
-    program = sanitize_program(_json(members, "models/model.json"))
-    _check_payloads(_json(members, "data/weights/model_weights_config.json"), "weight")
-    constants = members.get("data/constants/model_constants_config.json", b'{"config": {}}')
-    _check_payloads(_json({"c": constants}, "c"), "constant")
-    try:
-        sample = torch.load(io.BytesIO(members["data/sample_inputs/model.pt"]), weights_only=True)
-    except Exception as e:
-        raise InputError(FIELD, f"refused: the sample inputs are not plain tensors ({type(e).__name__})") from None
-    sample_bytes = io.BytesIO()
-    torch.save(sample, sample_bytes)
-    members["models/model.json"] = json.dumps(program).encode()
-    members["data/sample_inputs/model.pt"] = sample_bytes.getvalue()
-    members["data/constants/model_constants_config.json"] = constants
+def rebuild(members: Members) -> bytes:
+    """A fresh archive, written by torch's own writer, from the checked parts only (empty sample inputs)."""
     from torch.export.pt2_archive._package import PT2ArchiveWriter
 
+    sample = io.BytesIO()
+    torch.save(((), {}), sample)
+    tables = {archive.PROGRAM: members.program, archive.WEIGHTS: members.weights, archive.CONSTANTS: members.constants}
+    files = {name: json.dumps(obj).encode() for name, obj in tables.items()} | {
+        archive.SAMPLE_INPUTS: sample.getvalue(), "archive_format": b"pt2", "archive_version": b"0",
+        "byteorder": b"little", **members.payloads}  # fmt: skip
     out = io.BytesIO()
-    with PT2ArchiveWriter(out) as writer:  # torch's own writer: the layout its reader expects
-        for rel, blob in members.items():
-            if not rel.startswith(".data/"):
-                writer.write_bytes(rel, blob)
+    with PT2ArchiveWriter(out) as writer:
+        for rel, blob in files.items():
+            writer.write_bytes(rel, blob)
     return out.getvalue()
 
 
@@ -288,11 +129,13 @@ def _shape(val: object, what: str) -> tuple[int, ...]:
     return tuple(int(d) for d in rest)
 
 
-def load(data: bytes, *, max_bytes: int = 2**31) -> Exported:
+def load(data: bytes, *, limits: ArchiveLimits = ArchiveLimits()) -> Exported:  # noqa: B008 - frozen
     """Read a ``.pt2`` safely (module docstring) and unlift it to a trainable module."""
-    clean = sanitize_archive(data, max_bytes=max_bytes)
+    members = archive.read_members(data, limits)
+    archive.check_program(members.program, limits)
+    clean = rebuild(members)
     try:
-        with _weights_only_loads():
+        with _load_lock, _weights_only_loads():
             ep = torch.export.load(io.BytesIO(clean))
     except InputError:
         raise
@@ -304,6 +147,10 @@ def load(data: bytes, *, max_bytes: int = 2**31) -> Exported:
         raise InputError(FIELD, f"the exported model must take one tensor and return one (it takes {len(ins)} "
                                 f"inputs and returns {len(outs)} outputs)")  # fmt: skip
     in_shape, out_shape = _shape(ins[0], "input"), _shape(outs[0], "output")
+    try:  # sample inputs of the declared shape: the archive's own were never read, and a saved copy needs them
+        ep.example_inputs = ((torch.zeros(2, *in_shape, dtype=ins[0].dtype),), {})
+    except Exception as e:  # noqa: BLE001 - the declared input does not fit the program's own checks
+        raise InputError(FIELD, f"the exported model's input does not fit its own signature: {str(e)[:200]}") from None
     module = ep.module(check_guards=False)
     check_module(module)
     _make_switchable(module)
@@ -316,13 +163,15 @@ def _allowed_callables() -> set[object]:
     import torch.fx._pytree as fx_pytree
     import torch.utils._pytree as pytree
 
-    names = [t.split(".", 1)[1] for t in OPERATOR_TARGETS]
-    return {getattr(operator, n) for n in names} | {getattr(torch, t.split(".")[1]) for t in SYM_TARGETS} | {
+    names = [t.split(".", 1)[1] for t in archive.OPERATOR_TARGETS]
+    syms = {getattr(torch, t.split(".")[1]) for t in archive.SYM_TARGETS}
+    return {getattr(operator, n) for n in names} | syms | {
         fx_pytree.tree_flatten_spec, pytree.tree_unflatten}  # the unlifted module's input / output plumbing
 
 
 def check_module(module: nn.Module) -> None:
-    """Every call in the unlifted graph is an allowed operator (checked again after loading)."""
+    """Every call in the unlifted graph is an allowed operator, by its schema this time: ATen, on the allow-list,
+    no ``out=`` form, and writing into an argument only if it is one of the in-place operators we allow."""
     allowed = _allowed_callables()
     for node in module.graph.nodes:  # type: ignore[union-attr]
         if node.op in ("call_module", "call_method"):
@@ -331,7 +180,10 @@ def check_module(module: nn.Module) -> None:
             continue
         t = node.target
         if isinstance(t, torch._ops.OpOverload):
-            if t.namespace != "aten" or t._schema.name.split("::")[-1] in DENIED_ATEN:
+            name = t._schema.name.split("::")[-1]
+            writes = any(a.alias_info is not None and a.alias_info.is_write for a in t._schema.arguments)
+            if (t.namespace != "aten" or name not in ALLOWED_ATEN or OUT_OVERLOAD.fullmatch(t._overloadname)
+                    or (writes and name not in IN_PLACE) or any(a.is_out for a in t._schema.arguments)):
                 raise InputError(FIELD, f"refused: the graph calls {t}")
         elif t not in allowed:
             raise InputError(FIELD, f"refused: the graph calls {t!r}")
@@ -410,10 +262,93 @@ def save(exported: Exported, state: dict[str, Tensor]) -> bytes:
     mode (batch norm uses its running statistics, dropout is off) whatever mode it was exported in."""
     ep = exported.program
     set_training(ep.graph_module, False)
-    with torch.no_grad():
-        for name, t in ep.state_dict.items():
-            if name in state:
-                t.copy_(state[name].to(t.device, t.dtype))
+    with torch.no_grad():  # CPU tensors whatever device trained them: the archive loads anywhere
+        for name, t in list(ep.state_dict.items()):
+            new = (state[name] if name in state else t).detach().to("cpu", t.dtype).contiguous()
+            ep.state_dict[name] = nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new
+        for name, c in list(ep.constants.items()):
+            if isinstance(c, Tensor):
+                ep.constants[name] = c.detach().to("cpu")
     buf = io.BytesIO()
     torch.export.save(ep, buf)
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- cost, with nothing computed
+@dataclass
+class Cost:
+    """What one forward pass of ``batch`` samples would cost (counted under ``FakeTensorMode``)."""
+
+    output_shape: tuple[int, ...]  # per sample
+    allocated: int  # elements of every tensor an operator returns (views and in-place results left out)
+    traffic: int  # elements every non-view operator reads and writes (expanded views at their full size)
+    flops: int  # floating-point operations of matmul-like operators (torch.utils.flop_counter)
+
+
+class _CostCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.allocated = self.traffic = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        schema = func._schema
+        returns = sum(int(t.numel()) for t in tree_leaves(out) if isinstance(t, Tensor))
+        aliases = any(r.alias_info is not None for r in schema.returns)
+        writes = any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+        if not aliases:
+            self.allocated += returns
+        if writes or not aliases:
+            reads = sum(int(t.numel()) for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor))
+            self.traffic += reads + returns
+        return out
+
+
+def _tensors(model: nn.Module) -> dict[str, Tensor]:
+    """The module's parameters, buffers and the tensor constants its graph reads (``get_attr``)."""
+    out = model.state_dict(keep_vars=True)
+    graph = getattr(model, "graph", None)
+    for node in graph.nodes if graph is not None else ():
+        if node.op == "get_attr" and node.target not in out:
+            value = _attr(model, str(node.target))
+            if isinstance(value, Tensor):
+                out[str(node.target)] = value
+    return out
+
+
+def _attr(model: nn.Module, path: str) -> object:
+    obj: object = model
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def fake_cost(model: nn.Module, sample_shape: tuple[int, ...], batch: int, *, training: bool = True) -> Cost:
+    """One forward pass of ``batch`` samples under ``FakeTensorMode``: the model's parameters, buffers and
+    constants, the input and every tensor the graph creates (whatever device it names) are fakes, so nothing
+    is computed or allocated; the pass's :class:`Cost`. ``InputError`` if the model cannot take the input."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    was_training = model.training
+    model.train(training)
+    counter, flops = _CostCounter(), FlopCounterMode(display=False)
+    try:
+        with mode:
+            state = {k: torch.empty_strided(v.shape, v.stride(), dtype=v.dtype).requires_grad_(v.requires_grad)
+                     for k, v in _tensors(model).items()}  # fmt: skip
+            x = torch.empty(batch, *sample_shape)
+            with flops, counter:
+                out = torch.func.functional_call(model, state, (x,))
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a model that cannot take these inputs: say why
+        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise InputError("architecture", f"the model cannot run on samples of shape {sample_shape} in batches of "
+                                         f"{batch}: {text}") from None  # fmt: skip
+    finally:
+        model.train(was_training)
+    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != batch:
+        raise InputError("architecture", f"the model must return one tensor of {batch} rows for {batch} samples")
+    return Cost(tuple(int(d) for d in out.shape[1:]), counter.allocated, counter.traffic, int(flops.get_total_flops()))

@@ -27,11 +27,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from . import exported as rexported
-from . import models
+from . import models, sandbox
+from .archive import ArchiveLimits
 from .checkpoints import StateDict, check_against, header_state, is_safetensors, read_state_dict, unwrap
-from .data import MAX_CLASSES, TensorData, check_input_shape, load_dataset, output_width
+from .data import EVAL_BATCH, MAX_CLASSES, TensorData, check_input_shape, load_dataset, output_width
 from .datashape import DataShape, describe_dataset
 from .errors import InputError
+from .sandbox import ChildLimits
 from .train import TrainConfig
 
 EXPORTED = "exported"
@@ -49,7 +51,14 @@ class CheckpointLimits:
     - ``activations``: the elements of every tensor one training batch's forward pass allocates (each
       operator's output; views and in-place results not counted), counted by a ``meta`` forward pass of
       the first batch (``min(batch_size, train samples)`` samples): what autograd may keep for backward;
+    - ``traffic``: the elements every operator of one forward pass reads and writes (an exported graph's,
+      counted under ``FakeTensorMode``: an ``expand`` then a sum counts at the expanded size);
+    - ``flops``: the floating-point operations of one forward pass's matmul-like operators (exported graphs);
+    - ``nodes``: the nodes of an exported graph;
     - ``epochs``: ``epochs + finetune_epochs``.
+
+    Passes are counted at the largest batch the job runs: the training batch and the evaluation batch
+    (``min(EVAL_BATCH, validation rows)``).
     """
 
     samples: int | None = None
@@ -57,6 +66,9 @@ class CheckpointLimits:
     features: int | None = None
     parameters: int | None = None
     activations: int | None = None
+    traffic: int | None = None
+    flops: int | None = None
+    nodes: int | None = None
     epochs: int | None = None
 
 
@@ -216,14 +228,44 @@ def build(arch: str, sample_shape: tuple[int, ...], outputs: int, *, hidden: lis
         raise InputError("architecture", f"cannot be built for this data set: {e}") from None
 
 
+def _exported_caps(model: nn.Module, sample_shape: tuple[int, ...], shape: DataShape, cfg: TrainConfig,
+                   limits: CheckpointLimits) -> tuple[int, tuple[int, ...], int]:  # fmt: skip
+    """:func:`_model_caps` for an untrusted graph: every pass counted under ``FakeTensorMode``
+    (:func:`rvsm.exported.fake_cost`), at the training batch, the evaluation batch and an epoch's last batch."""
+    params = sum(p.numel() for p in model.parameters())
+    _cap("architecture", "the model's parameters", params, limits.parameters)
+    first, last = min(cfg.batch_size, shape.train_rows), shape.train_rows % cfg.batch_size
+    evaluation = min(EVAL_BATCH, max(shape.rows - shape.train_rows, 1))
+    passes = [("training", first, True), ("evaluation", evaluation, False)]
+    cost = None
+    for what, batch, training in passes if evaluation > first else passes[:1]:
+        c = rexported.fake_cost(model, sample_shape, batch, training=training)
+        cost = cost or c
+        rule = f"of one {what} batch of {batch} samples"
+        _cap("batch_size", f"the activations {rule} (elements allocated)", c.allocated, limits.activations)
+        _cap("batch_size", f"the memory traffic {rule} (elements read and written)", c.traffic, limits.traffic)
+        _cap("batch_size", f"the floating-point operations {rule}", c.flops, limits.flops)
+    if 0 < last < first:
+        try:
+            rexported.fake_cost(model, sample_shape, last)
+        except InputError as e:
+            why = e.rule.split(": ", 1)[-1]
+            raise InputError("batch_size", f"each epoch ends with a batch of {last} (train samples {shape.train_rows} "
+                             f"% batch_size {cfg.batch_size}), on which the model fails ({why}); choose another "
+                             "batch_size") from None  # fmt: skip
+    assert cost is not None
+    return params, cost.output_shape, cost.allocated
+
+
 def _exported(blob: bytes, shape: DataShape, spec: dict, cfg: TrainConfig, limits: CheckpointLimits,
               max_bytes: int) -> Plan:  # fmt: skip
     if spec.get("architecture") not in (None, EXPORTED):
         raise InputError("architecture", f"a .pt2 checkpoint carries its own architecture: leave architecture "
                                          f"out or set it to 'exported' (got {spec['architecture']!r})")  # fmt: skip
-    exp = rexported.load(blob, max_bytes=max_bytes)  # bounded by the upload's byte cap
+    archive_limits = ArchiveLimits(bytes=max_bytes, member_bytes=max_bytes, nodes=limits.nodes or 2**31)
+    exp = rexported.load(blob, limits=archive_limits)
     check_input_shape(shape.sample_shape, exp.input_shape)
-    params, _, elements = _model_caps(exp.module, exp.input_shape, shape, cfg, limits)
+    params, _, elements = _exported_caps(exp.module, exp.input_shape, shape, cfg, limits)
     _check_outputs(output_width(exp.output_shape), shape, cfg.task, "the exported model")
     names = rexported.sparsifiable_parameters(exp.module)
     return Plan(shape, exp.module, EXPORTED, names, params, elements, exported=exp)
@@ -300,3 +342,34 @@ def prepare(
     if plan.state is not None:
         model.load_state_dict(plan.state.tensors)
     return Prepared(model, data, plan.sparse_names, plan.architecture, normalised=plan.normalised)
+
+
+def check_isolated(
+    spec: dict,
+    *,
+    child: ChildLimits,
+    limits: CheckpointLimits = CheckpointLimits(),  # noqa: B008 - frozen
+    checkpoint: bytes | None = None,
+    dataset_file: Path | None = None,
+    datasets_dir: Path | None = None,
+    max_bytes: int = 2**31,
+) -> dict:
+    """:func:`check` in a confined child process (:mod:`rvsm.sandbox`): the submit-time check of a service,
+    which must never run an uploaded graph in its own process. Returns a summary (architecture, parameters,
+    activations, the weights to sparsify); ``InputError`` as :func:`check`, and for a check that crashed,
+    ran out of its memory or overran its time (``checkpoint`` named when a file was uploaded)."""
+    try:
+        out = sandbox.run(_check_in_child, spec, limits, checkpoint, dataset_file, datasets_dir, max_bytes,
+                          limits=child)  # fmt: skip
+    except sandbox.ChildFailed as e:
+        field = "checkpoint" if checkpoint is not None else "dataset" if dataset_file is not None else "architecture"
+        raise InputError(field, f"the model could not be checked: {e}") from None
+    return dict(out)
+
+
+def _check_in_child(spec: dict, limits: CheckpointLimits, checkpoint: bytes | None, dataset_file: Path | None,
+                    datasets_dir: Path | None, max_bytes: int, *, send: object) -> dict:  # fmt: skip
+    plan = check(spec, limits=limits, checkpoint=checkpoint, dataset_file=dataset_file, datasets_dir=datasets_dir,
+                 max_bytes=max_bytes)  # fmt: skip
+    return {"architecture": plan.architecture, "parameters": plan.parameters, "activations": plan.activations,
+            "sparse_names": plan.sparse_names}  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -92,8 +93,20 @@ class Settings(BaseSettings):
     checkpoint_features_cap: int = Field(2**20, ge=1, description="largest sample of a checkpoint job (elements)")
     checkpoint_parameters_cap: int = Field(50_000_000, ge=1, description="largest model of a checkpoint job (params)")
     checkpoint_activations_cap: int = Field(
-        2**30, ge=1, description="most elements one training batch's forward pass allocates (counted on meta)"
+        2**30, ge=1, description="most elements one forward pass allocates (training or evaluation batch)"
     )
+    checkpoint_traffic_cap: int = Field(
+        10**10, ge=1, description="most elements one forward pass of an exported graph reads and writes"
+    )
+    checkpoint_flops_cap: int = Field(
+        2 * 10**12, ge=1, description="most floating-point operations in one forward pass of an exported graph"
+    )
+    checkpoint_nodes_cap: int = Field(5_000, ge=1, description="most nodes in an exported graph")
+    # the confined child processes that check uploads (API) and train checkpoint jobs (worker): rvsm.sandbox
+    check_memory_bytes: int = Field(3 * 2**30, ge=2**27, description="address space a submit-time check may add")
+    check_timeout_s: float = Field(60.0, gt=0, description="wall-clock limit of a submit-time check (seconds)")
+    job_memory_bytes: int = Field(16 * 2**30, ge=2**28, description="address space a checkpoint job's child may add")
+    job_cpu_s: int = Field(7 * 24 * 3600, ge=1, description="CPU seconds a checkpoint job's child may use")
 
     def checkpoint_limits(self):  # -> rvsm.prepare.CheckpointLimits (imported here, so settings load no torch)
         """The checkpoint caps as the library takes them."""
@@ -102,8 +115,23 @@ class Settings(BaseSettings):
         return CheckpointLimits(
             samples=self.checkpoint_samples_cap, classes=self.checkpoint_classes_cap,
             features=self.checkpoint_features_cap, parameters=self.checkpoint_parameters_cap,
-            activations=self.checkpoint_activations_cap, epochs=self.max_epochs_cap,
+            activations=self.checkpoint_activations_cap, traffic=self.checkpoint_traffic_cap,
+            flops=self.checkpoint_flops_cap, nodes=self.checkpoint_nodes_cap, epochs=self.max_epochs_cap,
         )  # fmt: skip
+
+    def check_child(self):  # -> rvsm.sandbox.ChildLimits
+        """Limits of the child process that runs a submit-time check."""
+        from rvsm.sandbox import ChildLimits
+
+        timeout = int(self.check_timeout_s) + 1
+        return ChildLimits(memory_bytes=self.check_memory_bytes, cpu_s=timeout, wall_s=self.check_timeout_s)
+
+    def job_child(self):  # -> rvsm.sandbox.ChildLimits
+        """Limits of the child process that trains a checkpoint job (no wall-clock limit: jobs may be long)."""
+        from rvsm.sandbox import ChildLimits
+
+        threads = os.cpu_count() or 1  # what torch uses in the worker itself
+        return ChildLimits(memory_bytes=self.job_memory_bytes, cpu_s=self.job_cpu_s, wall_s=None, threads=threads)
 
 
 @lru_cache

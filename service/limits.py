@@ -8,13 +8,13 @@ file parts to disk never gets more than the cap. JSON bodies have their own, muc
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import numpy as np
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
+
+from rvsm.boundedjson import json_shape as json_shape  # one source; the API checks bodies with it
 
 from .config import Settings, get_settings
 
@@ -94,23 +94,3 @@ class BodyLimit:
                 raise
             response = JSONResponse({"detail": e.detail, "message": e.detail}, status_code=e.status_code)
             await response(scope, receive, send)
-
-
-
-# a JSON string literal, or an unterminated one to the end: it never fails, so it never backtracks (linear)
-_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*(?:"|\Z)')
-_STEP = np.zeros(256, np.int8)
-_STEP[list(b"[{")] = 1
-_STEP[list(b"]}")] = -1
-
-
-def json_shape(text: bytes) -> tuple[int, int]:
-    """How deeply arrays and objects nest in JSON ``text`` and how many there are, from the text alone
-    (string literals skipped), so both caps are checked before ``json.loads`` builds anything: exact for
-    valid JSON; text that is not JSON is refused by the parser after."""
-    bare = _STRING.sub(b"", text)
-    containers = bare.count(b"[") + bare.count(b"{")
-    if not containers:
-        return 0, 0
-    depth = np.cumsum(_STEP[np.frombuffer(bare, np.uint8)], dtype=np.int64).max()
-    return int(depth), containers

@@ -9,23 +9,28 @@ worker that picks the job up again (the previous one died) continues from it ins
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from safetensors.torch import save as safetensors_save
 
-from rvsm import exported, sparse_io
+from rvsm import exported, sandbox, sparse_io
 from rvsm.algorithms import default_device
 from rvsm.prepare import Prepared, prepare
 from rvsm.train import TrainConfig, TrainResult, train
 from service.artifacts import job_dir, write_atomic
 from service.config import Settings
 
+sandbox.preload(__name__)  # the fork server imports this module once; each training child starts with it
 RESUME = "resume.pt"
+CHILD_POISON_ENV = "RVSM_TEST_CHILD_SEGV"
 
 
 class Progress(Protocol):
@@ -42,7 +47,38 @@ def resume_path(settings: Settings, job_id: str) -> Path:
 
 
 def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Progress) -> tuple[dict, dict]:
-    """Train the job; returns its artifact files (name -> bytes) and a summary for the job row."""
+    """Train the job in a confined child process of its own (:mod:`rvsm.sandbox`: the uploaded graph never runs
+    in the worker, and the child holds this job's data only); returns its artifact files (name -> bytes) and a
+    summary for the job row. The child sends progress, resume state and files; this process writes them."""
+    rpath = resume_path(settings, job_id)
+    files: dict[str, bytes] = {}
+
+    def on_message(kind: str, value: Any, blobs: dict[str, bytes]) -> None:
+        if kind == "resume":
+            write_atomic(rpath, blobs[RESUME])
+        elif kind == "files":
+            files.update(blobs)
+        elif kind == "progress" and isinstance(value, dict):
+            progress.report(value.get("point"), progress=float(value["progress"]), iteration=int(value["iteration"]),
+                            max_iters=int(value["max_iters"]), eta_s=value.get("eta_s"),
+                            force=bool(value.get("force")))  # fmt: skip
+
+    device = torch.device(settings.device) if settings.device else default_device()
+    try:
+        summary = sandbox.run(_train, job_id, spec, settings, limits=settings.job_child(), cuda=device.type == "cuda",
+                              on_message=on_message)  # fmt: skip
+    except sandbox.ChildFailed as e:
+        raise TrainingFailed(f"the training process failed: {e}") from None
+    return files, dict(summary)
+
+
+class TrainingFailed(RuntimeError):
+    """The job's training child crashed, ran out of its limits or raised: this attempt fails, nothing else."""
+
+
+def _train(job_id: str, spec: dict, settings: Settings, *, send: Callable[..., None]) -> dict:
+    """The child's half of :func:`run_checkpoint_job`: prepare, train, write nothing, send everything."""
+    _child_poison_check(job_id)
     inputs = job_dir(settings.resolved_artifact_dir, job_id) / "inputs"
     upload = next(iter(sorted(inputs.glob("dataset.*"))), None) if spec.get("has_dataset_file") else None
     blob = (inputs / "checkpoint.bin").read_bytes() if spec.get("has_checkpoint") else None
@@ -63,20 +99,29 @@ def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Pr
         steps = per_epoch * cfg.total_epochs
         done = step - first_epoch * per_epoch
         pos.update(step=step, steps=steps, eta_s=(time.monotonic() - t_start) / max(done, 1) * (steps - step))
-        progress.report(None, progress=step / steps, iteration=step, max_iters=steps, eta_s=pos["eta_s"])
+        send("progress", {"point": None, "progress": step / steps, "iteration": step, "max_iters": steps,
+                          "eta_s": pos["eta_s"]})  # fmt: skip
 
     def on_epoch(ev: dict) -> None:
         buf = io.BytesIO()
         torch.save(ev["state"], buf)
-        write_atomic(rpath, buf.getvalue())
+        send("resume", None, {RESUME: buf.getvalue()})
         point = {k: v for k, v in ev.items() if k not in ("state", "epochs")}
-        progress.report(
-            point | {"iter": ev["epoch"]}, progress=ev["epoch"] / ev["epochs"], iteration=pos["step"],
-            max_iters=pos["steps"], eta_s=pos["eta_s"], force=True,
-        )  # fmt: skip
+        send("progress", {"point": point | {"iter": ev["epoch"]}, "progress": ev["epoch"] / ev["epochs"],
+                          "iteration": pos["step"], "max_iters": pos["steps"], "eta_s": pos["eta_s"], "force": True})
 
     result = train(prep.model, prep.data, cfg, device=device, callback=on_epoch, step_callback=on_step, resume=resume)
-    return _outputs(spec, prep, cfg, result, device)
+    files, summary = _outputs(spec, prep, cfg, result, device)
+    send("files", None, files)
+    return summary
+
+
+def _child_poison_check(job_id: str) -> None:
+    """Test-only (``CHILD_POISON_ENV``: a file listing job ids): crash the training child with SIGSEGV, as a
+    bug in native code would, to show that only this attempt fails."""
+    path = os.environ.get(CHILD_POISON_ENV)
+    if path and job_id in Path(path).read_text().split():
+        ctypes.string_at(0)
 
 
 def _scores(result: TrainResult) -> dict:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rvsm.errors import InputError
-from rvsm.prepare import check
+from rvsm.prepare import check_isolated
 from rvsm.toy import SpecError, ToyLimits, validate_spec
 from rvsm.train import TrainConfig
 
@@ -294,9 +294,9 @@ def input_name(name: str, files: dict[str, bytes]) -> str:
 
 
 def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes], settings: SettingsDep) -> int:
-    """Everything a worker would trip over, checked now by the code the worker runs (:func:`rvsm.prepare.check`):
-    the training config, every cap (before anything is allocated), the data set, the model (on the meta device),
-    the checkpoint. Returns the epochs."""
+    """Everything a worker would trip over, checked now by the code the worker runs (:func:`rvsm.prepare.check`),
+    in a confined child process (an uploaded graph never runs in the API's): the training config, every cap
+    (before anything is allocated), the data set, the model (on meta, or faked), the checkpoint. Returns the epochs."""
     spec = body.to_spec()
     if ("dataset" in files) != (body.dataset.name == "upload"):
         raise field_error("dataset", "send a 'dataset' file exactly when dataset.name is 'upload'")
@@ -306,8 +306,9 @@ def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes],
             if "dataset" in files:
                 upload = Path(tmp) / input_name("dataset", files)
                 upload.write_bytes(files["dataset"])
-            check(spec, limits=settings.checkpoint_limits(), checkpoint=files.get("checkpoint"), dataset_file=upload,
-                  datasets_dir=settings.datasets_dir, max_bytes=settings.max_upload_bytes)  # fmt: skip
+            check_isolated(spec, child=settings.check_child(), limits=settings.checkpoint_limits(),
+                           checkpoint=files.get("checkpoint"), dataset_file=upload, datasets_dir=settings.datasets_dir,
+                           max_bytes=settings.max_upload_bytes)  # fmt: skip
     except InputError as e:
         raise field_error(e.field, e.rule) from None
     return TrainConfig.from_spec(spec).total_epochs
