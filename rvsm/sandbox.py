@@ -30,6 +30,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -109,6 +110,7 @@ def _vm_size() -> int:
 
 def confine(limits: ChildLimits, *, cuda: bool = False) -> None:
     """Apply ``limits`` to this process (module docstring). Irreversible: only in a child."""
+    tempfile.gettempdir()  # found by writing a probe file: cached now, while writing is still allowed
     libc = _libc()
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
