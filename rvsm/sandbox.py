@@ -42,7 +42,7 @@ from typing import Any
 from .errors import InputError
 
 PRELOAD = ["torch", "torch.export", "torch._export.serde.serialize", "torch._subclasses.fake_tensor", "sympy",
-           "torch.utils.flop_counter", "rvsm.exported", "rvsm.prepare", "rvsm.train"]  # and preload()
+           "torch.utils.flop_counter", "rvsm.exported", "rvsm.prepare", "rvsm.train", "rvsm._warm"]  # and preload()
 MAX_MESSAGE = 2**31
 _lock = threading.Lock()
 _ctx: Any = None
