@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import SQLAlchemyError
 
 from rvsm import __version__
 
@@ -19,6 +21,8 @@ from .limits import BodyLimit
 from .openapi import install_openapi
 from .routers import health, jobs, prometheus, ui
 
+log = logging.getLogger("service")
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -26,7 +30,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.dependency_overrides.get(get_settings, get_settings)()
     # one number sizes both: the threads that run blocking endpoints, and the database pool (service.db)
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-    get_engine(settings.resolved_database_url)  # creates the tables
+    try:
+        get_engine(settings.resolved_database_url)  # creates the tables
+    except SQLAlchemyError as e:  # not cached: the first request that reaches the database creates them
+        if not errors.database_unreachable(e):
+            raise
+        log.warning("the job database is unreachable at startup (%s); /readyz says so and requests that need it "
+                    "get 503 until it answers", type(e).__name__)  # fmt: skip
     yield
 
 

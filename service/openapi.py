@@ -5,6 +5,7 @@ job specs of the hand-parsed ``POST /v1/jobs`` body, the result documents) are r
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
@@ -42,6 +43,32 @@ def _our_422(doc: dict) -> None:
         doc.get("components", {}).get("schemas", {}).pop(name, None)
 
 
+def _calls(dependant: object) -> set[object]:
+    calls = {getattr(dependant, "call", None)}
+    for sub in getattr(dependant, "dependencies", ()):
+        calls |= _calls(sub)
+    return calls
+
+
+def _database_503(app: FastAPI, doc: dict) -> None:
+    """Every route that opens a job-store session (``SessionDep``) answers 503 when the database cannot be
+    reached (``service.errors``): document it there, with :class:`ErrorPublic`, unless the route documents
+    its own 503."""
+    from .deps import get_session
+
+    content = {"application/json": {"schema": ref(ErrorPublic)}}
+    for route in iter_route_contexts(app.routes):  # the routes of included routers too, at their full paths
+        original = route.original_route
+        if not isinstance(original, APIRoute) or not route.include_in_schema:
+            continue
+        if get_session not in _calls(original.dependant):
+            continue
+        for method in route.methods or ():
+            operation = doc.get("paths", {}).get(route.path_format, {}).get(method.lower())
+            if operation is not None:
+                operation["responses"].setdefault("503", {"description": MEANINGS[503], "content": content})
+
+
 def install_openapi(app: FastAPI) -> None:
     """Make ``app.openapi()`` (``/openapi.json``) return FastAPI's document plus :func:`extra_schemas`."""
     base = app.openapi
@@ -53,6 +80,7 @@ def install_openapi(app: FastAPI) -> None:
             for name, schema in extra_schemas().items():
                 schemas.setdefault(name, schema)
             _our_422(doc)
+            _database_503(app, doc)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -19,16 +19,16 @@ from service.main import create_app
 from tests.service_helpers import REDIS_URL, make_client, unique_queue
 
 DOC = create_app().openapi()
-ERRORS = {  # (method, path): the error codes each route answers with
+ERRORS = {  # (method, path): the error codes each route answers with (503: the job database is unreachable)
     ("post", "/v1/jobs"): {400, 401, 413, 422, 503},
-    ("get", "/v1/jobs"): {401, 422},
-    ("get", "/v1/jobs/{job_id}"): {401, 404, 422},
-    ("delete", "/v1/jobs/{job_id}"): {401, 404, 422},
-    ("get", "/v1/jobs/{job_id}/metrics"): {401, 404, 422},
-    ("get", "/v1/jobs/{job_id}/result"): {401, 404, 409, 422},
-    ("get", "/v1/jobs/{job_id}/artifacts"): {401, 404, 422},
-    ("get", "/v1/jobs/{job_id}/artifacts/{name}"): {401, 404, 422},
-    ("post", "/v1/jobs/{job_id}/cancel"): {401, 404, 422},
+    ("get", "/v1/jobs"): {401, 422, 503},
+    ("get", "/v1/jobs/{job_id}"): {401, 404, 422, 503},
+    ("delete", "/v1/jobs/{job_id}"): {401, 404, 422, 503},
+    ("get", "/v1/jobs/{job_id}/metrics"): {401, 404, 422, 503},
+    ("get", "/v1/jobs/{job_id}/result"): {401, 404, 409, 422, 503},
+    ("get", "/v1/jobs/{job_id}/artifacts"): {401, 404, 422, 503},
+    ("get", "/v1/jobs/{job_id}/artifacts/{name}"): {401, 404, 422, 503},
+    ("post", "/v1/jobs/{job_id}/cancel"): {401, 404, 422, 503},
 }
 
 
@@ -87,7 +87,7 @@ def test_bearer_scheme_on_every_keyed_route_only() -> None:
     for path, ops in DOC["paths"].items():
         for op in ops.values():
             assert (op.get("security") == [{"HTTPBearer": []}]) == (path.startswith("/v1") or path == "/metrics"), path
-    assert set(DOC["paths"]["/metrics"]["get"]["responses"]) == {"200", "401"}
+    assert set(DOC["paths"]["/metrics"]["get"]["responses"]) == {"200", "401", "503"}
 
 
 def test_request_body_schema_and_examples() -> None:

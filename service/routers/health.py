@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from .. import queue, supervisor
-from ..deps import SessionDep, SettingsDep
+from ..db import get_sessionmaker
+from ..deps import SettingsDep
 from ..schemas import Readiness
 
 router = APIRouter(tags=["health"])
@@ -20,12 +21,13 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", responses={200: {"model": Readiness}, 503: {"model": Readiness, "description": "part is down"}})
-def readyz(session: SessionDep, settings: SettingsDep) -> JSONResponse:
+def readyz(settings: SettingsDep) -> JSONResponse:
     """The job database and the broker answer within ``RVSM_BROKER_TIMEOUT_S``, and in embedded mode the
     worker is alive (503 with the failing part otherwise)."""
     checks: dict[str, str] = {}
-    try:
-        session.execute(text("SELECT 1"))
+    try:  # the session is made here, not by a dependency: a database down since startup is reported too
+        with get_sessionmaker(settings.resolved_database_url)() as session:
+            session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as e:  # report, don't raise: this endpoint's job is to say what is down
         checks["database"] = f"error: {type(e).__name__}: {e}"
