@@ -10,6 +10,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rvsm import __version__
 
@@ -40,8 +41,38 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+class NoSniff:
+    """Pure ASGI middleware: ``X-Content-Type-Options: nosniff`` on every HTTP response, so no browser reads a
+    JSON body, an artifact or an error as HTML or script. Wrapped around the whole stack (:class:`App`),
+    starlette's error middleware included, so its 500s carry it too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-content-type-options"]
+                message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
+
+
+class App(FastAPI):
+    """FastAPI with :class:`NoSniff` outside everything (``add_middleware`` puts a middleware inside
+    starlette's ``ServerErrorMiddleware``, whose 500s would then go without the header)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return NoSniff(super().build_middleware_stack())
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(
+    app = App(
         lifespan=lifespan,
         title="rvsm-service",
         version=__version__,
