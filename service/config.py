@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker (Redis); unset: `rvsm serve` runs an embedded one")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated bearer keys; empty: no auth"
+    )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated bearer keys that read every key's figures on /metrics (a scraper's); "
+        "nothing else: they are not API keys. Set: /metrics needs a key even with no RVSM_API_KEYS",
     )
     max_iters_cap: int = Field(2_000_000, ge=1, description="largest max_iters a toy job may ask for")
     sweep_cap: int = Field(100_000, ge=1, description="largest number of configurations in one sweep")
@@ -65,15 +70,16 @@ class Settings(BaseSettings):
         40, ge=1, description="threads the API runs blocking endpoints in; the database pool is sized to match"
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
-    def _split_keys(cls, v: object) -> object:
+    def _split_keys(cls, v: object, info: ValidationInfo) -> object:
         """``"a,b"`` -> ``["a", "b"]``; a value that is set but holds no key (``" , "``) is an error, never
         an open service."""
         if isinstance(v, str):
             keys = [k.strip() for k in v.split(",") if k.strip()]
             if v and not keys:
-                raise ValueError(f"RVSM_API_KEYS is set ({v!r}) but holds no key; unset it to run without auth")
+                name = f"RVSM_{(info.field_name or '').upper()}"
+                raise ValueError(f"{name} is set ({v!r}) but holds no key; unset it to run without auth")
             return keys
         return v
 

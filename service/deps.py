@@ -31,34 +31,42 @@ def owner_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-BEARER = HTTPBearer(auto_error=False, description="an API key from RVSM_API_KEYS (when the service has any)")
+BEARER = HTTPBearer(
+    auto_error=False,
+    description="an API key from RVSM_API_KEYS (when the service has any); on /metrics also one from RVSM_ADMIN_KEYS",
+)
 
 
-def current_owner(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
-) -> str | None:
-    """``None`` when the service runs without API keys; else the owner id of a valid bearer key.
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
-    Every configured key is compared, in constant time, whatever matched before.
-    """
-    if not settings.api_keys:
-        return None
+
+def bearer_key(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The presented bearer key (401 when there is none)."""
     presented = credentials.credentials if credentials is not None else ""
     if not presented:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="Authorization: a 'Bearer <API key>' header is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise unauthorized("Authorization: a 'Bearer <API key>' header is required")
+    return presented
+
+
+def key_in(keys: list[str], presented: str) -> bool:
+    """Whether ``presented`` is one of ``keys``: every key is compared, in constant time, whatever matched before."""
     matched = False
-    for key in settings.api_keys:
+    for key in keys:
         matched |= hmac.compare_digest(key.encode(), presented.encode())
-    if not matched:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="Authorization: the API key is not valid",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    return matched
+
+
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
+
+def current_owner(settings: SettingsDep, credentials: CredentialsDep) -> str | None:
+    """``None`` when the service runs without API keys; else the owner id of a valid bearer key."""
+    if not settings.api_keys:
+        return None
+    presented = bearer_key(credentials)
+    if not key_in(settings.api_keys, presented):
+        raise unauthorized("Authorization: the API key is not valid")
     return owner_of(presented)
 
 
