@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import keyword
 import re
 import tokenize
 import zipfile
@@ -47,6 +48,8 @@ IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 VERSION = re.compile(r"[0-9A-Za-z.+_-]{1,64}")
 SAFE_STRING = re.compile(r"[A-Za-z0-9_,.\->() ]{0,128}")  # string arguments: einsum equations, reduce modes
 DEVICE_TYPES = {"cpu", "cuda", "meta"}
+PATH_FIELDS = {"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn", "target_fqn"}
+VALUE_TABLES = {"tensor_values", "sym_int_values", "sym_float_values", "sym_bool_values", "custom_obj_values"}
 DROPPED = {"metadata", "guards_code"}  # never read: stack traces, module stacks, guard source
 
 ATEN_TARGET = re.compile(r"torch\.ops\.aten\.([A-Za-z0-9_]{1,64})\.([A-Za-z0-9_]{1,64})")
@@ -271,6 +274,13 @@ def check_name(value: object, what: str) -> str:
     return value
 
 
+def check_identifier(value: object, what: str) -> str:
+    """``value`` is a Python identifier and no keyword: what a graph value's name becomes in generated code."""
+    if not isinstance(value, str) or not IDENT.fullmatch(value) or keyword.iskeyword(value):
+        raise _refuse(f"the {what} {str(value)[:80]!r} is not a plain identifier; names reach generated code")
+    return value
+
+
 def check_expression(expr: str) -> None:
     """``expr`` is a plain symbolic expression (what sympify may see), or ``InputError``."""
     if len(expr) > 10_000:
@@ -354,6 +364,8 @@ def _check_string(field: str, value: str, is_key: bool) -> None:
             raise _refuse(f"the graph uses {value[3:]} arguments (control flow or custom objects)")
         if field == "range_constraints":
             check_expression(value)
+        elif field in VALUE_TABLES:
+            check_identifier(value, f"value name in {field}")
         else:
             check_name(value, "key")
     elif field == "expr_str":
@@ -374,8 +386,11 @@ def _check_string(field: str, value: str, is_key: bool) -> None:
     elif field == "verifiers" or field == "forward_arg_names":
         if not IDENT.fullmatch(value):
             raise _refuse(f"{field} holds {value[:60]!r}, not an identifier")
-    elif not (field == "fqn" and value == ""):  # the root module's path is empty
-        check_name(value, f"name in {field or 'the program'}")
+    elif field in PATH_FIELDS:
+        if not (field == "fqn" and value == ""):  # the root module's path is empty
+            check_name(value, f"name in {field}")
+    else:  # a graph value's name (an input, a node, its output, an argument): pasted into generated code
+        check_identifier(value, f"name in {field or 'the program'}")
 
 
 def check_program(program: dict, limits: ArchiveLimits) -> dict:
