@@ -50,6 +50,7 @@ SAFE_STRING = re.compile(r"[A-Za-z0-9_,.\->() ]{0,128}")  # string arguments: ei
 DEVICE_TYPES = {"cpu", "cuda", "meta"}
 PATH_FIELDS = {"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn", "target_fqn"}
 VALUE_TABLES = {"tensor_values", "sym_int_values", "sym_float_values", "sym_bool_values", "custom_obj_values"}
+MAX_ARG_LIST = 256  # items of one argument, shape or stride list
 DROPPED = {"metadata", "guards_code"}  # never read: stack traces, module stacks, guard source
 
 ATEN_TARGET = re.compile(r"torch\.ops\.aten\.([A-Za-z0-9_]{1,64})\.([A-Za-z0-9_]{1,64})")
@@ -109,7 +110,7 @@ class ArchiveLimits:
     ratio: int = 100
     json_bytes: int = 64 * 2**20
     json_depth: int = 48
-    json_elements: int = 4_000_000
+    json_elements: int = 1_000_000
     nodes: int = 5_000
 
 
@@ -345,13 +346,17 @@ def check_treespec(text: object) -> None:
 
 
 def _strings(obj: object, key: str = "") -> Iterator[tuple[str, str, bool]]:
-    """Every (field, string, is_dict_key) in ``obj``, skipping the dropped fields."""
+    """Every (field, string, is_dict_key) in ``obj``, skipping the dropped fields; an argument or shape list
+    (``as_ints``, ``sizes``, ...) longer than :data:`MAX_ARG_LIST` is refused on the way."""
     if isinstance(obj, dict):
         for k, v in obj.items():
             yield key, k, True
             if k not in DROPPED:
                 yield from _strings(v, k)
     elif isinstance(obj, list):
+        if len(obj) > MAX_ARG_LIST and (key.startswith("as_") or key in ("sizes", "strides")):
+            raise _refuse(f"a list of {len(obj)} values in {key}, over the cap of {MAX_ARG_LIST} (a tensor has at most "
+                          "a few dozen dimensions)")  # fmt: skip
         for v in obj:
             yield from _strings(v, key)
     elif isinstance(obj, str):

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     checkpoint_nodes_cap: int = Field(5_000, ge=1, description="most nodes in an exported graph")
     # the confined child processes that check uploads (API) and train checkpoint jobs (worker): rvsm.sandbox
     check_memory_bytes: int = Field(3 * 2**30, ge=2**27, description="address space a submit-time check may add")
-    check_timeout_s: float = Field(60.0, gt=0, description="wall-clock limit of a submit-time check (seconds)")
+    check_timeout_s: float = Field(30.0, gt=0, description="wall-clock limit of a submit-time check (seconds)")
     job_memory_bytes: int = Field(16 * 2**30, ge=2**28, description="address space a checkpoint job's child may add")
     job_cpu_s: int = Field(7 * 24 * 3600, ge=1, description="CPU seconds a checkpoint job's child may use")
 
