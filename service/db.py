@@ -141,7 +141,9 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
     else:
-        engine = create_engine(url, pool_pre_ping=True, **pool)
+        # a host that drops packets (instead of refusing) costs a request 5 s, not the OS's TCP timeout
+        connect = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect, **pool)
     _create_tables(engine)
     return engine
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rvsm import __version__
+from rvsm import __version__, sandbox
 
 from . import errors
 from .config import get_settings
@@ -38,6 +39,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             raise
         log.warning("the job database is unreachable at startup (%s); /readyz says so and requests that need it "
                     "get 503 until it answers", type(e).__name__)  # fmt: skip
+    # the submit-time check's fork server imports torch once, in the background, before the first upload
+    threading.Thread(target=sandbox.warm, name="rvsm-sandbox-warm", daemon=True).start()
     yield
 
 
