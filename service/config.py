@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     check_timeout_s: float = Field(30.0, gt=0, description="wall-clock limit of a submit-time check (seconds)")
     job_memory_bytes: int = Field(16 * 2**30, ge=2**28, description="address space a checkpoint job's child may add")
     job_cpu_s: int = Field(7 * 24 * 3600, ge=1, description="CPU seconds a checkpoint job's child may use")
+    sandbox_seccomp: bool = Field(True, description="the children's seccomp filter (off where libseccomp is missing)")
 
     def checkpoint_limits(self):  # -> rvsm.prepare.CheckpointLimits (imported here, so settings load no torch)
         """The checkpoint caps as the library takes them."""
@@ -130,14 +131,16 @@ class Settings(BaseSettings):
         from rvsm.sandbox import ChildLimits
 
         timeout = int(self.check_timeout_s) + 1
-        return ChildLimits(memory_bytes=self.check_memory_bytes, cpu_s=timeout, wall_s=self.check_timeout_s)
+        return ChildLimits(memory_bytes=self.check_memory_bytes, cpu_s=timeout, wall_s=self.check_timeout_s,
+                           seccomp=self.sandbox_seccomp)  # fmt: skip
 
     def job_child(self):  # -> rvsm.sandbox.ChildLimits
         """Limits of the child process that trains a checkpoint job (no wall-clock limit: jobs may be long)."""
         from rvsm.sandbox import ChildLimits
 
         threads = os.cpu_count() or 1  # what torch uses in the worker itself
-        return ChildLimits(memory_bytes=self.job_memory_bytes, cpu_s=self.job_cpu_s, wall_s=None, threads=threads)
+        return ChildLimits(memory_bytes=self.job_memory_bytes, cpu_s=self.job_cpu_s, wall_s=None, threads=threads,
+                           seccomp=self.sandbox_seccomp)  # fmt: skip
 
 
 @lru_cache
