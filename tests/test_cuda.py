@@ -115,3 +115,32 @@ def test_batched_toy_run_on_device_equals_cpu_run_float64() -> None:
         assert torch.equal(a.u != 0, b.u != 0)
         for key in ("lagrangian", "theta_w", "f_w", "f_u"):
             assert math.isclose(a.final[key], b.final[key], rel_tol=1e-10, abs_tol=1e-10), key
+
+
+def test_exported_model_trained_on_device_runs_on_cpu(tmp_path) -> None:
+    """Issue 19: an exported CNN trained on the device through the worker's own path (``prepare``, ``train``,
+    ``_outputs``) returns a ``model.pt2`` whose every tensor is on the CPU, and which runs there."""
+    import io
+
+    import numpy as np
+
+    from rvsm.prepare import prepare
+    from rvsm.train import TrainConfig, train
+    from tests.user_models import ResidualCNN, digits_npz, export
+    from worker.checkpoint_jobs import _outputs
+
+    torch.manual_seed(0)
+    data, x_val, _ = digits_npz(flat=False)
+    (tmp_path / "d.npz").write_bytes(data)
+    spec = {"kind": "checkpoint", "dataset": {"name": "upload"}, "algorithm": "rvsm", "target_sparsity": 0.5,
+            "epochs": 1}  # fmt: skip
+    prep = prepare(spec, checkpoint=export(ResidualCNN(), x_val[:4]), dataset_file=tmp_path / "d.npz")
+    cfg = TrainConfig.from_spec(spec | {"params": prep.sparse_names})
+    result = train(prep.model, prep.data, cfg, device=DEVICE)
+    files, _ = _outputs(spec, prep, cfg, result, DEVICE)
+    ep = torch.export.load(io.BytesIO(files["model.pt2"]))
+    devices = {t.device.type for t in [*ep.state_dict.values(), *ep.constants.values()] if isinstance(t, torch.Tensor)}
+    assert devices == {"cpu"}, devices
+    with torch.no_grad():
+        out = ep.module()(x_val[:8].cpu())
+    assert out.device.type == "cpu" and bool(np.isfinite(out.numpy()).all())
