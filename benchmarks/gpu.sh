@@ -52,7 +52,7 @@ else
     fi
     toy=(--configs 100000 --iters 5000 --single 2 --repeats 3 --compile --bandwidth)
     overhead=(--batch 128 --size 32 --repeats 11 --steps 50 --warmup 20)
-    worker=(--epochs 5 --timeout 600)
+    worker=(--epochs 20 --timeout 600)
 fi
 echo "gpu.sh: device $device, python $py, doc $doc"
 

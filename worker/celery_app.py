@@ -11,8 +11,11 @@ pool there is no child process whose loss it could detect.)
 
 from __future__ import annotations
 
+import threading
+
 from celery import Celery, signals
 
+from rvsm import sandbox
 from service.config import Settings
 from service.queue import base_config
 
@@ -34,6 +37,8 @@ def make_app(settings: Settings) -> Celery:
     )
     register(app)
     signals.worker_ready.connect(lambda sender=None, **_: reconciler.start(settings, _queues(sender)), weak=False)
+    # the training children's fork server imports torch once, now, not when the first job arrives
+    signals.worker_ready.connect(lambda **_: threading.Thread(target=sandbox.warm, daemon=True).start(), weak=False)
     signals.worker_shutting_down.connect(lambda sender=None, **_: shutting_down.set(), weak=False)
     return app
 
