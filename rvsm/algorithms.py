@@ -37,6 +37,7 @@ from __future__ import annotations
 import bisect
 import gc
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -447,6 +448,7 @@ def _run_group(
     rows: list[int],
     compile: bool = False,
     max_points: int = TRACE_POINTS_PER_RUN,
+    stepper: Any = None,
 ) -> list[ToyRun]:
     t_start = time.perf_counter()
     n = len(group.cfgs)
@@ -456,8 +458,8 @@ def _run_group(
     book = {
         "active": ~flag,
         "iters": torch.zeros(n, dtype=torch.long, device=dev),
-        "converged": flag,
-        "diverged": flag,
+        "converged": flag.clone(),  # each its own: the Triton path writes them in place
+        "diverged": flag.clone(),
         "last_step": torch.full((n,), math.nan, dtype=group.dtype, device=dev),
         "max_delta": torch.zeros(n, dtype=group.dtype, device=dev),
     }
@@ -480,10 +482,19 @@ def _run_group(
     t = 0
     last_report = time.perf_counter()
     advance = _compiled_advance(group) if compile else group.advance
+    # The Triton path advances to the next check point in one launch; with no callback and no time budget
+    # to consult, to the next trace point (the break when every row has stopped only saves work: the
+    # snapshots it skips lie past every row's last iteration, and the kernel's programs stop by themselves).
+    stride = check_every if callback is not None or deadline is not None else math.lcm(check_every, keep_every)
     while t < limit:
-        state, book = advance(state, book)
+        if stepper is None:
+            state, book = advance(state, book)
+            t += 1
+        else:
+            nxt = min(limit, (t // stride + 1) * stride)
+            stepper.advance(state, book, nxt - t)
+            t = nxt
         active, last_step = book["active"], book["last_step"]
-        t += 1
         if t % check_every and t != limit:
             continue
         on_grid = t % keep_every == 0 or t == limit
@@ -601,6 +612,24 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+TOY_BACKENDS = ("auto", "eager", "triton")
+TOY_BACKEND_ENV = "RVSM_TOY_BACKEND"
+
+
+def toy_backend(backend: str | None, *, device: torch.device, compile: bool = False) -> str:
+    """``"eager"`` or ``"triton"``: the path :func:`run_toy` takes for ``backend`` (``None``: the
+    ``RVSM_TOY_BACKEND`` environment variable, else ``"auto"``) on ``device``. Triton is imported only when
+    it may be used (``auto`` on CUDA, or asked for)."""
+    choice = backend if backend is not None else (os.environ.get(TOY_BACKEND_ENV) or "auto")
+    if choice not in TOY_BACKENDS:
+        raise ValueError(f"backend must be one of {TOY_BACKENDS}, got {choice!r}")
+    if choice == "eager" or (choice == "auto" and (device.type != "cuda" or compile)):
+        return "eager"
+    from . import triton_toy
+
+    return triton_toy.choose_backend(choice, device=device, compile=compile)
+
+
 def run_toy(
     configs: list[ToyConfig],
     *,
@@ -609,6 +638,7 @@ def run_toy(
     time_budget_s: float | None = None,
     compile: bool = False,
     max_trace_points: int | None = None,
+    backend: str | None = None,
 ) -> list[ToyRun]:
     """Run ``configs`` batched: rows sharing :meth:`ToyConfig.group_key` advance as one tensor.
 
@@ -625,6 +655,12 @@ def run_toy(
     Each run's trace keeps at most ``max_trace_points`` points (default: :data:`TRACE_POINTS_PER_RUN`,
     lowered to ``TRACE_POINTS_TOTAL / len(configs)``, at least :data:`TRACE_POINTS_MIN`, so that a large
     sweep's traces stay bounded too); ``log_every`` is raised to fit and each run reports the interval used.
+
+    ``backend``: ``"auto"`` (the default, or the ``RVSM_TOY_BACKEND`` environment variable when ``backend`` is
+    ``None``) runs the groups that :func:`rvsm.triton_toy.supports` on the persistent Triton kernel when the
+    device is CUDA, triton imports and ``compile`` is off, every other group eagerly; ``"eager"`` forces the
+    eager path (the oracle); ``"triton"`` asks for the kernel wherever it applies (on a CPU, only under
+    ``TRITON_INTERPRET=1``). On a CPU ``auto`` is eager: nothing changes there.
     """
     if not configs:
         raise ValueError("configs must not be empty")
@@ -635,6 +671,7 @@ def run_toy(
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be > 0, got {time_budget_s}")
     dev = torch.device(device) if device is not None else default_device()
+    use_triton = toy_backend(backend, device=dev, compile=compile) == "triton"
     deadline = time.perf_counter() + time_budget_s if time_budget_s is not None else None
     order: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
@@ -643,6 +680,12 @@ def run_toy(
     with torch.no_grad():
         for gi, idx in enumerate(order.values()):
             group = _Group([configs[i] for i in idx], dev)
+            stepper = None
+            if use_triton:
+                from . import triton_toy
+
+                if triton_toy.supports(group):
+                    stepper = triton_toy.TritonStepper(group)
             runs = _run_group(
                 group,
                 deadline=deadline,
@@ -652,6 +695,7 @@ def run_toy(
                 rows=idx,
                 compile=compile,
                 max_points=max_trace_points,
+                stepper=stepper,
             )
             for i, run in zip(idx, runs, strict=True):
                 out[i] = run
