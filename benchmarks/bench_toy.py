@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, write_block  # noqa: E402
 
 from rvsm.algorithms import ToyConfig, run_toy  # noqa: E402
-from rvsm.problems import make_init, make_teacher  # noqa: E402
+from rvsm.problems import make_init, make_teacher, relu_grad  # noqa: E402
+from rvsm.prox import apply_threshold  # noqa: E402
 
 T = TypeVar("T")
 LAMS = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
@@ -110,6 +111,73 @@ def step_bytes(d: int, itemsize: int) -> int:
     return itemsize * (3 * d + 9) + 30
 
 
+def plain_inputs(cfgs: list[ToyConfig], device: torch.device) -> dict[str, torch.Tensor]:
+    """The tensors :func:`plain_loop` reads, built outside its timing."""
+    dt = getattr(torch, cfgs[0].dtype)
+
+    def col(name: str) -> torch.Tensor:
+        return torch.tensor([float(getattr(c, name)) for c in cfgs], dtype=dt, device=device).unsqueeze(-1)
+
+    return {
+        "w": torch.stack([c.w0 for c in cfgs]).to(device=device, dtype=dt),
+        "ws": torch.stack([c.w_star for c in cfgs]).to(device=device, dtype=dt),
+        "k": torch.tensor([float(c.k) for c in cfgs], dtype=dt, device=device),
+        "mu": col("lam") / col("beta"),
+        "eta": col("eta"),
+        "beta": col("beta"),
+    }
+
+
+def plain_loop(x: dict[str, torch.Tensor], iters: int, penalty: str) -> torch.Tensor:
+    """The same normalised RVSM step, batched, in plain eager torch: no bookkeeping, traces or results."""
+    w, ws, k, mu, eta, beta = x["w"], x["ws"], x["k"], x["mu"], x["eta"], x["beta"]
+    for _ in range(iters):
+        u = apply_threshold(w, mu, penalty)
+        w_hat = w - eta * (relu_grad(w, ws, k) + beta * (w - u))
+        w = w_hat / torch.linalg.vector_norm(w_hat, dim=-1, keepdim=True)
+    return w
+
+
+def triton_rows(args: argparse.Namespace, cfgs: list[ToyConfig], dev: torch.device, itemsize: int) -> dict:
+    """The Triton path (run_toy(backend="triton"), result assembly included) against :func:`plain_loop`,
+    alternating A, B, A, B, ...; each side's time, its rate, the ratio within each repeat, and the Triton
+    path's fraction of the copy-bandwidth limit end to end."""
+    warm = configs(args.configs, d=args.d, iters=min(args.iters, 1000), dtype=args.dtype, penalty=args.penalty)
+    tw, _ = timed(lambda: run_toy(warm, device=dev, backend="triton"), dev)  # compiles the kernel
+    x = plain_inputs(cfgs, dev)
+    plain_loop(x, 2, args.penalty)
+    t_t: list[float] = []
+    t_p: list[float] = []
+    diff = 0.0
+    for rep in range(args.repeats):
+        dt, runs = timed(lambda: run_toy(cfgs, device=dev, backend="triton"), dev)
+        t_t.append(dt)
+        dt, w = timed(lambda: plain_loop(x, args.iters, args.penalty), dev)
+        t_p.append(dt)
+        w = w.double().cpu()
+        diff = max(diff, max((r.w - w[i, : r.config.d]).abs().max().item() for i, r in enumerate(runs)))
+        print(f"triton repeat {rep}: run_toy {t_t[-1]:.3f} s, plain batched loop {t_p[-1]:.3f} s", flush=True)
+    rate_t = [args.configs * args.iters / t for t in t_t]
+    rate_p = [args.configs * args.iters / t for t in t_p]
+    bw = copy_bandwidth(dev, args.bandwidth_bytes)
+    need = step_bytes(args.d, itemsize)
+    return {
+        "mode": "triton",
+        "configs": args.configs,
+        "repeats": args.repeats,
+        "compile_warmup_s": tw,
+        "triton_s": stats(t_t),
+        "plain_loop_s": stats(t_p),
+        "triton_cfg_it_per_s": stats(rate_t),
+        "plain_loop_cfg_it_per_s": stats(rate_p),
+        "ratio_vs_plain_loop": stats([a / b for a, b in zip(rate_t, rate_p, strict=True)]),
+        "max_abs_diff_w_vs_plain_loop": diff,
+        "copy_bandwidth_GBps": bw / 1e9,
+        "bytes_per_cfg_it": need,
+        "bandwidth_fraction": stats([r * need / bw for r in rate_t]),
+    }
+
+
 def stats(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
@@ -129,6 +197,12 @@ def main() -> None:
     p.add_argument("--penalty", default="l1")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="also time the torch.compile-fused iteration")
+    p.add_argument(
+        "--triton",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the Triton path against a plain batched eager loop (default: on CUDA)",
+    )
     p.add_argument(
         "--bandwidth", action="store_true", help="also measure the copy bandwidth and the sweep's fraction of it"
     )
@@ -151,18 +225,18 @@ def main() -> None:
         row: dict = {"mode": label, "configs": args.configs, "single_configs_timed": args.single}
         if comp:  # pay the compilation outside the timed runs (each batch shape compiles once)
             warm = configs(args.configs, d=args.d, iters=10, dtype=args.dtype, penalty=args.penalty)
-            tw, _ = timed(lambda w=warm: run_toy(w, device=dev, compile=True), dev)
-            tw1, _ = timed(lambda w=warm: run_toy(w[:1], device=dev, compile=True), dev)
+            tw, _ = timed(lambda w=warm: run_toy(w, device=dev, compile=True, backend="eager"), dev)
+            tw1, _ = timed(lambda w=warm: run_toy(w[:1], device=dev, compile=True, backend="eager"), dev)
             row["compile_warmup_s"] = tw + tw1
         t_b: list[float] = []
         t_s: list[float] = []
         diff = 0.0
         for rep in range(args.repeats):  # A, B, A, B, ...: a load change hits both sides alike
-            dt, batched = timed(lambda c=comp: run_toy(cfgs, device=dev, compile=c), dev)
+            dt, batched = timed(lambda c=comp: run_toy(cfgs, device=dev, compile=c, backend="eager"), dev)
             t_b.append(dt)
             total, singles = 0.0, []
             for c in single:
-                dt, r = timed(lambda c=c, comp=comp: run_toy([c], device=dev, compile=comp)[0], dev)
+                dt, r = timed(lambda c=c, comp=comp: run_toy([c], device=dev, compile=comp, backend="eager")[0], dev)
                 total += dt
                 singles.append(r)
             t_s.append(total)
@@ -192,6 +266,10 @@ def main() -> None:
             }
         rows.append(row)
         print(json.dumps(row), flush=True)
+    tri_row = None
+    if args.triton if args.triton is not None else dev.type == "cuda":
+        tri_row = triton_rows(args, cfgs, dev, itemsize)
+        print(json.dumps(tri_row), flush=True)
 
     lines = [
         "| mode | configs | batched: s | batched: cfg-it/s | one at a time: s per config | "
@@ -222,6 +300,26 @@ def main() -> None:
                 f"(itemsize·(3d + 9) + 30, d={args.d}, {args.dtype}); the batched sweep reaches "
                 f"**{100 * f['median']:.1f}%** ({100 * f['min']:.1f}–{100 * f['max']:.1f}%) of that limit."
             )
+    if tri_row is not None:
+        r = tri_row
+        f, q = r["bandwidth_fraction"], r["ratio_vs_plain_loop"]
+        extra += [
+            "",
+            "| path | configs | s (result assembly included for run_toy) | cfg-it/s |",
+            "|---|---|---|---|",
+            f"| run_toy, Triton kernel | {r['configs']} | {rng(r['triton_s'], '.3f')} "
+            f"| {rng(r['triton_cfg_it_per_s'], '.3g')} |",
+            f"| plain batched eager loop (the step only) | {r['configs']} | {rng(r['plain_loop_s'], '.3f')} "
+            f"| {rng(r['plain_loop_cfg_it_per_s'], '.3g')} |",
+            "",
+            f"- triton: {args.repeats} alternating repeats (run_toy on the Triton path, then the plain loop, ...); "
+            f"**{q['median']:.1f}x** ({q['min']:.1f}x–{q['max']:.1f}x) the plain loop's rate; end to end "
+            f"**{100 * f['median']:.1f}%** ({100 * f['min']:.1f}–{100 * f['max']:.1f}%) of the copy-bandwidth limit "
+            f"({r['copy_bandwidth_GBps']:.1f} GB/s, {r['bytes_per_cfg_it']} B per configuration-iteration); "
+            f"kernel compilation before the timed runs {r['compile_warmup_s']:.1f} s; largest |w| difference "
+            f"from the plain loop {r['max_abs_diff_w_vs_plain_loop']:.1e}.",
+        ]
+        rows.append(r)
     cmd = "python benchmarks/bench_toy.py " + " ".join(sys.argv[1:])
     body = "\n".join(
         [
