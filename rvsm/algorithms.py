@@ -270,6 +270,8 @@ class _Group:
         self.dmax = max(c.d for c in cfgs)
 
         def padded(name: str) -> Tensor:
+            if all(c.d == self.dmax for c in cfgs):  # one stack instead of a slice copy per row (large sweeps)
+                return torch.stack([getattr(c, name).to(torch.float64) for c in cfgs]).to(device)
             out = torch.zeros(len(cfgs), self.dmax, dtype=torch.float64)
             for i, c in enumerate(cfgs):
                 out[i, : c.d] = getattr(c, name)
