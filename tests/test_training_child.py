@@ -28,7 +28,7 @@ from tests.service_helpers import Worker, service_env, unique_queue, wait_for
 from tests.user_models import export
 from worker.checkpoint_jobs import CHILD_POISON_ENV
 
-SIGNATURE = np.array([1234.5678, -8765.4321, 3.1415927, 2.7182817, 1e-7, 6.0221e23, -1.6e-19, 42.4242],
+SIGNATURE = np.array([1.2345678, -0.87654321, 3.1415927, 2.7182817, 0.5772157, 1.4142135, -1.6021766, 0.4242424],
                      dtype=np.float32)  # fmt: skip
 SPEC = {"kind": "checkpoint", "dataset": {"name": "upload"}, "algorithm": "rvsm", "target_sparsity": 0.5,
         "epochs": 1, "batch_size": 16}  # fmt: skip
@@ -74,7 +74,8 @@ def npz(x: np.ndarray, y: np.ndarray) -> bytes:
 
 
 def secret_data(n: int = 128) -> bytes:
-    x = np.tile(SIGNATURE, (n, 1)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((n, 8)).astype(np.float32)
+    x[::7] = SIGNATURE  # the signature in a row of every batch, train and validation
     return npz(x, np.arange(n) % 3)
 
 
