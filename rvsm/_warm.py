@@ -5,8 +5,12 @@ tables in place (a first ``torch.export.load`` in a fresh process spends ~0.4 s 
 from __future__ import annotations
 
 import io
+import os
 
 import torch
+
+# the fork server must never initialise CUDA (its children could not use it): availability checks go to NVML
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 
 def _round_trip() -> None:
