@@ -15,6 +15,7 @@ import random
 import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -157,6 +158,20 @@ def test_a_valid_archive_still_trains(live):
     assert r.status_code == 202, r.text
     job = wait_done(client, r.json()["id"])
     assert job["state"] == "succeeded", job
+
+
+def test_the_same_archive_submitted_eight_times_at_once_is_accepted_eight_times(live):
+    """Each check loads in its own child process: no process-wide state of torch's deserialiser is shared."""
+    client, _, _ = live
+    blob = crafted.valid("cnn")
+
+    def one(_: int) -> int:
+        with httpx.Client(base_url=client.base_url, timeout=60) as own:
+            return post(own, blob, "cnn").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(one, range(8)))
+    assert codes == [202] * 8, codes
 
 
 # ----------------------------------------------------------------------------- fuzzing
