@@ -43,6 +43,7 @@ BN_TARGETS = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm", "cu
 DROPOUT_TARGETS = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "native_dropout"}
 WEIGHT_CONSUMERS = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
                     "conv_transpose3d", "linear", "matmul", "mm", "bmm", "addmm", "einsum"}  # fmt: skip
+RECURRENT = {"lstm", "gru", "rnn_tanh", "rnn_relu"}  # their weights come as one list argument
 IN_PLACE = {"add_", "clamp_", "copy_", "detach_", "div_", "dropout_", "fill_", "hardtanh_", "leaky_relu_",
             "masked_fill_", "mul_", "relu_", "silu_", "sub_", "tanh_", "zero_"}  # fmt: skip
 _load_lock = threading.Lock()  # torch's deserialiser keeps a process-wide global while it reads
@@ -243,14 +244,21 @@ def _make_switchable(module: nn.Module) -> None:
 
 
 def sparsifiable_parameters(module: nn.Module) -> list[str]:
-    """Names of the parameters used as the weight of a convolution, linear or matmul node (never biases
-    or norm parameters): what RVSM sparsifies by default in an exported graph."""
-    names: list[str] = []
+    """Names of the weight matrices the graph consumes in a matmul-like operator: convolution, linear, matmul,
+    bmm, einsum (attention projections included), and a recurrent cell's ``weight_ih`` / ``weight_hh``; never
+    biases, norms or embeddings (an embedding is a lookup table: prune it by naming it in ``params``). What RVSM
+    sparsifies by default in an exported graph."""
     params = dict(module.named_parameters())
+    names: list[str] = []
     for node in module.graph.nodes:  # type: ignore[union-attr]
-        if _op_name(node) not in WEIGHT_CONSUMERS:
+        op = _op_name(node)
+        if op in WEIGHT_CONSUMERS:
+            candidates = list(node.args[:3])
+        elif op in RECURRENT:
+            candidates = list(node.args[2]) if len(node.args) > 2 and isinstance(node.args[2], list | tuple) else []
+        else:
             continue
-        for arg in node.args[:3]:
+        for arg in candidates:
             if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and arg.target in params:
                 if params[str(arg.target)].dim() >= 2 and arg.target not in names:
                     names.append(str(arg.target))

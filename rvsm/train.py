@@ -165,23 +165,32 @@ class TrainResult:
 
 
 def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
-    """Zeros per tensor, over the prunable tensors and over all, counted on the tensors themselves."""
+    """Zeros per tensor, over the prunable tensors, over every weight matrix (a floating tensor of two or more
+    dimensions, pruned or not) and over all, counted on the tensors themselves. Each tensor says whether it was
+    pruned, so a report can never give the pruned set's sparsity while most weights stayed dense."""
+    chosen = set(prunable)
     layers = {}
     for name, t in state_dict.items():
         if not t.is_floating_point():
             continue
         zeros = int((t == 0).sum())
-        layers[name] = {"numel": t.numel(), "zeros": zeros, "sparsity": zeros / max(t.numel(), 1)}
+        layers[name] = {"numel": t.numel(), "zeros": zeros, "sparsity": zeros / max(t.numel(), 1),
+                        "pruned": name in chosen, "matrix": t.dim() >= 2}  # fmt: skip
     pr = [layers[n] for n in prunable if n in layers]
+    mats = [v for v in layers.values() if v["matrix"]]
     tot_n = sum(v["numel"] for v in layers.values())
     pr_n = sum(v["numel"] for v in pr)
+    mat_n = sum(v["numel"] for v in mats)
     return {
         "prunable": sum(v["zeros"] for v in pr) / max(pr_n, 1),
+        "weight_matrices": sum(v["zeros"] for v in mats) / max(mat_n, 1),
         "overall": sum(v["zeros"] for v in layers.values()) / max(tot_n, 1),
         "prunable_parameters": pr_n,
+        "weight_matrix_parameters": mat_n,
         "total_parameters": tot_n,
         "layers": layers,
         "prunable_names": prunable,
+        "dense_matrices": [n for n, v in layers.items() if v["matrix"] and not v["pruned"]],
     }
 
 

@@ -173,6 +173,16 @@ def test_sparsity_report_counts_the_tensors():
     assert r["prunable"] == 0.75 and r["overall"] == 4 / 6 and r["layers"]["a.bias"]["zeros"] == 1
 
 
+def test_sparsity_report_says_which_weight_matrices_stayed_dense():
+    """Issue 17: a report whose pruned set is sparse while most weight matrices are dense says so."""
+    sd = {"fc.weight": torch.zeros(2, 2), "rnn.weight_hh": torch.ones(4, 4), "rnn.bias": torch.zeros(4)}
+    r = sparsity_report(sd, ["fc.weight"])
+    assert r["prunable"] == 1.0 and r["weight_matrices"] == 4 / 20 and r["weight_matrix_parameters"] == 20
+    assert r["dense_matrices"] == ["rnn.weight_hh"]
+    assert r["layers"]["fc.weight"]["pruned"] and not r["layers"]["rnn.weight_hh"]["pruned"]
+    assert not r["layers"]["rnn.bias"]["matrix"]
+
+
 def test_training_resumes_to_the_same_result():
     data = rdata.synthetic(300, num_classes=3, seed=2)
     cfg = TrainConfig(algorithm="admm", sparsity=0.7, epochs=3, finetune_epochs=2, lr=0.05, beta=0.05, batch_size=32)
