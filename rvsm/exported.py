@@ -27,7 +27,7 @@ import threading
 import types
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -102,6 +102,7 @@ class Exported:
     module: nn.Module
     input_shape: tuple[int, ...]  # per sample (the batch dimension left out)
     output_shape: tuple[int, ...]  # per sample
+    tied: list[list[str]] = field(default_factory=list)  # parameters that are one tensor (tied embeddings, heads)
 
 
 def _user_io(ep: torch.export.ExportedProgram) -> tuple[list, list]:
@@ -155,7 +156,32 @@ def load(data: bytes, *, limits: ArchiveLimits = ArchiveLimits()) -> Exported:  
     module = ep.module(check_guards=False)
     check_module(module)
     _make_switchable(module)
-    return Exported(ep, module, in_shape, out_shape)
+    tied = tied_groups(ep.state_dict)
+    tie(module, tied)
+    return Exported(ep, module, in_shape, out_shape, tied)
+
+
+def tied_groups(state: dict[str, Tensor]) -> list[list[str]]:
+    """Names of the tensors that are one tensor (same storage, offset, shape and strides): tied weights, which
+    ``torch.export.save`` stores once."""
+    groups: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        groups.setdefault(key, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def tie(module: nn.Module, groups: list[list[str]]) -> None:
+    """Make each group of parameter names one ``Parameter`` of ``module`` again (the unlifted module gets a
+    copy per name): trained once, pruned with one mask, and ``named_parameters`` lists it once."""
+    params = dict(module.named_parameters(remove_duplicate=False))
+    for first, *rest in groups:
+        if not all(n in params for n in (first, *rest)):
+            continue  # buffers or constants that share storage: read-only in training, left as they are
+        shared = params[first]
+        for name in rest:
+            owner, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(owner), leaf, shared)
 
 
 def _allowed_callables() -> set[object]:
@@ -248,7 +274,8 @@ def sparsifiable_parameters(module: nn.Module) -> list[str]:
     bmm, einsum (attention projections included), and a recurrent cell's ``weight_ih`` / ``weight_hh``; never
     biases, norms or embeddings (an embedding is a lookup table: prune it by naming it in ``params``). What RVSM
     sparsifies by default in an exported graph."""
-    params = dict(module.named_parameters())
+    params = dict(module.named_parameters(remove_duplicate=False))  # a tied parameter under each of its names
+    canonical = {id(p): n for n, p in module.named_parameters()}  # and the one name training knows it by
     names: list[str] = []
     for node in module.graph.nodes:  # type: ignore[union-attr]
         op = _op_name(node)
@@ -260,8 +287,9 @@ def sparsifiable_parameters(module: nn.Module) -> list[str]:
             continue
         for arg in candidates:
             if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and arg.target in params:
-                if params[str(arg.target)].dim() >= 2 and arg.target not in names:
-                    names.append(str(arg.target))
+                p = params[str(arg.target)]
+                if p.dim() >= 2 and canonical[id(p)] not in names:
+                    names.append(canonical[id(p)])
     return names
 
 
@@ -313,13 +341,20 @@ class _CostCounter(TorchDispatchMode):
 
 
 def _tensors(model: nn.Module) -> dict[str, Tensor]:
-    """The module's parameters, buffers and the tensor constants its graph reads (``get_attr``)."""
-    out = model.state_dict(keep_vars=True)
+    """The module's parameters, buffers and the tensor constants its graph reads (``get_attr``); a tied tensor
+    once, under its first name (``functional_call`` ties the others)."""
+    seen: set[int] = set()
+    out: dict[str, Tensor] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[name] = t
     graph = getattr(model, "graph", None)
     for node in graph.nodes if graph is not None else ():
         if node.op == "get_attr" and node.target not in out:
             value = _attr(model, str(node.target))
-            if isinstance(value, Tensor):
+            if isinstance(value, Tensor) and id(value) not in seen:
+                seen.add(id(value))
                 out[str(node.target)] = value
     return out
 

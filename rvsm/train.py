@@ -168,14 +168,14 @@ def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
     """Zeros per tensor, over the prunable tensors, over every weight matrix (a floating tensor of two or more
     dimensions, pruned or not) and over all, counted on the tensors themselves. Each tensor says whether it was
     pruned, so a report can never give the pruned set's sparsity while most weights stayed dense."""
-    chosen = set(prunable)
+    chosen = {state_dict[n].data_ptr() for n in prunable if n in state_dict}  # a tied tensor: under each name
     layers = {}
     for name, t in state_dict.items():
         if not t.is_floating_point():
             continue
         zeros = int((t == 0).sum())
         layers[name] = {"numel": t.numel(), "zeros": zeros, "sparsity": zeros / max(t.numel(), 1),
-                        "pruned": name in chosen, "matrix": t.dim() >= 2}  # fmt: skip
+                        "pruned": t.data_ptr() in chosen, "matrix": t.dim() >= 2}  # fmt: skip
     pr = [layers[n] for n in prunable if n in layers]
     mats = [v for v in layers.values() if v["matrix"]]
     tot_n = sum(v["numel"] for v in layers.values())

@@ -1,5 +1,6 @@
 """Models nobody here wrote, through the API and a real worker (issue 17): stock ``nn.LSTM`` / ``nn.GRU``, Hugging
-Face BERT, ViT and a LLaMA-style decoder built from their configs (token ids sent as floats and cast inside),
+Face BERT, ViT, a LLaMA-style decoder and GPT-2 with tied embeddings built from their configs (token ids sent as
+floats and cast inside),
 trained a little here, exported with a dynamic batch, pruned to 0.5 and 0.8. The pruned set holds every attention,
 MLP and recurrent weight matrix; zeros are exact to one entry per tensor; ``model.safetensors`` loads strictly into
 the test's own module; ``model.pt2`` computes the same function; held-out accuracy equals the report's."""
@@ -36,7 +37,7 @@ def task(name: str, n: int = 240) -> tuple[torch.Tensor, torch.Tensor]:
     """Data each model can learn a little: token sequences labelled by whether token 7 occurs (and a third class
     for token 3 before it), images and sequences labelled by the sign pattern of their mean."""
     g = torch.Generator().manual_seed(1)
-    if name in ("bert", "llama"):
+    if name in ("bert", "llama", "gpt2"):
         x = torch.randint(0, 100, (n, 12), generator=g)
         y = (x == 7).any(1).long() + (x[:, :6] == 3).any(1).long()
         return x.float(), y.clamp(max=2)
@@ -69,7 +70,7 @@ def expected_matrices(model: torch.nn.Module) -> set[str]:
 
 
 @pytest.mark.parametrize("target", [0.5, 0.8])
-@pytest.mark.parametrize("name", ["lstm", "gru", "bert", "vit", "llama"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "bert", "vit", "llama", "gpt2"])
 def test_models_people_bring_prune_to_target(stack, name, target):
     client, worker = stack
     x, y = task(name)
@@ -102,7 +103,12 @@ def test_models_people_bring_prune_to_target(stack, name, target):
     zeros = sum(int((state[k] == 0).sum()) for k in names)
     assert abs(zeros - math.floor(target * total)) <= len(names), (zeros, total)
 
+    if name == "gpt2":  # tied: pruned once with one mask, written under both names, still one tensor once loaded
+        head, table = state["model.lm_head.weight"], state["model.transformer.wte.weight"]
+        assert torch.equal(head, table) and "model.transformer.wte.weight" in names
     model.load_state_dict(state, strict=True)  # the test's own module, every key
+    if name == "gpt2":
+        assert model.model.lm_head.weight is model.model.transformer.wte.weight
     model.eval()
     with torch.no_grad():
         mine = model(x[180:])

@@ -124,6 +124,18 @@ def _child_poison_check(job_id: str) -> None:
         ctypes.string_at(0)
 
 
+def _separate(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies, one per name: a tied weight (one tensor under two names) is written under each of its names
+    (safetensors refuses tensors that share memory), so the file loads strictly into the user's own module."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in state.items():
+        t = v.detach().cpu().contiguous()
+        out[k] = t.clone() if t.data_ptr() in seen else t
+        seen.add(t.data_ptr())
+    return out
+
+
 def _scores(result: TrainResult) -> dict:
     """Scores before / after / before the final thresholding: accuracy, or the validation MSE as ``loss``."""
     b, a, d = result.score_before, result.score_after, result.score_dense
@@ -135,7 +147,7 @@ def _scores(result: TrainResult) -> dict:
 def _outputs(
     spec: dict, prep: Prepared, cfg: TrainConfig, result: TrainResult, device: torch.device
 ) -> tuple[dict, dict]:
-    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    state = _separate(result.model.state_dict())
     files = {"model.safetensors": safetensors_save(state), "model.sparse": sparse_io.dumps(state)}
     if prep.exported is not None:
         files["model.pt2"] = exported.save(prep.exported, state)
