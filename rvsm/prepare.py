@@ -22,9 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch import nn
 
 from . import exported as rexported
 from . import models, sandbox
@@ -127,41 +125,12 @@ def _check_outputs(width: int, shape: DataShape, task: str, what: str) -> None:
         raise InputError("dataset", f"{what} gives {width} outputs per sample, the data has {shape.outputs} targets")
 
 
-class _AllocationCounter(TorchDispatchMode):
-    """Counts the elements of every tensor the operators under it return (views and in-place results
-    left out: they allocate nothing)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
-        if not any(r.alias_info is not None for r in func._schema.returns):
-            self.elements += sum(t.numel() for t in tree_leaves(out) if isinstance(t, Tensor))
-        return out
-
-
 def meta_forward(model: nn.Module, sample_shape: tuple[int, ...], batch: int) -> tuple[tuple[int, ...], int]:
-    """One training-mode forward pass of ``batch`` samples on the ``meta`` device (no memory, no data): the
-    output's per-sample shape and the elements the pass allocates. The model's own tensors stay as they are
-    (an exported module's real weights are swapped for ``meta`` ones for the call)."""
-    metas = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
-    was_training = model.training
-    model.train()
-    counter = _AllocationCounter()
-    try:
-        with counter:
-            out = torch.func.functional_call(model, metas, (torch.empty(batch, *sample_shape, device="meta"),))
-    except Exception as e:  # noqa: BLE001 - a model that cannot take these inputs: say why
-        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise InputError("architecture", f"the model cannot run on samples of shape {sample_shape} in batches of "
-                                         f"{batch}: {text}") from None  # fmt: skip
-    finally:
-        model.train(was_training)
-    if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != batch:
-        raise InputError("architecture", f"the model must return one tensor of {batch} rows for {batch} samples")
-    return tuple(out.shape[1:]), counter.elements
+    """One training-mode forward pass of ``batch`` samples with nothing computed (:func:`rvsm.exported.fake_cost`,
+    the one allocation count for built-ins and uploads alike): the output's per-sample shape and the elements
+    the pass allocates."""
+    cost = rexported.fake_cost(model, sample_shape, batch)
+    return cost.output_shape, cost.allocated
 
 
 def _data_caps(spec: dict, shape: DataShape, task: str, limits: CheckpointLimits, max_bytes: int) -> None:
