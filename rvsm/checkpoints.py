@@ -4,8 +4,10 @@
 than tensors and containers: code inside a pickle never runs. What training scripts wrap around a
 state_dict is unwrapped (``{"state_dict": ...}`` as Lightning saves it, ``{"model": ...}``,
 ``{"model_state_dict": ...}``), and the prefixes that wrappers add to every key are stripped
-(``module.`` from DataParallel / DistributedDataParallel, ``_orig_mod.`` from ``torch.compile``); each
-step taken is reported, so the job says what it normalised.
+(``module.`` from DataParallel / DistributedDataParallel, ``_orig_mod.`` from ``torch.compile``, ``model.``
+from a LightningModule that holds the network as ``self.model``), each only when every key carries it (a
+state_dict where only some keys do is left as it is, and its keys fail to match by name); each step taken is
+reported, so the job says what it normalised.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from torch import Tensor, nn
 from .errors import InputError
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-PREFIXES = ("module.", "_orig_mod.")
+PREFIXES = {
+    "module.": "",
+    "_orig_mod.": "",
+    "model.": " (a LightningModule's self.model)",
+}  # stripped while every key carries one, in any order (Lightning's "model._orig_mod.", DDP's "module.model.")
 WHOLE_MODEL = (
     "this .pt holds a whole pickled model, which is never unpickled here; save its weights instead, "
     "torch.save(model.state_dict(), 'model.pt'), or export it: "
@@ -80,10 +86,9 @@ def unwrap(obj: object) -> StateDict:
     if bad:
         raise InputError("checkpoint", f"a state_dict maps names to tensors; these entries are not tensors: {bad[:10]}")
     tensors: dict[str, Tensor] = dict(obj)
-    for prefix in PREFIXES:
-        if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-            notes.append(f"stripped the prefix {prefix!r} from every key")
+    while (prefix := next((p for p in PREFIXES if all(k.startswith(p) and k != p for k in tensors)), None)) is not None:
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+        notes.append(f"stripped the prefix {prefix!r} from every key{PREFIXES[prefix]}")
     return StateDict(tensors, notes)
 
 
