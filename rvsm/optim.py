@@ -55,6 +55,17 @@ def target_thresholds(params: list[Tensor], sparsity: float, *, scope: str = "gl
     return [_kth_abs(flat, math.floor(sparsity * flat.numel()))] * len(params)
 
 
+def target_zeros(numels: Sequence[int], sparsity: float, *, scope: str = "global") -> int:
+    """How many zeros a target ``sparsity`` gives tensors of these sizes: ``floor(sparsity n)`` over all together
+    (``"global"``) or the sum of each tensor's ``floor(sparsity n_i)`` (``"layer"``), as :func:`magnitude_masks`
+    and :func:`target_thresholds` count them. Over the total size it is the sparsity a job can reach, a hair
+    under ``sparsity`` unless ``sparsity n`` is a whole number."""
+    _check_target(sparsity, scope)
+    if scope == "layer":
+        return sum(math.floor(sparsity * n) for n in numels)
+    return math.floor(sparsity * sum(numels))
+
+
 @torch.no_grad()
 def magnitude_masks(params: Sequence[Tensor], sparsity: float, *, scope: str = "layer") -> list[Tensor]:
     """Keep-masks zeroing exactly ``floor(sparsity n)`` entries of smallest magnitude (ties by position), per

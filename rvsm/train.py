@@ -17,6 +17,10 @@ Algorithms (SPEC §4, deep nets):
 - ``magnitude``: dense SGD for ``epochs``, one-shot magnitude pruning of each chosen tensor to
   ``sparsity``, then ``finetune_epochs`` of SGD with the pruned entries held at zero. ``rvsm`` and ``rvscgd``
   may fine-tune the same way after their ``epochs`` (``w <- u``, then the zeros held).
+- ``optimizer``: the base step every algorithm takes (RVSM / ADMM add their pull to its gradient; the
+  fine-tuning phase uses it too): ``sgd`` (momentum 0.9, weight decay 5e-4, lr 0.05 unless given) or ``adamw``
+  (``torch.optim.AdamW`` with its own defaults: betas (0.9, 0.999), weight decay 0.01, and lr 1e-3 unless given;
+  ``momentum`` is SGD's and an error with it).
 - ``admm``: ADMM (``rho = beta``, ``z`` = each tensor's top ``1 - sparsity`` magnitudes, dual update every
   epoch) for ``epochs``, then the same pruning and fine-tuning.
 
@@ -42,12 +46,17 @@ from torch import Tensor, nn
 from .data import TASKS, TensorData, evaluate, is_collapsed
 from .errors import InputError
 from .models import default_sparse_parameters
-from .optim import ADMM, RVSM, SCOPES, apply_masks_, magnitude_masks, split_parameters
+from .optim import ADMM, RVSM, SCOPES, apply_masks_, magnitude_masks, split_parameters, target_zeros
 from .prox import PENALTIES
 
 TRAIN_ALGORITHMS = ("sgd", "rvsm", "rvscgd", "admm", "magnitude")
 TARGET_ALGORITHMS = ("rvsm", "rvscgd", "admm", "magnitude")
 SCHEDULES = ("constant", "step", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
+# lr and weight_decay when not given: SGD's tuned values (momentum 0.9 too), AdamW's own
+DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 1e-2}
+SGD_MOMENTUM = 0.9
 
 
 @dataclass(kw_only=True)
@@ -59,9 +68,10 @@ class TrainConfig:
     beta_final: float | None = None  # grow beta geometrically to this over the epochs, mu = lam/beta fixed
     a: float = 1.0
     epochs: int = 20
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: the optimizer's default (DEFAULT_LR), filled in at construction
+    momentum: float | None = None
+    weight_decay: float | None = None
     schedule: str = "cosine"
     step_size: int = 10
     gamma: float = 0.1
@@ -79,16 +89,24 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("algorithm", TRAIN_ALGORITHMS), ("penalty", PENALTIES), ("schedule", SCHEDULES),
-                              ("sparsity_scope", SCOPES), ("task", TASKS)):  # fmt: skip
+                              ("sparsity_scope", SCOPES), ("task", TASKS), ("optimizer", OPTIMIZERS)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise InputError(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.optimizer == "adamw" and self.momentum is not None:
+            raise InputError("momentum", "is SGD's; optimizer 'adamw' uses its betas (0.9, 0.999)")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.optimizer]
+        if self.weight_decay is None:
+            self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
+        if self.momentum is None and self.optimizer == "sgd":
+            self.momentum = SGD_MOMENTUM
         for name, ok, rule in (
             ("lam", self.lam >= 0, ">= 0"),
             ("beta", self.beta > 0, "> 0"),
             ("a", self.a > 0, "> 0"),
-            ("lr", self.lr > 0, "> 0"),
-            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("lr", self.step_lr > 0, "> 0"),
+            ("momentum", self.momentum is None or 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.decay >= 0, ">= 0"),
             ("epochs", self.epochs >= 1, ">= 1"),
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("finetune_epochs", self.finetune_epochs >= 0, ">= 0"),
@@ -135,6 +153,16 @@ class TrainConfig:
     def target(self) -> float | None:
         """The target sparsity in force (``target_sparsity``, or ``sparsity`` for admm / magnitude)."""
         return self.target_sparsity if self.target_sparsity is not None else self.sparsity
+
+    @property
+    def step_lr(self) -> float:
+        """``lr`` as filled in (the optimizer's default when not given)."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def decay(self) -> float:
+        """``weight_decay`` as filled in."""
+        return self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[self.optimizer]
 
     @property
     def warmup(self) -> int:
@@ -218,8 +246,8 @@ def layer_scales(params: Sequence[Tensor], penalty: str, *, enabled: bool) -> li
     return out
 
 
-Stepper = torch.optim.SGD | RVSM | ADMM
-"""What trains: plain SGD (also the fine-tuning phase), or RVSM / ADMM on top of it."""
+Stepper = torch.optim.Optimizer | RVSM | ADMM
+"""What trains: the base optimizer, SGD or AdamW (also the fine-tuning phase), or RVSM / ADMM on top of it."""
 
 
 def set_beta(opt: RVSM, cfg: TrainConfig, beta: float) -> None:
@@ -253,7 +281,7 @@ def _loss_fn(task: str) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda out, y: nn.functional.mse_loss(out.reshape(y.shape), y)
 
 
-def _main_optimizer(cfg: TrainConfig, base: torch.optim.SGD, chosen: list[nn.Parameter]) -> Stepper:
+def _main_optimizer(cfg: TrainConfig, base: torch.optim.Optimizer, chosen: list[nn.Parameter]) -> Stepper:
     if cfg.algorithm in ("rvsm", "rvscgd"):
         opt = RVSM(base, lam=cfg.lam, beta=cfg.beta, penalty=cfg.penalty, a=cfg.a, scope=cfg.sparsity_scope,
                    target_sparsity=0.0 if cfg.target is not None else None)  # fmt: skip
@@ -346,17 +374,16 @@ def _train(
     enabled = cfg.layer_scale and cfg.target is None
     scales = resume["scales"] if resume is not None else layer_scales(chosen, cfg.penalty, enabled=enabled)
 
-    def base_sgd(lr: float) -> torch.optim.SGD:
+    def base_optimizer(lr: float) -> torch.optim.Optimizer:
+        """``cfg.optimizer`` over every parameter: what all algorithms step with (RVSM / ADMM wrap it)."""
         groups = [{"params": [p], "rvsm": True, "scale": s} for p, s in zip(chosen, scales, strict=True)]
-        return torch.optim.SGD(
-            [*groups, {"params": rest, "rvsm": False, "scale": 1.0}],
-            lr=lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-        )
+        all_groups = [*groups, {"params": rest, "rvsm": False, "scale": 1.0}]
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(all_groups, lr=lr, weight_decay=cfg.decay)
+        return torch.optim.SGD(all_groups, lr=lr, momentum=cfg.momentum or 0.0, weight_decay=cfg.decay)
 
     # phase 1: the main training
-    base = base_sgd(cfg.lr)
+    base = base_optimizer(cfg.step_lr)
     opt: Stepper = _main_optimizer(cfg, base, chosen)
     sched = _scheduler(base, cfg, cfg.epochs)
     masks: list[Tensor] | None = None
@@ -368,7 +395,7 @@ def _train(
         start_epoch = resume["epoch"]
         if resume.get("masks") is not None:  # resumed in the fine-tuning phase
             masks = [m.to(dev) for m in resume["masks"]]
-            base = base_sgd(cfg.lr)
+            base = base_optimizer(cfg.step_lr)
             opt = base
             sched = _scheduler(base, cfg, cfg.finetune_epochs)
         opt.load_state_dict(resume["optimizer"])
@@ -381,7 +408,7 @@ def _train(
         if epoch == cfg.epochs and masks is None:
             # end of phase 1 (only with finetune_epochs): prune, then fine-tune with the pruned entries held at zero
             masks = _prune_(opt, cfg, chosen)
-            base = base_sgd(cfg.lr)
+            base = base_optimizer(cfg.step_lr)
             opt = base
             sched = _scheduler(base, cfg, cfg.finetune_epochs)
         if isinstance(opt, RVSM) and cfg.beta_final is not None:
@@ -440,13 +467,17 @@ def _train(
     model.eval()
     after = evaluate(model, data.x_val, data.y_val, task=data.task)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    sparsity = sparsity_report(state, names)
+    if cfg.target is not None:  # what the target gives in whole entries: the value a --min-sparsity gate can ask
+        numels = [sparsity["layers"][n]["numel"] for n in dict.fromkeys(names) if n in sparsity["layers"]]
+        sparsity["target_reachable"] = target_zeros(numels, cfg.target, scope=cfg.sparsity_scope) / max(sum(numels), 1)
     return TrainResult(
         model=model,
         metric=metric,
         score_before=before,
         score_after=after,
         score_dense=dense,
-        sparsity=sparsity_report(state, names),
+        sparsity=sparsity,
         trace=trace,
         collapsed=is_collapsed(after, data),
         resumed_from_epoch=start_epoch if resume is not None else None,

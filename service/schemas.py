@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from rvsm.train import TrainConfig
+from rvsm.train import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SGD_MOMENTUM, TrainConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 OPEN = ConfigDict(extra="allow")  # documents: the listed fields are always there; more may be added
@@ -211,9 +211,17 @@ class CheckpointSpecCreate(BaseModel):
     beta_final: float | None = Field(None, gt=0, description="grow beta to this over the epochs (mu fixed)")
     a: float = Field(CKPT.a, gt=0)
     epochs: int = Field(CKPT.epochs, ge=1)
-    lr: float = Field(CKPT.lr, gt=0)
-    momentum: float = Field(CKPT.momentum, ge=0, lt=1)
-    weight_decay: float = Field(CKPT.weight_decay, ge=0)
+    optimizer: Literal["sgd", "adamw"] = Field(
+        CKPT.optimizer,  # type: ignore[arg-type]
+        description="the base step of every algorithm (RVSM / ADMM pull on top of it, fine-tuning too): 'sgd' "
+        "(with momentum) or 'adamw' (torch.optim.AdamW: betas (0.9, 0.999) and its own lr / weight_decay defaults)",
+    )  # fmt: skip
+    lr: float | None = Field(None, gt=0, description=f"default: {DEFAULT_LR['sgd']} (sgd), {DEFAULT_LR['adamw']} "
+                             "(adamw)")  # fmt: skip
+    momentum: float | None = Field(None, ge=0, lt=1, description=f"sgd only (default {SGD_MOMENTUM}); a 422 with "
+                                   "adamw")  # fmt: skip
+    weight_decay: float | None = Field(None, ge=0, description=f"default: {DEFAULT_WEIGHT_DECAY['sgd']} (sgd), "
+                                       f"{DEFAULT_WEIGHT_DECAY['adamw']} (adamw, decoupled)")  # fmt: skip
     schedule: Literal["constant", "step", "cosine"] = CKPT.schedule  # type: ignore[assignment]
     step_size: int = Field(CKPT.step_size, ge=1)
     gamma: float = Field(CKPT.gamma, gt=0, le=1)
