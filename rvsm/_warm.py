@@ -22,7 +22,7 @@ def _round_trip() -> None:
     buf = io.BytesIO()
     torch.export.save(program, buf)
     exp = load(buf.getvalue())
-    fake_cost(exp.module, exp.input_shape, 2)
+    fake_cost(exp.module, exp.inputs, 2)
 
 
 _round_trip()

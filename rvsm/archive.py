@@ -63,24 +63,23 @@ SYM_TARGETS = {f"torch.{n}" for n in ("sym_int", "sym_float", "sym_max", "sym_mi
 # ATen operators a model's forward may call. Views here all check their bounds against the storage; factory
 # operators all initialise what they allocate; none reads or writes files, storages or other tensors' memory.
 ALLOWED_ATEN = frozenset("""
-abs add add_ addcmul addmm alias all amax amin any arange argmax argmin avg_pool1d avg_pool2d avg_pool3d
-adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d baddbmm
-batch_norm bernoulli bitwise_and bitwise_not bitwise_or bmm cat ceil chunk clamp clamp_ clamp_max clamp_min
-clone constant_pad_nd contiguous conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d
-convolution copy copy_ cos cosh cumsum detach detach_ diagonal div div_ dropout dropout_ einsum elu embedding eq
-erf exp expand expand_as expm1 feature_dropout fill fill_ flatten flip floor floor_divide fmod full full_like
-gather ge gelu group_norm gru gt hardsigmoid hardswish hardtanh hardtanh_ index index_select instance_norm
-layer_norm le leaky_relu leaky_relu_ lift_fresh_copy linalg_vector_norm linear log log1p log_softmax logical_and
-logical_not logical_or lstm lt masked_fill masked_fill_ matmul max max_pool1d max_pool2d max_pool3d
-max_pool2d_with_indices maximum mean min minimum mish mm mul mul_ narrow native_batch_norm native_dropout
-native_group_norm native_layer_norm ne neg new_full new_ones new_zeros norm ones ones_like permute pixel_shuffle
-pow prod reciprocal relu relu_ remainder repeat reshape rnn_relu rnn_tanh round rsqrt rsub scalar_tensor
-scaled_dot_product_attention select sigmoid sign silu silu_ sin sinh slice softmax softplus split
-split_with_sizes sqrt square squeeze std sub sub_ sum sym_numel sym_size t tanh tanh_ transpose tril triu
-trunc type_as unbind unflatten unsqueeze upsample_bilinear2d upsample_nearest2d var view view_as where zero_
-zeros zeros_like _assert_scalar _assert_tensor_metadata _log_softmax _native_batch_norm_legit
-_native_batch_norm_legit_functional _native_batch_norm_legit_no_training _softmax _to_copy _unsafe_view
-sym_constrain_range_for_size to
+__and__ __invert__ __or__ __xor__ abs add add_ addcmul addmm alias all amax amin any arange argmax argmin avg_pool1d
+avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d
+adaptive_max_pool2d baddbmm batch_norm bernoulli bitwise_and bitwise_not bitwise_or bitwise_xor bmm cat ceil chunk
+clamp clamp_ clamp_max clamp_min clone constant_pad_nd contiguous conv1d conv2d conv3d conv_transpose1d
+conv_transpose2d conv_transpose3d convolution copy copy_ cos cosh cumsum detach detach_ diagonal div div_ dropout
+dropout_ einsum elu embedding eq erf exp expand expand_as expm1 feature_dropout fill fill_ flatten flip floor
+floor_divide fmod full full_like gather ge gelu group_norm gru gt hardsigmoid hardswish hardtanh hardtanh_ index
+index_select instance_norm layer_norm le leaky_relu leaky_relu_ lift_fresh_copy linalg_vector_norm linear log log1p
+log_softmax logical_and logical_not logical_or lstm lt masked_fill masked_fill_ matmul max max_pool1d max_pool2d
+max_pool3d max_pool2d_with_indices maximum mean min minimum mish mm mul mul_ narrow native_batch_norm native_dropout
+native_group_norm native_layer_norm ne neg new_full new_ones new_zeros norm ones ones_like permute pixel_shuffle pow
+prod reciprocal relu relu_ remainder repeat reshape rnn_relu rnn_tanh round rsqrt rsub scalar_tensor
+scaled_dot_product_attention select sigmoid sign silu silu_ sin sinh slice softmax softplus split split_with_sizes
+sqrt square squeeze std sub sub_ sum sym_numel sym_size t tanh tanh_ transpose tril triu trunc type_as unbind
+unflatten unsqueeze upsample_bilinear2d upsample_nearest2d var view view_as where zero_ zeros zeros_like
+_assert_scalar _assert_tensor_metadata _log_softmax _native_batch_norm_legit _native_batch_norm_legit_functional
+_native_batch_norm_legit_no_training _softmax _to_copy _unsafe_view sym_constrain_range_for_size to
 """.split())  # fmt: skip
 OUT_OVERLOAD = re.compile(r"(.*_)?out(_.*)?|.*grad_input.*")  # out= and resizing forms write into a given tensor
 SYMPY_NAMES = {

@@ -2,8 +2,11 @@
 
 - :func:`digits`: scikit-learn's bundled handwritten digits (real data, 1,797 8x8 images, 10 classes).
 - :func:`load_tensor_file`: a user's ``.safetensors`` or ``.npz`` with ``x``, ``y`` and optional ``x_val``,
-  ``y_val``; ``x`` of any per-sample shape (images, flat features), ``y`` class labels (classification) or
-  float targets (regression).
+  ``y_val``; ``x`` of any per-sample shape (images, flat features), or several inputs keyed by the model's
+  input names (``x.input_ids``, ``x.attention_mask``, ``x_val.input_ids``, ...); ``y`` class labels per
+  sample ``(N,)`` or per token ``(N, T)`` (entries equal to ``ignore_index`` count nowhere), or float
+  targets (regression). Integer inputs stay integers (token ids); :func:`fit_inputs` casts each input to the
+  dtype its model takes.
 - :func:`image_folder`: a server-side directory ``root/<class name>/<image files>`` (ImageFolder layout;
   classes sorted by name; images resized to ``input_size`` square; grayscale or RGB).
 - :func:`synthetic`: a teacher-student set (a random teacher network labels Gaussian inputs), for tests.
@@ -15,46 +18,54 @@ scikit-learn, NumPy and Pillow are imported only by the loaders that need them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from .errors import InputError
+from .inputs import Inputs, Signature, call, rows, sample_shapes, select
 
+T = TypeVar("T")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 TASKS = ("classification", "regression")
 MAX_CLASSES = 10_000
+IGNORE_INDEX = -100  # torch's cross_entropy default: a label that counts in neither loss nor accuracy
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass
 class TensorData:
-    """Train and validation tensors: ``x`` is ``(N, *sample_shape)`` float32; ``y`` is ``(N,)`` int64 class
-    labels (classification) or ``(N,)`` / ``(N, T)`` float32 targets (regression)."""
+    """Train and validation sets: ``x`` is ``(N, *sample_shape)`` (float32, or integers until :func:`fit_inputs`)
+    or a dict of such inputs by name; ``y`` is ``(N,)`` or per-token ``(N, T)`` int64 class labels
+    (classification; ``ignore_index`` marks labels that count nowhere) or ``(N,)`` / ``(N, T)`` float32 targets
+    (regression)."""
 
-    x_train: Tensor
+    x_train: Inputs
     y_train: Tensor
-    x_val: Tensor
+    x_val: Inputs
     y_val: Tensor
     task: str = "classification"
     classes: int | None = None  # declared class count (synthetic sets): the output width even if a class is unused
+    ignore_index: int = IGNORE_INDEX
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
+        """The per-sample shape of the one input (``ValueError`` for several: see :attr:`input_shapes`)."""
+        if isinstance(self.x_train, dict):
+            raise ValueError(f"the data set has several inputs {sorted(self.x_train)}: use input_shapes")
         return tuple(int(d) for d in self.x_train.shape[1:])
 
     @property
-    def in_channels(self) -> int:
-        return int(self.x_train.shape[1])
-
-    @property
-    def input_size(self) -> int:
-        return int(self.x_train.shape[-1])
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return sample_shapes(self.x_train)
 
     @property
     def num_classes(self) -> int:
-        return max(int(max(self.y_train.max(), self.y_val.max()) + 1), self.classes or 0)
+        top = max(_labels(self.y_train, self.ignore_index).max(), _labels(self.y_val, self.ignore_index).max())
+        return max(int(top) + 1, self.classes or 0)
 
     @property
     def num_outputs(self) -> int:
@@ -76,67 +87,92 @@ def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
 
 
 def split(
-    x: Tensor, y: Tensor, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification"
-) -> TensorData:
+    x: Inputs, y: Tensor, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification",
+    ignore_index: int = IGNORE_INDEX,
+) -> TensorData:  # fmt: skip
     """A seeded random train/validation split."""
-    n = x.shape[0]
-    _, n_val = split_sizes(n, val_fraction)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    _, n_val = split_sizes(rows(x), val_fraction)
+    perm = torch.randperm(rows(x), generator=torch.Generator().manual_seed(seed))
     va, tr = perm[:n_val], perm[n_val:]
-    return TensorData(x[tr], y[tr], x[va], y[va], task)
+    return TensorData(select(x, tr), y[tr], select(x, va), y[va], task, ignore_index=ignore_index)
 
 
-def _check(x: Tensor, y: Tensor, what: str, task: str, max_classes: int) -> tuple[Tensor, Tensor]:
+def _labels(y: Tensor, ignore_index: int) -> Tensor:
+    """The labels that count (``ignore_index`` entries dropped), flat; ``[-1]`` when none do."""
+    kept = y[y != ignore_index]
+    return kept if kept.numel() else torch.tensor([-1])
+
+
+def _check_x(x: Inputs, what: str) -> Inputs:
+    """Each input ``(N, ...)`` of numbers, finite; floats as float32, integers kept (token ids)."""
+    if isinstance(x, dict):
+        n = {rows(v) if v.dim() else 0 for v in x.values()}
+        if len(n) != 1:
+            raise InputError("dataset", f"{what}: every input needs the same number of rows, got "
+                             f"{ {k: tuple(v.shape) for k, v in x.items()} }")  # fmt: skip
+        return {k: _check_x(v, f"{what} input {k!r}") for k, v in x.items()}  # type: ignore[misc]
     if x.dim() < 2 or x.shape[0] == 0:
         raise InputError("dataset", f"{what}: x must have shape (N, ...) with N >= 1 samples, got {tuple(x.shape)}")
-    if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+    if not (x.is_floating_point() or x.dtype in INTEGER_DTYPES):
         raise InputError("dataset", f"{what}: x must hold numbers, got dtype {x.dtype}")
-    if y.shape[:1] != x.shape[:1]:
-        raise InputError("dataset", f"{what}: y must have {x.shape[0]} rows like x, got shape {tuple(y.shape)}")
+    if not x.is_floating_point():
+        return x
     x = x.float()
     if not torch.isfinite(x).all():
         raise InputError("dataset", f"{what}: x must be finite (it holds NaN or Inf)")
+    return x
+
+
+def _check_y(y: Tensor, n: int, what: str, task: str, max_classes: int, ignore_index: int) -> Tensor:
+    if y.shape[:1] != (n,):
+        raise InputError("dataset", f"{what}: y must have {n} rows like x, got shape {tuple(y.shape)}")
     if task == "classification":
-        if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-            raise InputError("dataset", f"{what}: y must be integer class labels of shape ({x.shape[0]},) (or set "
-                             f"task to 'regression'), got {y.dtype} of shape {tuple(y.shape)}")  # fmt: skip
-        lo, hi = int(y.min()), int(y.max())
+        if y.dim() not in (1, 2) or y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+            raise InputError("dataset", f"{what}: y must be integer class labels of shape ({n},) or per token "
+                             f"({n}, T) (or set task to 'regression'), got {y.dtype} of shape {tuple(y.shape)}")
+        kept = y[y != ignore_index]
+        if kept.numel() == 0:
+            raise InputError("dataset", f"{what}: every label equals ignore_index {ignore_index}: nothing to learn")
+        lo, hi = int(kept.min()), int(kept.max())
         if lo < 0 or hi >= max_classes:
-            raise InputError("dataset", f"{what}: class labels must be in [0, {max_classes}) (the classes cap), "
-                                        f"got {lo}..{hi}")  # fmt: skip
-        return x, y.long()
+            raise InputError("dataset", f"{what}: class labels must be in [0, {max_classes}) (the classes cap) or "
+                                        f"equal ignore_index {ignore_index}, got {lo}..{hi}")  # fmt: skip
+        return y.long()
     if y.dim() not in (1, 2) or not (y.is_floating_point() or y.dtype in (torch.int32, torch.int64)):
         raise InputError("dataset", f"{what}: regression targets must be numbers of shape (N,) or (N, T), "
                                     f"got {tuple(y.shape)}")  # fmt: skip
     y = y.float()
     if not torch.isfinite(y).all():
         raise InputError("dataset", f"{what}: y must be finite (it holds NaN or Inf)")
-    return x, y
+    return y
 
 
 def from_tensors(
-    x: Tensor,
+    x: Inputs,
     y: Tensor,
-    x_val: Tensor | None = None,
+    x_val: Inputs | None = None,
     y_val: Tensor | None = None,
     *,
     val_fraction: float = 0.2,
     seed: int = 0,
     task: str = "classification",
     max_classes: int = MAX_CLASSES,
+    ignore_index: int = IGNORE_INDEX,
 ) -> TensorData:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if (x_val is None) != (y_val is None):
         raise InputError("dataset", "give x_val and y_val together, or neither (then a split of x, y validates)")
-    x, y = _check(x, y, "train", task, max_classes)
+    x = _check_x(x, "train")
+    y = _check_y(y, rows(x), "train", task, max_classes, ignore_index)
     if x_val is None or y_val is None:
-        return split(x, y, val_fraction=val_fraction, seed=seed, task=task)
-    xv, yv = _check(x_val, y_val, "validation", task, max_classes)
-    if xv.shape[1:] != x.shape[1:] or yv.shape[1:] != y.shape[1:]:
-        raise InputError("dataset", f"x_val / y_val have per-sample shapes {tuple(xv.shape[1:])} / "
-                         f"{tuple(yv.shape[1:])}, x / y have {tuple(x.shape[1:])} / {tuple(y.shape[1:])}")  # fmt: skip
-    return TensorData(x, y, xv, yv, task)
+        return split(x, y, val_fraction=val_fraction, seed=seed, task=task, ignore_index=ignore_index)
+    xv = _check_x(x_val, "validation")
+    yv = _check_y(y_val, rows(xv), "validation", task, max_classes, ignore_index)
+    if sample_shapes(xv) != sample_shapes(x) or yv.shape[1:] != y.shape[1:]:
+        raise InputError("dataset", f"x_val / y_val have per-sample shapes {sample_shapes(xv)} / "
+                         f"{tuple(yv.shape[1:])}, x / y have {sample_shapes(x)} / {tuple(y.shape[1:])}")  # fmt: skip
+    return TensorData(x, y, xv, yv, task, ignore_index=ignore_index)
 
 
 def digits(*, val_fraction: float = 0.2, seed: int = 0) -> TensorData:
@@ -151,9 +187,10 @@ def digits(*, val_fraction: float = 0.2, seed: int = 0) -> TensorData:
 
 def load_tensor_file(
     path: str | Path, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification",
-    max_classes: int = MAX_CLASSES,
+    max_classes: int = MAX_CLASSES, ignore_index: int = IGNORE_INDEX,
 ) -> TensorData:  # fmt: skip
-    """``.safetensors`` or ``.npz`` (no pickles) with ``x``, ``y`` and optionally ``x_val``, ``y_val``."""
+    """``.safetensors`` or ``.npz`` (no pickles) with ``x`` (or ``x.<input>`` for each input), ``y`` and
+    optionally ``x_val`` (``x_val.<input>``), ``y_val``."""
     path = Path(path)
     if path.suffix == ".npz":
         import numpy as np
@@ -164,13 +201,22 @@ def load_tensor_file(
         from safetensors.torch import load_file
 
         arrays = load_file(str(path))
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise ValueError(f"the data file needs arrays {missing} (has {sorted(arrays)})")
-    return from_tensors(
-        arrays["x"], arrays["y"], arrays.get("x_val"), arrays.get("y_val"), val_fraction=val_fraction, seed=seed,
-        task=task, max_classes=max_classes,
-    )  # fmt: skip
+    x, x_val = input_arrays(arrays, "x"), input_arrays(arrays, "x_val")
+    missing = [k for k, v in (("x", x), ("y", arrays.get("y"))) if v is None]
+    if missing or x is None:
+        raise ValueError(f"the data file needs arrays {missing} (has {sorted(arrays)[:20]})")
+    return from_tensors(x, arrays["y"], x_val, arrays.get("y_val"), val_fraction=val_fraction, seed=seed, task=task,
+                        max_classes=max_classes, ignore_index=ignore_index)  # fmt: skip
+
+
+def input_arrays(arrays: dict[str, T], prefix: str) -> T | dict[str, T] | None:
+    """``arrays[prefix]``, or the dict of ``arrays[prefix + "." + name]`` by name, or ``None`` if neither;
+    an ``InputError`` for both at once. ``arrays`` may hold tensors or header records alike."""
+    keyed = {k.removeprefix(prefix + "."): v for k, v in arrays.items() if k.startswith(prefix + ".")}
+    if keyed and prefix in arrays:
+        raise InputError("dataset", f"the data file has {prefix!r} and {sorted(keyed)[:5]} keyed inputs: give one "
+                                    f"input as {prefix!r} or every input as '{prefix}.<name>'")  # fmt: skip
+    return keyed or arrays.get(prefix)
 
 
 def image_folder(
@@ -242,7 +288,8 @@ def load_dataset(
         if name == "upload":
             if upload is None:
                 raise InputError("dataset", "name 'upload' needs a multipart 'dataset' file (.safetensors or .npz)")
-            return load_tensor_file(upload, val_fraction=vf, seed=seed, task=task, max_classes=max_classes)
+            return load_tensor_file(upload, val_fraction=vf, seed=seed, task=task, max_classes=max_classes,
+                                    ignore_index=spec.get("ignore_index", IGNORE_INDEX))  # fmt: skip
         if name == "folder":
             return _folder(spec, datasets_dir, vf, seed)
     except InputError:
@@ -283,9 +330,11 @@ def _folder(spec: dict, root: Path | None, vf: float, seed: int) -> TensorData:
 
 
 @torch.no_grad()
-def _outputs(model: nn.Module, x: Tensor, batch_size: int) -> list[Tensor]:
+def _outputs(model: nn.Module, x: Inputs, batch_size: int) -> list[Tensor]:
+    from .inputs import to
+
     dev = next(model.parameters()).device
-    return [model(x[i : i + batch_size].to(dev)).cpu() for i in range(0, x.shape[0], batch_size)]
+    return [call(model, to(select(x, slice(i, i + batch_size)), dev)).cpu() for i in range(0, rows(x), batch_size)]
 
 
 EVAL_BATCH = 1024  # samples per forward pass when scoring (the submit-time check counts this pass too)
@@ -293,9 +342,11 @@ EVAL_BATCH = 1024  # samples per forward pass when scoring (the submit-time chec
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, *, task: str = "classification", batch_size: int = EVAL_BATCH
-) -> float:
-    """Top-1 accuracy (classification) or mean squared error (regression) of ``model`` in eval mode."""
+    model: nn.Module, x: Inputs, y: Tensor, *, task: str = "classification", batch_size: int = EVAL_BATCH,
+    ignore_index: int = IGNORE_INDEX,
+) -> float:  # fmt: skip
+    """Top-1 accuracy (classification: over samples, or over tokens for ``(N, T)`` labels, entries equal to
+    ``ignore_index`` left out) or mean squared error (regression) of ``model`` in eval mode."""
     was_training = model.training
     model.eval()
     try:
@@ -303,41 +354,83 @@ def evaluate(
     finally:
         model.train(was_training)
     if task == "classification":
-        pred = torch.cat([o.argmax(dim=1) for o in outs])
-        return int((pred == y).sum()) / max(x.shape[0], 1)
+        pred = torch.cat([o.argmax(dim=-1) for o in outs]).reshape(y.shape)
+        counted = y != ignore_index
+        return int(((pred == y) & counted).sum()) / max(int(counted.sum()), 1)
     out = torch.cat(outs).reshape(y.shape).double()
     return float((out - y.double()).pow(2).mean())
 
 
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = EVAL_BATCH) -> float:
+def accuracy(model: nn.Module, x: Inputs, y: Tensor, *, batch_size: int = EVAL_BATCH) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on ``(x, y)``, on the model's device."""
     return evaluate(model, x, y, task="classification", batch_size=batch_size)
 
 
 def baseline_score(data: TensorData) -> float:
     """What a network that learned nothing scores on the validation set: the majority class's accuracy
-    (classification) or the MSE of predicting the training mean (regression)."""
+    (classification, over the labels that count) or the MSE of predicting the training mean (regression)."""
     if data.task == "classification":
-        return float(torch.bincount(data.y_val).max()) / max(len(data.y_val), 1)
+        counted = data.y_val[data.y_val != data.ignore_index]
+        return float(torch.bincount(counted).max()) / max(counted.numel(), 1) if counted.numel() else 0.0
     mean = data.y_train.double().mean(dim=0)
     return float((data.y_val.double() - mean).pow(2).mean())
 
 
 def is_collapsed(score: float, data: TensorData) -> bool:
-    """No better than :func:`baseline_score` (classification: within one sample; regression: MSE at least
+    """No better than :func:`baseline_score` (classification: within one label; regression: MSE at least
     99% of it)."""
     base = baseline_score(data)
     if data.task == "classification":
-        return score <= base + 1.0 / max(len(data.y_val), 1)
+        return score <= base + 1.0 / max(int((data.y_val != data.ignore_index).sum()), 1)
     return score >= 0.99 * base
 
 
-def check_input_shape(sample_shape: tuple[int, ...], model_input: tuple[int, ...]) -> None:
-    if tuple(sample_shape) != tuple(model_input):
-        raise InputError(
-            "dataset", f"the data's samples have shape {tuple(sample_shape)}, the model takes inputs of shape "
-            f"{tuple(model_input)} (per sample, the batch dimension left out)",
-        )  # fmt: skip
+def fit_inputs(data: TensorData, sig: Signature) -> TensorData:
+    """``data`` with each input cast to the dtype its model takes (``sig``, by name; a single input whatever
+    its name): floats for a float input, an integer input's own dtype for integers. ``InputError`` naming the
+    input when its name, shape or dtype does not fit."""
+    check_inputs({k: InputInfo(shape, str(v.dtype).removeprefix("torch."), v.is_floating_point())
+                  for k, shape, v in _triples(data.x_train)}, sig)  # fmt: skip
+    return replace(data, x_train=_cast(data.x_train, sig), x_val=_cast(data.x_val, sig))
+
+
+def _triples(x: Inputs) -> list[tuple[str, tuple[int, ...], Tensor]]:
+    items = x.items() if isinstance(x, dict) else [("x", x)]
+    return [(k, tuple(int(d) for d in v.shape[1:]), v) for k, v in items]
+
+
+def _cast(x: Inputs, sig: Signature) -> Inputs:
+    if not isinstance(x, dict):
+        return x.to(next(iter(sig.values()))[1])
+    return {k: v.to(sig[k][1]) for k, v in x.items()}
+
+
+class InputInfo(NamedTuple):
+    """One input of a data set: per-sample shape, dtype as the file or torch names it, whether it is float."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    is_float: bool
+
+
+def check_inputs(data: dict[str, InputInfo], sig: Signature) -> None:
+    """The data's inputs against the model's ``sig``: the same names (a single input may be called ``x``),
+    shapes, and no floats into an integer input."""
+    if list(data) == ["x"] and len(sig) == 1:
+        data = {next(iter(sig)): data["x"]}
+    if set(data) != set(sig):
+        raise InputError("dataset", f"the data's inputs are {sorted(data)}, the model takes {list(sig)} (give them "
+                                    "as 'x.<name>' and 'x_val.<name>' arrays)")  # fmt: skip
+    for name, (shape, dtype) in sig.items():
+        got = data[name]
+        want = str(dtype).removeprefix("torch.")
+        if tuple(got.shape) != tuple(shape):
+            raise InputError("dataset", f"input {name!r}: the data's samples have shape {tuple(got.shape)} "
+                             f"({got.dtype}), the model takes {tuple(shape)} ({want}) per sample, the batch "
+                             "dimension left out")  # fmt: skip
+        if not dtype.is_floating_point and got.is_float:
+            raise InputError("dataset", f"input {name!r}: the data holds {got.dtype}, the model takes {want} "
+                             f"(integers, such as token ids); give integers, shape {tuple(shape)} per sample")
 
 
 def output_width(shape: tuple[int, ...]) -> int:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import IMAGE_SUFFIXES, split_sizes
+from .data import IMAGE_SUFFIXES, InputInfo, input_arrays, split_sizes
 from .errors import InputError
 from .headers import ArrayInfo, read_headers
 
@@ -25,17 +25,24 @@ SYNTHETIC_SHAPE = (1, 8, 8)  # rvsm.data.synthetic's default per-sample shape
 class DataShape:
     """A data set's size: ``rows`` samples in all (``train_rows`` of them train), each of ``sample_shape``;
     ``outputs`` the classes or regression targets, ``None`` while the labels are unread; ``nbytes`` what an
-    upload's arrays take once read (0 for the others)."""
+    upload's arrays take once read (0 for the others); ``inputs`` an upload's inputs by name (``x`` for one;
+    ``sample_shape`` is then ``()`` when there are several); ``label_shape`` one sample's labels (``(T,)``
+    per token)."""
 
     rows: int
     train_rows: int
     sample_shape: tuple[int, ...]
     outputs: int | None
     nbytes: int = 0
+    inputs: dict[str, InputInfo] | None = None
+    label_shape: tuple[int, ...] = ()
 
     @property
     def features(self) -> int:
-        return math.prod(self.sample_shape)
+        """Elements of one sample, every input together."""
+        if self.inputs is None:
+            return math.prod(self.sample_shape)
+        return sum(math.prod(i.shape) for i in self.inputs.values())
 
 
 def describe_dataset(
@@ -63,27 +70,38 @@ def describe_dataset(
 def describe_upload(path: Path, *, task: str, val_fraction: float) -> DataShape:
     """An uploaded file's shape from its headers, every header-level rule checked."""
     arrays = read_headers(path)
-    missing = [k for k in ("x", "y") if k not in arrays]
+    x, xv = _inputs(arrays, "x"), _inputs(arrays, "x_val")
+    missing = [k for k, v in (("x", x), ("y", arrays.get("y"))) if not v]
     if missing:
         raise InputError("dataset", f"the data file needs arrays {missing} (has {sorted(arrays)[:20]})")
-    if ("x_val" in arrays) != ("y_val" in arrays):
+    if bool(xv) != ("y_val" in arrays):
         raise InputError("dataset", "give x_val and y_val together, or neither (then a split of x, y validates)")
-    for name in ("x", "y", "x_val", "y_val"):
-        if name in arrays:
-            _check_dtype(name, arrays[name], task)
-    x, y = arrays["x"], arrays["y"]
-    _check_pair(x, y, "x", "y", task)
-    if "x_val" in arrays:
-        xv, yv = arrays["x_val"], arrays["y_val"]
-        _check_pair(xv, yv, "x_val", "y_val", task)
-        if xv.shape[1:] != x.shape[1:] or yv.shape[1:] != y.shape[1:]:
-            raise InputError("dataset", f"x_val / y_val have per-sample shapes {xv.shape[1:]} / {yv.shape[1:]}, "
-                                        f"x / y have {x.shape[1:]} / {y.shape[1:]}")  # fmt: skip
-        rows, train = x.shape[0] + xv.shape[0], x.shape[0]
-    else:
-        rows, train = x.shape[0], split_sizes(x.shape[0], val_fraction)[0]
+    y = arrays["y"]
+    for name, a in [*x.items(), ("y", y), *xv.items(), ("y_val", arrays.get("y_val"))]:
+        if a is not None:
+            _check_dtype(name, a, task)
+    _check_set(x, y, "x", "y", task)
+    if xv:
+        yv = arrays["y_val"]
+        _check_set(xv, yv, "x_val", "y_val", task)
+        if _per_sample(xv) != _per_sample(x) or yv.shape[1:] != y.shape[1:]:
+            raise InputError("dataset", f"x_val / y_val have per-sample shapes {_per_sample(xv)} / {yv.shape[1:]}, "
+                                        f"x / y have {_per_sample(x)} / {y.shape[1:]}")  # fmt: skip
+    n = next(iter(x.values())).shape[0]
+    rows, train = (n + next(iter(xv.values())).shape[0], n) if xv else (n, split_sizes(n, val_fraction)[0])
     outputs = None if task == "classification" else (y.shape[1] if len(y.shape) == 2 else 1)
-    return DataShape(rows, train, x.shape[1:], outputs, sum(a.nbytes for a in arrays.values()))
+    infos = {k: InputInfo(a.shape[1:], a.dtype, a.kind == "f") for k, a in x.items()}
+    single = infos["x"].shape if list(infos) == ["x"] else ()
+    return DataShape(rows, train, single, outputs, sum(a.nbytes for a in arrays.values()), infos, y.shape[1:])
+
+
+def _inputs(arrays: dict[str, ArrayInfo], prefix: str) -> dict[str, ArrayInfo]:
+    found = input_arrays(arrays, prefix)
+    return found if isinstance(found, dict) else {"x": found} if found is not None else {}  # one input is "x"
+
+
+def _per_sample(x: dict[str, ArrayInfo]) -> dict[str, tuple[int, ...]]:
+    return {k: a.shape[1:] for k, a in x.items()}
 
 
 def _check_dtype(name: str, a: ArrayInfo, task: str) -> None:
@@ -95,16 +113,19 @@ def _check_dtype(name: str, a: ArrayInfo, task: str) -> None:
                          + (" (set task to 'regression' for float targets)" if labels and a.kind == "f" else ""))
 
 
-def _check_pair(x: ArrayInfo, y: ArrayInfo, xn: str, yn: str, task: str) -> None:
-    if len(x.shape) < 2 or x.shape[0] == 0:
-        raise InputError("dataset", f"{xn} must have shape (N, ...) with N >= 1 samples, got {x.shape}")
-    if len(y.shape) != (1 if task == "classification" else len(y.shape)) or len(y.shape) not in (1, 2):
-        raise InputError("dataset", f"{yn} must have shape (N,) (classification) or (N,) / (N, T) (regression), "
-                                    f"got {y.shape}")  # fmt: skip
-    if y.shape[0] != x.shape[0]:
-        raise InputError("dataset", f"{yn} must have {x.shape[0]} rows like {xn}, got {y.shape[0]}")
-    if any(d == 0 for d in x.shape[1:] + y.shape[1:]):
-        raise InputError("dataset", f"{xn} / {yn} have an empty dimension: {x.shape} / {y.shape}")
+def _check_set(x: dict[str, ArrayInfo], y: ArrayInfo, xn: str, yn: str, task: str) -> None:
+    """Every input ``(N, ...)`` with the same ``N``, and labels ``(N,)`` or ``(N, T)``."""
+    if len(y.shape) not in (1, 2):
+        what = "class labels (N,) or per token (N, T)" if task == "classification" else "(N,) or (N, T)"
+        raise InputError("dataset", f"{yn} must have shape {what}, got {y.shape}")
+    for name, a in x.items():
+        shown = xn if list(x) == ["x"] else f"{xn}.{name}"
+        if len(a.shape) < 2 or a.shape[0] == 0:
+            raise InputError("dataset", f"{shown} must have shape (N, ...) with N >= 1 samples, got {a.shape}")
+        if y.shape[0] != a.shape[0]:
+            raise InputError("dataset", f"{yn} must have {a.shape[0]} rows like {shown}, got {y.shape[0]}")
+        if any(d == 0 for d in a.shape[1:] + y.shape[1:]):
+            raise InputError("dataset", f"{shown} / {yn} have an empty dimension: {a.shape} / {y.shape}")
 
 
 def _describe_folder(spec: dict, root: Path | None, vf: float) -> DataShape:

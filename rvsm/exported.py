@@ -33,11 +33,12 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_unflatten
 
 from . import archive
 from .archive import ALLOWED_ATEN, FIELD, OUT_OVERLOAD, ArchiveLimits, Members
 from .errors import InputError
+from .inputs import NAMES_ATTR, Signature, arguments, empty, signature
 
 BN_TARGETS = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm", "cudnn_batch_norm"}
 DROPOUT_TARGETS = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "native_dropout"}
@@ -46,6 +47,7 @@ WEIGHT_CONSUMERS = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose
 RECURRENT = {"lstm", "gru", "rnn_tanh", "rnn_relu"}  # their weights come as one list argument
 IN_PLACE = {"add_", "clamp_", "copy_", "detach_", "div_", "dropout_", "fill_", "hardtanh_", "leaky_relu_",
             "masked_fill_", "mul_", "relu_", "silu_", "sub_", "tanh_", "zero_"}  # fmt: skip
+MAX_INPUTS = 16  # tensors an exported model may take
 _load_lock = threading.Lock()  # torch's deserialiser keeps a process-wide global while it reads
 
 
@@ -100,35 +102,51 @@ class Exported:
 
     program: torch.export.ExportedProgram
     module: nn.Module
-    input_shape: tuple[int, ...]  # per sample (the batch dimension left out)
+    inputs: Signature  # each input's name, per-sample shape (the batch dimension left out) and dtype
     output_shape: tuple[int, ...]  # per sample
     tied: list[list[str]] = field(default_factory=list)  # parameters that are one tensor (tied embeddings, heads)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The first input's per-sample shape (the only one of a single-input model)."""
+        return next(iter(self.inputs.values()))[0]
 
-def _user_io(ep: torch.export.ExportedProgram) -> tuple[list, list]:
+
+def _user_io(ep: torch.export.ExportedProgram) -> tuple[dict[str, object], list]:
     from torch.export.graph_signature import InputKind, OutputKind
 
     sig = ep.graph_signature
     ins = [s.arg.name for s in sig.input_specs if s.kind == InputKind.USER_INPUT]
     outs = [s.arg.name for s in sig.output_specs if s.kind == OutputKind.USER_OUTPUT]
     nodes = {n.name: n for n in ep.graph.nodes}
-    return [nodes[n].meta.get("val") for n in ins], [nodes[n].meta.get("val") if n in nodes else None for n in outs]
+    return {n: nodes[n].meta.get("val") for n in ins}, [nodes[n].meta.get("val") if n in nodes else None for n in outs]
 
 
 def _shape(val: object, what: str) -> tuple[int, ...]:
     if not isinstance(val, Tensor):
-        raise InputError(FIELD, f"the exported model's {what} must be one tensor")
+        raise InputError(FIELD, f"the exported model's {what} must be a tensor")
     dims = list(val.shape)
     if not dims or isinstance(dims[0], int):
         raise InputError(
-            FIELD, f"the exported model has a fixed batch size ({dims[0] if dims else 'none'}); export it with a "
-            "dynamic batch dimension: torch.export.export(model, (x,), "
+            FIELD, f"the exported model's {what} has a fixed batch size ({dims[0] if dims else 'none'}); export it "
+            "with a dynamic batch dimension: torch.export.export(model, (x,), "
             "dynamic_shapes={'x': {0: torch.export.Dim('batch')}})",
         )  # fmt: skip
     rest = dims[1:]
     if not all(isinstance(d, int) for d in rest):
         raise InputError(FIELD, f"the exported model's {what} may be dynamic only in the batch dimension")
     return tuple(int(d) for d in rest)
+
+
+def _signature(ep: torch.export.ExportedProgram) -> tuple[Signature, tuple[int, ...]]:
+    """The program's inputs (name, per-sample shape, dtype; several allowed, tensors only) and its one output's
+    per-sample shape."""
+    ins, outs = _user_io(ep)
+    if not 1 <= len(ins) <= MAX_INPUTS or len(outs) != 1:
+        raise InputError(FIELD, f"the exported model must take 1 to {MAX_INPUTS} tensors and return one (it takes "
+                                f"{len(ins)} inputs and returns {len(outs)} outputs)")  # fmt: skip
+    sig = {name: (_shape(val, f"input {name!r}"), cast(Tensor, val).dtype) for name, val in ins.items()}
+    return sig, _shape(outs[0], "output")
 
 
 def load(data: bytes, *, limits: ArchiveLimits = ArchiveLimits()) -> Exported:  # noqa: B008 - frozen
@@ -144,21 +162,19 @@ def load(data: bytes, *, limits: ArchiveLimits = ArchiveLimits()) -> Exported:  
     except Exception as e:  # noqa: BLE001 - any failure of torch's reader is a bad file
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise InputError(FIELD, f"torch.export.load could not read the archive: {msg}") from None
-    ins, outs = _user_io(ep)
-    if len(ins) != 1 or len(outs) != 1:
-        raise InputError(FIELD, f"the exported model must take one tensor and return one (it takes {len(ins)} "
-                                f"inputs and returns {len(outs)} outputs)")  # fmt: skip
-    in_shape, out_shape = _shape(ins[0], "input"), _shape(outs[0], "output")
-    try:  # sample inputs of the declared shape: the archive's own were never read, and a saved copy needs them
-        ep.example_inputs = ((torch.zeros(2, *in_shape, dtype=ins[0].dtype),), {})
-    except Exception as e:  # noqa: BLE001 - the declared input does not fit the program's own checks
-        raise InputError(FIELD, f"the exported model's input does not fit its own signature: {str(e)[:200]}") from None
+    sig, out_shape = _signature(ep)
+    try:  # sample inputs of the declared shapes: the archive's own were never read, and a saved copy needs them
+        zeros = [torch.zeros(2, *shape, dtype=dtype) for shape, dtype in sig.values()]
+        ep.example_inputs = tree_unflatten(zeros, ep.call_spec.in_spec)
+    except Exception as e:  # noqa: BLE001 - the declared inputs do not fit the program's own checks
+        raise InputError(FIELD, f"the exported model's inputs do not fit its own signature: {str(e)[:200]}") from None
     module = ep.module(check_guards=False)
     check_module(module)
     _make_switchable(module)
+    setattr(module, NAMES_ATTR, list(sig))
     tied = tied_groups(ep.state_dict)
     tie(module, tied)
-    return Exported(ep, module, in_shape, out_shape, tied)
+    return Exported(ep, module, sig, out_shape, tied)
 
 
 def tied_groups(state: dict[str, Tensor]) -> list[list[str]]:
@@ -366,13 +382,15 @@ def _attr(model: nn.Module, path: str) -> object:
     return obj
 
 
-def fake_cost(model: nn.Module, sample_shape: tuple[int, ...], batch: int, *, training: bool = True) -> Cost:
+def fake_cost(model: nn.Module, sample: tuple[int, ...] | Signature, batch: int, *, training: bool = True) -> Cost:
     """One forward pass of ``batch`` samples under ``FakeTensorMode``: the model's parameters, buffers and
-    constants, the input and every tensor the graph creates (whatever device it names) are fakes, so nothing
-    is computed or allocated; the pass's :class:`Cost`. ``InputError`` if the model cannot take the input."""
+    constants, the inputs (``sample``: one float input's per-sample shape, or a :data:`~rvsm.inputs.Signature`)
+    and every tensor the graph creates (whatever device it names) are fakes, so nothing is computed or
+    allocated; the pass's :class:`Cost`. ``InputError`` if the model cannot take the inputs."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
+    sig = signature(sample)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     was_training = model.training
     model.train(training)
@@ -381,17 +399,24 @@ def fake_cost(model: nn.Module, sample_shape: tuple[int, ...], batch: int, *, tr
         with mode:
             state = {k: torch.empty_strided(v.shape, v.stride(), dtype=v.dtype).requires_grad_(v.requires_grad)
                      for k, v in _tensors(model).items()}  # fmt: skip
-            x = torch.empty(batch, *sample_shape)
+            x = empty(sig, batch, keyed=hasattr(model, NAMES_ATTR))
+            args, kwargs = arguments(model, x)
             with flops, counter:
-                out = torch.func.functional_call(model, state, (x,))
+                out = torch.func.functional_call(model, state, args, kwargs)
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - a model that cannot take these inputs: say why
         text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise InputError("architecture", f"the model cannot run on samples of shape {sample_shape} in batches of "
+        raise InputError("architecture", f"the model cannot run on samples of {_shown(sig)} in batches of "
                                          f"{batch}: {text}") from None  # fmt: skip
     finally:
         model.train(was_training)
     if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != batch:
         raise InputError("architecture", f"the model must return one tensor of {batch} rows for {batch} samples")
     return Cost(tuple(int(d) for d in out.shape[1:]), counter.allocated, counter.traffic, int(flops.get_total_flops()))
+
+
+def _shown(sig: Signature) -> str:
+    if list(sig) == ["x"]:
+        return f"shape {sig['x'][0]}"
+    return ", ".join(f"{k} {shape} {str(dtype).removeprefix('torch.')}" for k, (shape, dtype) in sig.items())

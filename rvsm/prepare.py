@@ -28,9 +28,10 @@ from . import exported as rexported
 from . import models, sandbox
 from .archive import ArchiveLimits
 from .checkpoints import StateDict, check_against, header_state, is_safetensors, read_state_dict, unwrap
-from .data import EVAL_BATCH, MAX_CLASSES, TensorData, check_input_shape, load_dataset, output_width
+from .data import EVAL_BATCH, MAX_CLASSES, InputInfo, TensorData, check_inputs, fit_inputs, load_dataset, output_width
 from .datashape import DataShape, describe_dataset
 from .errors import InputError
+from .inputs import Signature, signature
 from .sandbox import ChildLimits
 from .train import TrainConfig
 
@@ -118,11 +119,24 @@ def _width(shape: DataShape) -> int:
     return shape.outputs
 
 
-def _check_outputs(width: int, shape: DataShape, task: str, what: str) -> None:
+def _check_outputs(out: tuple[int, ...], shape: DataShape, task: str, what: str) -> None:
+    """The model's per-sample output against the labels: ``(T, C)`` for per-token class labels ``(T,)``, else
+    at least the classes (classification) or exactly the targets (regression) in all."""
+    if task == "classification" and shape.label_shape:
+        if tuple(out[:-1]) != tuple(shape.label_shape) or out[-1] < _width(shape):
+            raise InputError("dataset", f"{what} gives outputs of shape {tuple(out)} per sample; per-token labels y "
+                             f"of shape {tuple(shape.label_shape)} with {shape.outputs} classes need "
+                             f"{(*shape.label_shape, shape.outputs)} or more classes (logits last)")  # fmt: skip
+        return
+    width = output_width(out)
     if task == "classification" and width < _width(shape):
         raise InputError("dataset", f"{what} gives {width} outputs per sample, the data has {shape.outputs} classes")
     if task == "regression" and width != shape.outputs:
         raise InputError("dataset", f"{what} gives {width} outputs per sample, the data has {shape.outputs} targets")
+
+
+def _input_shapes(shape: DataShape) -> dict[str, tuple[int, ...]]:
+    return {k: i.shape for k, i in (shape.inputs or {}).items()}
 
 
 def meta_forward(model: nn.Module, sample_shape: tuple[int, ...], batch: int) -> tuple[tuple[int, ...], int]:
@@ -137,7 +151,8 @@ def _data_caps(spec: dict, shape: DataShape, task: str, limits: CheckpointLimits
     synthetic = spec.get("name") == "synthetic"
     _cap("dataset.samples" if synthetic else "dataset", "the data set's samples (train + validation)", shape.rows,
          limits.samples)  # fmt: skip
-    _cap("dataset", f"one sample's elements (features, shape {shape.sample_shape})", shape.features, limits.features)
+    shown = f"shape {shape.sample_shape}" if shape.sample_shape else f"inputs {_input_shapes(shape)}"
+    _cap("dataset", f"one sample's elements (features, {shown})", shape.features, limits.features)
     _cap("dataset", "the bytes of the uploaded arrays once read", shape.nbytes, max_bytes)
     if task == "classification" and shape.outputs is not None:
         _cap("dataset.num_classes" if synthetic else "dataset", "the number of classes", shape.outputs,
@@ -169,13 +184,16 @@ def _builtin(spec: dict, blob: bytes | None, shape: DataShape, cfg: TrainConfig,
     arch = spec["architecture"]
     if spec.get("hidden") is not None and arch != "mlp":
         raise InputError("hidden", f"sets the mlp's layer widths; architecture {arch!r} has none")
+    if shape.inputs is not None and list(shape.inputs) != ["x"]:
+        raise InputError("dataset", f"architecture {arch!r} takes one input 'x'; the data has {list(shape.inputs)} "
+                                    "(several inputs need an exported model that takes them)")  # fmt: skip
     notes, sample_shape = [], shape.sample_shape
     if arch != "mlp" and len(sample_shape) == 2:
         sample_shape = (1, *sample_shape)
         notes.append(f"added a channel dimension to the data: samples of shape {sample_shape}")
     model = build(arch, sample_shape, _width(shape), hidden=spec.get("hidden"), device="meta")
     params, out, elements = _model_caps(model, sample_shape, shape, cfg, limits)
-    _check_outputs(output_width(out), shape, cfg.task, f"architecture {arch!r}")
+    _check_outputs(out, shape, cfg.task, f"architecture {arch!r}")
     state = None
     if blob is not None:
         if is_safetensors(blob):
@@ -197,7 +215,7 @@ def build(arch: str, sample_shape: tuple[int, ...], outputs: int, *, hidden: lis
         raise InputError("architecture", f"cannot be built for this data set: {e}") from None
 
 
-def _exported_caps(model: nn.Module, sample_shape: tuple[int, ...], shape: DataShape, cfg: TrainConfig,
+def _exported_caps(model: nn.Module, sample: Signature, shape: DataShape, cfg: TrainConfig,
                    limits: CheckpointLimits) -> tuple[int, tuple[int, ...], int]:  # fmt: skip
     """:func:`_model_caps` for an untrusted graph: every pass counted under ``FakeTensorMode``
     (:func:`rvsm.exported.fake_cost`), at the training batch, the evaluation batch and an epoch's last batch."""
@@ -208,7 +226,7 @@ def _exported_caps(model: nn.Module, sample_shape: tuple[int, ...], shape: DataS
     passes = [("training", first, True), ("evaluation", evaluation, False)]
     cost = None
     for what, batch, training in passes if evaluation > first else passes[:1]:
-        c = rexported.fake_cost(model, sample_shape, batch, training=training)
+        c = rexported.fake_cost(model, sample, batch, training=training)
         cost = cost or c
         rule = f"of one {what} batch of {batch} samples"
         _cap("batch_size", f"the activations {rule} (elements allocated)", c.allocated, limits.activations)
@@ -216,7 +234,7 @@ def _exported_caps(model: nn.Module, sample_shape: tuple[int, ...], shape: DataS
         _cap("batch_size", f"the floating-point operations {rule}", c.flops, limits.flops)
     if 0 < last < first:
         try:
-            rexported.fake_cost(model, sample_shape, last)
+            rexported.fake_cost(model, sample, last)
         except InputError as e:
             why = e.rule.split(": ", 1)[-1]
             raise InputError("batch_size", f"each epoch ends with a batch of {last} (train samples {shape.train_rows} "
@@ -233,9 +251,9 @@ def _exported(blob: bytes, shape: DataShape, spec: dict, cfg: TrainConfig, limit
                                          f"out or set it to 'exported' (got {spec['architecture']!r})")  # fmt: skip
     archive_limits = ArchiveLimits(bytes=max_bytes, member_bytes=max_bytes, nodes=limits.nodes or 2**31)
     exp = rexported.load(blob, limits=archive_limits)
-    check_input_shape(shape.sample_shape, exp.input_shape)
-    params, _, elements = _exported_caps(exp.module, exp.input_shape, shape, cfg, limits)
-    _check_outputs(output_width(exp.output_shape), shape, cfg.task, "the exported model")
+    check_inputs(shape.inputs or {"x": InputInfo(shape.sample_shape, "float32", True)}, exp.inputs)
+    params, _, elements = _exported_caps(exp.module, exp.inputs, shape, cfg, limits)
+    _check_outputs(exp.output_shape, shape, cfg.task, "the exported model")
     names = rexported.sparsifiable_parameters(exp.module)
     return Plan(shape, exp.module, EXPORTED, names, params, elements, exported=exp)
 
@@ -300,7 +318,9 @@ def prepare(
     task = spec.get("task", "classification")
     data = plan.data or load_dataset(spec.get("dataset", {}), task=task, datasets_dir=datasets_dir)
     if plan.exported is not None:
-        return Prepared(plan.model, data, plan.sparse_names, EXPORTED, plan.exported)
+        return Prepared(plan.model, fit_inputs(data, plan.exported.inputs), plan.sparse_names, EXPORTED,
+                        plan.exported)  # fmt: skip
+    data = fit_inputs(data, signature(data.sample_shape))  # a built-in takes floats
     if plan.architecture != "mlp" and len(data.sample_shape) == 2:
         for name in ("x_train", "x_val"):
             setattr(data, name, getattr(data, name).unsqueeze(1))

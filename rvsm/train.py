@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from .data import TASKS, TensorData, evaluate, is_collapsed
 from .errors import InputError
+from .inputs import call, rows, select, to
 from .models import default_sparse_parameters
 from .optim import ADMM, RVSM, SCOPES, apply_masks_, magnitude_masks, split_parameters, target_zeros
 from .prox import PENALTIES
@@ -275,9 +276,12 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _e: 1.0)
 
 
-def _loss_fn(task: str) -> Callable[[Tensor, Tensor], Tensor]:
+def _loss_fn(task: str, ignore_index: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """Cross-entropy over samples, or over tokens (logits ``(B, T, C)`` against labels ``(B, T)``), labels equal
+    to ``ignore_index`` left out; mean squared error for regression."""
     if task == "classification":
-        return nn.functional.cross_entropy
+        return lambda out, y: nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                                                          ignore_index=ignore_index)  # fmt: skip
     return lambda out, y: nn.functional.mse_loss(out.reshape(y.shape), y)
 
 
@@ -318,10 +322,15 @@ def _u_point(opt: RVSM, model: nn.Module, data: TensorData, metric: str) -> dict
     for p, t in u.items():
         u[p] = p.detach().clone()
         p.copy_(t)
-    point[f"val_{metric}_u"] = evaluate(model, data.x_val, data.y_val, task=data.task)
+    point[f"val_{metric}_u"] = _score(model, data)
     for p, w in u.items():
         p.copy_(w)
     return point
+
+
+def _score(model: nn.Module, data: TensorData) -> float:
+    """The validation accuracy or MSE (:func:`rvsm.data.evaluate`)."""
+    return evaluate(model, data.x_val, data.y_val, task=data.task, ignore_index=data.ignore_index)
 
 
 @contextlib.contextmanager
@@ -370,7 +379,7 @@ def _train(
     names = cfg.params if cfg.params is not None else default_sparse_parameters(model)
     chosen, rest = split_parameters(model, names)
     x_tr, y_tr = data.x_train, data.y_train
-    before = evaluate(model, data.x_val, data.y_val, task=data.task) if resume is None else resume["accuracy_before"]
+    before = _score(model, data) if resume is None else resume["accuracy_before"]
     enabled = cfg.layer_scale and cfg.target is None
     scales = resume["scales"] if resume is not None else layer_scales(chosen, cfg.penalty, enabled=enabled)
 
@@ -401,8 +410,8 @@ def _train(
         opt.load_state_dict(resume["optimizer"])
         sched.load_state_dict(resume["scheduler"])
 
-    loss_fn = _loss_fn(cfg.task)
-    steps_per_epoch = math.ceil(x_tr.shape[0] / cfg.batch_size)
+    loss_fn = _loss_fn(cfg.task, data.ignore_index)
+    steps_per_epoch = math.ceil(rows(x_tr) / cfg.batch_size)
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.total_epochs):
         if epoch == cfg.epochs and masks is None:
@@ -415,15 +424,15 @@ def _train(
             frac = epoch / max(cfg.epochs - 1, 1)
             set_beta(opt, cfg, cfg.beta * (cfg.beta_final / cfg.beta) ** frac)
         model.train()
-        perm = torch.randperm(x_tr.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        perm = torch.randperm(rows(x_tr), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         total, count = 0.0, 0
-        for i in range(0, x_tr.shape[0], cfg.batch_size):
+        for i in range(0, rows(x_tr), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            xb, yb = x_tr[idx].to(dev, non_blocking=True), y_tr[idx].to(dev, non_blocking=True)
+            xb, yb = to(select(x_tr, idx), dev), y_tr[idx].to(dev, non_blocking=True)
             if isinstance(opt, RVSM) and cfg.target is not None:
                 opt.target = ramped_target(cfg.target, step, cfg.warmup * steps_per_epoch, cfg.ramp * steps_per_epoch)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            loss = loss_fn(call(model, xb), yb)
             loss.backward()
             opt.step()
             if masks is not None:
@@ -440,7 +449,7 @@ def _train(
         if not math.isfinite(total):
             raise FloatingPointError(f"training diverged: the loss is {total / max(count, 1)} in epoch {epoch + 1}")
         point = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
-                 f"val_{metric}": evaluate(model, data.x_val, data.y_val, task=data.task), "lr": lr_now}  # fmt: skip
+                 f"val_{metric}": _score(model, data), "lr": lr_now}  # fmt: skip
         if isinstance(opt, RVSM):
             point |= _u_point(opt, model, data, metric)
         elif masks is not None:
@@ -459,13 +468,13 @@ def _train(
             }
             callback(point | {"epochs": cfg.total_epochs, "state": state})
 
-    dense = evaluate(model, data.x_val, data.y_val, task=data.task)
+    dense = _score(model, data)
     if isinstance(opt, RVSM):
         if cfg.target is not None:
             opt.target = cfg.target
         opt.sparsify_()
     model.eval()
-    after = evaluate(model, data.x_val, data.y_val, task=data.task)
+    after = _score(model, data)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     sparsity = sparsity_report(state, names)
     if cfg.target is not None:  # what the target gives in whole entries: the value a --min-sparsity gate can ask

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from rvsm.data import IGNORE_INDEX
 from rvsm.train import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SGD_MOMENTUM, TrainConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -170,6 +171,10 @@ class DatasetSpec(BaseModel):
     num_classes: int = Field(4, ge=2, le=1000, description="synthetic: how many classes")
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0)
+    ignore_index: int = Field(
+        IGNORE_INDEX, ge=-(2**31), lt=2**31, description="upload, classification: labels equal to this count in "
+        "neither loss nor accuracy (per-token labels: padding, a causal LM's last position)",
+    )  # fmt: skip
 
 
 CKPT = TrainConfig()  # the training defaults, from their one source

@@ -156,7 +156,7 @@ def _nan_x() -> np.ndarray:
         ({"x": X, "y": Y, "y_val": Y[:5]}, ("x_val and y_val together",)),
         ({"x": X.astype(np.complex64), "y": Y}, ("x", "complex64")),
         ({"x": X, "y": Y.astype(bool)}, ("y", "bool")),
-        ({"x": X, "y": np.stack([Y, Y], 1)}, ("y", "shape (N,)")),
+        ({"x": X, "y": np.stack([Y, Y], 1)}, ("per-token labels y", "(2, 2)")),
         ({"x": X[:, 0], "y": Y}, ("x", "(N, ...)")),
         ({"x": X, "y": Y[:30]}, ("y", "40 rows")),
         ({"x": X, "y": Y, "x_val": X[:5, :3], "y_val": Y[:5]}, ("per-sample shapes",)),

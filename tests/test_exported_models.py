@@ -13,21 +13,33 @@ import pytest
 import torch
 from torch import nn
 
-from rvsm import exported
+from rvsm import exported, inputs
 
 transformers = pytest.importorskip("transformers")
 
 
-class Wrapped(nn.Module):
-    """A Hugging Face model taking token ids (sent as floats, cast inside) or pixels, returning logits."""
+class Classifier(nn.Module):
+    """A Hugging Face classifier as people export it: BERT on ``input_ids`` and ``attention_mask`` (int64), ViT on
+    ``pixel_values``; returns the logits."""
 
-    def __init__(self, model: nn.Module, key: str) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.key = model, key
+        self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        inputs = {self.key: x.long() if self.key == "input_ids" else x}
-        return self.model(**inputs).logits.flatten(1)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+class Vision(Classifier):
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.model(pixel_values=pixel_values).logits
+
+
+class CausalLM(Classifier):
+    """GPT-2 or a LLaMA-style decoder on int64 ``input_ids``, returning per-token logits ``(N, T, vocab)``."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.model(input_ids=input_ids).logits
 
 
 class Recurrent(nn.Module):
@@ -40,26 +52,39 @@ class Recurrent(nn.Module):
         return self.fc(out[:, -1])
 
 
-def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+def build(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The model and example inputs by name (the forward's argument names)."""
     t = transformers
-    tokens = torch.randint(0, 100, (4, 12)).float()
+    ids = torch.randint(0, 100, (4, 12))
     small = {"vocab_size": 100, "max_position_embeddings": 32}
     if name == "bert":
         cfg = t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                            num_labels=3, **small)  # fmt: skip
-        return Wrapped(t.BertForSequenceClassification(cfg), "input_ids"), tokens
+        mask = torch.ones(4, 12, dtype=torch.long)
+        mask[0, 8:] = 0
+        return Classifier(t.BertForSequenceClassification(cfg)), {"input_ids": ids, "attention_mask": mask}
     if name == "gpt2":
         cfg = t.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=32)
-        return Wrapped(t.GPT2LMHeadModel(cfg), "input_ids"), tokens
+        return CausalLM(t.GPT2LMHeadModel(cfg)), {"input_ids": ids}
     if name == "llama":
         cfg = t.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                             intermediate_size=64, **small)  # fmt: skip
-        return Wrapped(t.LlamaForCausalLM(cfg), "input_ids"), tokens
+        return CausalLM(t.LlamaForCausalLM(cfg)), {"input_ids": ids}
     if name == "vit":
         cfg = t.ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=2, intermediate_size=64, num_labels=10)  # fmt: skip
-        return Wrapped(t.ViTForImageClassification(cfg), "pixel_values"), torch.randn(4, 1, 16, 16)
-    return Recurrent(nn.LSTM if name == "lstm" else nn.GRU), torch.randn(4, 5, 8)
+        return Vision(t.ViTForImageClassification(cfg)), {"pixel_values": torch.randn(4, 1, 16, 16)}
+    return Recurrent(nn.LSTM if name == "lstm" else nn.GRU), {"x": torch.randn(4, 5, 8)}
+
+
+def export(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bytes:
+    """``model`` exported with a dynamic batch, its inputs passed positionally, as a ``.pt2``."""
+    batch = torch.export.Dim("batch", min=2)
+    program = torch.export.export(model, tuple(inputs.values()), dynamic_shapes={k: {0: batch} for k in inputs},
+                                  strict=False)  # fmt: skip
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return buf.getvalue()
 
 
 @pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "vit", "lstm", "gru"])
@@ -67,19 +92,36 @@ def test_models_people_bring_pass_the_fences(name: str) -> None:
     torch.manual_seed(0)
     model, x = build(name)
     model.eval()
-    program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=2)}},
-                                  strict=False)  # fmt: skip
-    buf = io.BytesIO()
-    torch.export.save(program, buf)
-    exp = exported.load(buf.getvalue())
-    assert exp.input_shape == tuple(x.shape[1:])
+    exp = exported.load(export(model, x))
+    assert {k: (shape, dtype) for k, (shape, dtype) in exp.inputs.items()} == {
+        k: (tuple(v.shape[1:]), v.dtype) for k, v in x.items()}  # fmt: skip
     with torch.no_grad():
-        want = model(x)
+        want = model(**x)
     for batch in (3, 64):
-        cost = exported.fake_cost(exp.module, exp.input_shape, batch, training=False)
+        cost = exported.fake_cost(exp.module, exp.inputs, batch, training=False)
         assert cost.output_shape == tuple(want.shape[1:]) and cost.allocated > 0
         if name not in ("lstm", "gru"):  # recurrent cells run as one aten op that the FLOP counter does not cost
             assert cost.flops > 0
     exp.module.eval()
     with torch.no_grad():
-        assert torch.allclose(exp.module(x), want, atol=1e-5)
+        assert torch.allclose(inputs.call(exp.module, x), want, atol=1e-5)
+
+
+def test_inputs_exported_as_keywords_are_fed_by_name() -> None:
+    """BERT exported with keyword inputs (``export(model, (), kwargs)``) loads and is fed by input name, like the
+    positional export; the archive's names, not their order in the data file, decide which tensor goes where."""
+    torch.manual_seed(0)
+    model, x = build("bert")
+    model.eval()
+    batch = torch.export.Dim("batch", min=2)
+    program = torch.export.export(model, (), dict(x), dynamic_shapes={k: {0: batch} for k in x}, strict=False)
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    exp = exported.load(buf.getvalue())
+    assert list(exp.inputs) == ["input_ids", "attention_mask"]
+    reordered = {"attention_mask": x["attention_mask"], "input_ids": x["input_ids"]}
+    exp.module.eval()
+    with torch.no_grad():
+        assert torch.allclose(inputs.call(exp.module, reordered), model(**x), atol=1e-5)
+    cost = exported.fake_cost(exp.module, exp.inputs, 5)
+    assert cost.output_shape == (3,)

@@ -23,6 +23,7 @@ from safetensors.torch import save as safetensors_save
 
 from rvsm import exported, sandbox, sparse_io
 from rvsm.algorithms import default_device
+from rvsm.inputs import rows
 from rvsm.prepare import Prepared, prepare
 from rvsm.train import TrainConfig, TrainResult, train
 from service.artifacts import job_dir, write_atomic
@@ -152,13 +153,15 @@ def _outputs(
     if prep.exported is not None:
         files["model.pt2"] = exported.save(prep.exported, state)
     data = prep.data
+    shapes = data.input_shapes
     report = {
         "architecture": prep.architecture,
         "task": cfg.task,
         "metric": result.metric,
         "dataset": spec.get("dataset", {}) | {
-            "sample_shape": list(data.sample_shape), "outputs": data.num_outputs,
-            "train_samples": int(data.x_train.shape[0]), "val_samples": int(data.x_val.shape[0]),
+            "sample_shape": list(shapes["x"]) if list(shapes) == ["x"] else None, "outputs": data.num_outputs,
+            "inputs": {k: list(v) for k, v in shapes.items()}, "label_shape": list(data.y_val.shape[1:]),
+            "train_samples": rows(data.x_train), "val_samples": rows(data.x_val),
         } | ({"num_classes": data.num_classes} if cfg.task == "classification" else {}),
         "algorithm": cfg.algorithm,
         "target_sparsity": cfg.target,

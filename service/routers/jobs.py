@@ -134,7 +134,7 @@ def _body_schema() -> dict:
                                            "description": "a torch.export .pt2 (any architecture), or "
                                                           ".safetensors / a .pt state_dict of a built-in"},
                             "dataset": {"type": "string", "format": "binary",
-                                        "description": ".safetensors or .npz with x, y[, x_val, y_val]"},
+                                        "description": ".safetensors or .npz: x (or x.<input>), y[, x_val, y_val]"},
                         },
                         "additionalProperties": False,
                     },
