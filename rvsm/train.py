@@ -223,6 +223,27 @@ def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
     }
 
 
+class ResultRejected(RuntimeError):
+    """Training ended with a network that breaks the job's contract: fewer zeros than its target asks, or every
+    sparsified weight zero. The job fails with this message instead of returning the network."""
+
+
+def check_result(sparsity: dict, cfg: TrainConfig) -> None:
+    """The contract on a trained network's :func:`sparsity_report`: with a target, at least the zeros the target
+    gives in whole entries (:func:`rvsm.optim.target_zeros`, less one per tensor for rounding) over the sparsified
+    tensors; whatever the mode, not every sparsified weight zero. ``ResultRejected`` otherwise."""
+    pruned = [sparsity["layers"][n] for n in dict.fromkeys(sparsity["prunable_names"]) if n in sparsity["layers"]]
+    zeros, total = sum(v["zeros"] for v in pruned), sum(v["numel"] for v in pruned)
+    if total and zeros == total:
+        raise ResultRejected(f"every one of the {total} sparsified weights is zero: the network computes nothing "
+                             "(lower lam, or use target_sparsity)")  # fmt: skip
+    if cfg.target is not None:
+        want = target_zeros([v["numel"] for v in pruned], cfg.target, scope=cfg.sparsity_scope)
+        if zeros < want - len(pruned):
+            raise ResultRejected(f"the sparsified tensors end with {zeros} zeros of {total}, short of the "
+                                 f"{want} that target_sparsity {cfg.target} asks")  # fmt: skip
+
+
 def layer_scales(params: Sequence[Tensor], penalty: str, *, enabled: bool) -> list[float]:
     """Per-tensor factors on ``lam`` that put each layer's threshold in units of its weight RMS.
 
@@ -473,6 +494,8 @@ def _train(
         if cfg.target is not None:
             opt.target = cfg.target
         opt.sparsify_()
+    elif cfg.target is not None and masks is None:  # magnitude / admm without fine-tuning: prune at the end
+        _prune_(opt, cfg, chosen)
     model.eval()
     after = _score(model, data)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -480,6 +503,7 @@ def _train(
     if cfg.target is not None:  # what the target gives in whole entries: the value a --min-sparsity gate can ask
         numels = [sparsity["layers"][n]["numel"] for n in dict.fromkeys(names) if n in sparsity["layers"]]
         sparsity["target_reachable"] = target_zeros(numels, cfg.target, scope=cfg.sparsity_scope) / max(sum(numels), 1)
+    check_result(sparsity, cfg)
     return TrainResult(
         model=model,
         metric=metric,

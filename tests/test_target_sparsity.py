@@ -13,7 +13,7 @@ from rvsm import exported, models, optim
 from rvsm.checkpoints import read_state_dict, unwrap
 from rvsm.errors import InputError
 from rvsm.prepare import select_parameters
-from rvsm.train import TrainConfig, ramped_target, train
+from rvsm.train import ResultRejected, TrainConfig, check_result, ramped_target, train
 from tests.user_models import ResidualCNN, TabularMLP, export
 
 
@@ -65,21 +65,54 @@ def test_cubic_ramp():
     assert values == sorted(values)  # never decreasing
 
 
-@pytest.mark.parametrize("algorithm,scope", [("rvsm", "global"), ("rvsm", "layer"), ("magnitude", "global"),
-                                             ("admm", "layer")])  # fmt: skip
-def test_training_ends_at_the_target(algorithm, scope):
+def _target_model(kind: str) -> tuple[nn.Module, list[str] | None]:
+    """A built-in mlp, or a user's MLP exported and loaded as the service loads it (with its sparsified names)."""
+    if kind == "built-in":
+        return models.build("mlp", num_classes=3, in_features=64, hidden=[40, 20]), None
+    exp = exported.load(export(TabularMLP(), torch.randn(2, 64)))
+    return exp.module, exported.sparsifiable_parameters(exp.module)
+
+
+@pytest.mark.parametrize("model", ["built-in", "exported"])
+@pytest.mark.parametrize("finetune", [0, 1])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("algorithm", ["rvsm", "magnitude", "admm"])
+def test_training_ends_at_the_target(algorithm, scope, finetune, model):
+    """Issue 18's contract: every algorithm that takes target_sparsity ends there (to one entry per tensor), for
+    every scope, with and without fine-tuning (magnitude and admm without it used to return dense networks)."""
     data = rdata.synthetic(300, num_classes=3, seed=1)
+    if model == "exported":
+        data = rdata.from_tensors(data.x_train.flatten(1), data.y_train, data.x_val.flatten(1), data.y_val)
     torch.manual_seed(0)
-    m = models.build("mlp", num_classes=3, in_features=64, hidden=[40, 20])
-    extra = {"finetune_epochs": 1} if algorithm in ("magnitude", "admm") else {}
-    cfg = TrainConfig(algorithm=algorithm, target_sparsity=0.85, sparsity_scope=scope, epochs=3, beta=0.05, **extra)
+    m, names = _target_model(model)
+    cfg = TrainConfig(algorithm=algorithm, target_sparsity=0.85, sparsity_scope=scope, epochs=2, beta=0.05,
+                      finetune_epochs=finetune, params=names)  # fmt: skip
     r = train(m, data, cfg)
     layers = [r.sparsity["layers"][n] for n in r.sparsity["prunable_names"]]
+    assert len(layers) >= 2
     if scope == "layer":
         assert all(v["zeros"] == math.floor(0.85 * v["numel"]) for v in layers)
     else:
         n = sum(v["numel"] for v in layers)
         assert abs(sum(v["zeros"] for v in layers) - math.floor(0.85 * n)) <= len(layers)
+
+
+def test_a_network_of_zeros_is_rejected_not_returned():
+    """lam mode with a threshold past every weight zeroes the network: the job fails saying so."""
+    data = rdata.synthetic(200, num_classes=3, seed=1)
+    torch.manual_seed(0)
+    m = models.build("mlp", num_classes=3, in_features=64, hidden=[16])
+    with pytest.raises(ResultRejected, match="every one of the .* sparsified weights is zero"):
+        train(m, data, TrainConfig(algorithm="rvsm", lam=50.0, beta=1.0, epochs=1))
+
+
+def test_a_result_short_of_its_target_is_rejected():
+    layers = {"a": {"numel": 100, "zeros": 80}, "b": {"numel": 10, "zeros": 9}}
+    report = {"layers": layers, "prunable_names": ["a", "b"]}
+    check_result(report, TrainConfig(algorithm="magnitude", target_sparsity=0.8))  # 89 >= floor(0.8 * 110) - 2
+    layers["a"]["zeros"] = 10
+    with pytest.raises(ResultRejected, match="19 zeros of 110, short of the 88"):
+        check_result(report, TrainConfig(algorithm="magnitude", target_sparsity=0.8))
 
 
 def test_regression_task():
