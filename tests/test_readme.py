@@ -11,16 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.service_helpers import ROOT
 from tests.test_embedded import server  # noqa: F401 - the fixture: rvsm serve with no configuration
 
 SECTION = "## Prune your own model"
 
 
-def readme_blocks() -> list[tuple[str, str]]:
-    """``(language, code)`` of every fenced block in the README's section, in order."""
+def readme_blocks(heading: str = SECTION) -> list[tuple[str, str]]:
+    """``(language, code)`` of every fenced block in the README's section ``heading``, in order."""
     text = (ROOT / "README.md").read_text()
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S)
 
 
@@ -63,3 +65,23 @@ def test_readme_prune_your_own_model(server, tmp_path):  # noqa: F811
     assert out.returncode == 0, out.stderr
     zeros = float(re.search(r"zeros: ([0-9.]+)", out.stdout).group(1))
     assert zeros >= 0.89 and "same outputs: True" in out.stdout, out.stdout
+
+
+def test_readme_transformers(server, tmp_path):  # noqa: F811
+    """The "Transformers and recurrent nets" example: a BERT on int64 input_ids and attention_mask, pruned to 0.8
+    with AdamW, the gate met, loaded back into transformers and compared with the returned model.pt2."""
+    pytest.importorskip("transformers")
+    blocks = readme_blocks("## Transformers and recurrent nets")
+    assert [lang for lang, _ in blocks] == ["python", "json", "bash", "python"], blocks
+    (make, spec, submit, check) = (code for _, code in blocks)
+    (tmp_path / "make_bert.py").write_text(make)
+    (tmp_path / "bert.json").write_text(spec)
+    out = run(submit.strip(), tmp_path, server[0])
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    report = json.loads((tmp_path / "bert-artifacts" / "report.json").read_text())
+    assert report["dataset"]["inputs"] == {"input_ids": [16], "attention_mask": [16]}
+    assert report["sparsity"]["prunable"] >= 0.8 - 1e-3 and not report["collapsed"]
+    (tmp_path / "check.py").write_text(check)
+    out = run("python check.py", tmp_path, server[0])
+    assert out.returncode == 0, out.stderr
+    assert "same outputs: True" in out.stdout and "word_embeddings" in out.stdout, out.stdout
