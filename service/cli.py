@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
 
-    toy = sub.add_parser("toy", help="run a toy spec (SPEC §8) here and print the result JSON")
+    toy = sub.add_parser("toy", help="run a toy spec (docs/math.md) here and print the result JSON")
     toy.add_argument("spec", help="the spec JSON file ('-' for standard input)")
     toy.add_argument("--out", help="write the result JSON to this file instead of standard output")
     toy.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")

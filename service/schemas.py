@@ -58,7 +58,7 @@ class InitSpec(BaseModel):
 
 
 class ToySpecCreate(BaseModel):
-    """A toy job (SPEC §8). Unknown fields are rejected."""
+    """A toy job (docs/math.md). Unknown fields are rejected."""
 
     model_config = STRICT
 
@@ -245,7 +245,7 @@ class CheckpointSpecCreate(BaseModel):
 
 
 class ToyRunResult(BaseModel):
-    """One toy run (SPEC §8); non-finite numbers are ``null``."""
+    """One toy run (docs/math.md); non-finite numbers are ``null``."""
 
     model_config = OPEN
 

@@ -230,7 +230,7 @@ async def _read_form(request: Request, settings: Settings) -> tuple[str | bytes,
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, openapi_extra=_body_schema(),
              responses=responses(400, 401, 413, 422, 503))  # fmt: skip
 async def submit_job(request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
-    """Submit a job: a toy spec (SPEC §8) as JSON, or a checkpoint job as JSON (trains from scratch) or as
+    """Submit a job: a toy spec (docs/math.md) as JSON, or a checkpoint job as JSON (trains from scratch) or as
     multipart with the ``spec`` JSON text, a ``checkpoint`` file and, for ``dataset.name = upload``, a
     ``dataset`` file. 202 with the job's id; follow it at ``url``. Bodies are cut at their cap while they
     stream (413); JSON parsing and validation run off the event loop."""
