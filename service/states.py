@@ -306,15 +306,16 @@ def finish(
 
 
 def release(session: Session, job_id: str, worker: str) -> bool:
-    """release: a worker that is shutting down hands its job back at once (no wait for the lease);
-    the reconciler publishes it again, and a checkpoint job resumes from its last saved epoch."""
+    """release: a worker that is shutting down hands its job back at once (no wait for the lease), and the
+    attempt its claim counted is refunded (a hand-back is not a loss); the reconciler publishes it again, and a
+    checkpoint job resumes from its last saved epoch."""
     return release_all(session, [job_id], worker) == 1
 
 
 def release_all(session: Session, ids: list[str], worker: str) -> int:
     """:func:`release` for every job of ``ids`` (one UPDATE, one commit); how many were handed back."""
     n = _move_all(session, "release", ids, _held_by(worker), Job.cancel_requested.is_(False),
-                  state=str(Q), worker=None, lease_until=utcnow())  # fmt: skip
+                  state=str(Q), worker=None, lease_until=utcnow(), attempts=Job.attempts - 1)  # fmt: skip
     session.commit()
     return n
 
@@ -336,14 +337,15 @@ def recover(session: Session, job: Job, *, max_attempts: int, dispatch_s: float)
     stale = (Job.lease_until == job.lease_until, Job.lease_until < now)
     if job.cancel_requested:
         event, values = "reap", dict(state=str(C), finished_at=now, lease_until=None)
+    elif in_batch(job.worker):  # not charged, whatever the cap (who killed the batch is unknown); alone from now on
+        event, values = "requeue", dict(state=str(Q), worker=None, lease_until=now + dt.timedelta(seconds=dispatch_s),
+                                        attempts=Job.attempts - 1)  # fmt: skip
     elif job.attempts >= max_attempts:
         error = (f"the worker running this job was lost {job.attempts} times (killed, out of memory or "
                  f"crashed); gave up after RVSM_MAX_ATTEMPTS={max_attempts} attempts")  # fmt: skip
         event, values = "give_up", dict(state=str(F), finished_at=now, lease_until=None, error=error)
     else:
         event, values = "requeue", dict(state=str(Q), worker=None, lease_until=now + dt.timedelta(seconds=dispatch_s))
-        if in_batch(job.worker):  # not charged (who killed the batch is unknown); it runs alone from now on
-            values["attempts"] = Job.attempts - 1
     ok = _move(session, event, job.id, *stale, **values)
     session.commit()
     return event if ok else None

@@ -221,11 +221,11 @@ def test_sigterm_hands_the_running_job_back_at_once(tmp_path):
         assert time.monotonic() - t < 10
         first.stop()
         back = _job(client, job_id)
-        assert back["state"] == "queued" and back["attempts"] == 1, back
+        assert back["state"] == "queued" and back["attempts"] == 0, back  # a hand-back costs no attempt
         second = Worker(env, queue, tmp_path / "w2.log")
         try:
             _running_under(client, _db(tmp_path), job_id, {second.proc.pid}, timeout=30)
             assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
-            assert _wait_state(client, job_id, ("cancelled",), timeout=30)["attempts"] == 2
+            assert _wait_state(client, job_id, ("cancelled",), timeout=30)["attempts"] == 1
         finally:
             second.stop()

@@ -112,7 +112,7 @@ def test_release_and_redispatch(sessions):
         assert not states.release(s, job_id, "b")
         assert states.release(s, job_id, "a")
         job = s.get(Job, job_id, populate_existing=True)
-        assert job.state == JobState.QUEUED and job.worker is None and job.attempts == 1
+        assert job.state == JobState.QUEUED and job.worker is None and job.attempts == 0  # a hand-back is no loss
         late = states.unclaimed(s)
         assert [j.id for j in late] == [job_id] and states.queued_count(s, "q") == 1
         assert states.redispatch(s, late[0], 60)
@@ -157,3 +157,32 @@ def test_a_job_lost_in_a_batch_is_requeued_without_the_attempt_and_never_batched
         fresh = _new(s)
         assert states.batch_candidates(s, queue="q", max_iters=10, limit=10) == [(fresh, {})]  # started: alone
         assert not states.claim(s, first, "u", 60).first
+
+
+def test_hand_backs_never_cost_an_attempt_so_the_cap_counts_real_losses(sessions):
+    """Issue 21 D: two rolling restarts (SIGTERM hand-backs) then one loss, with RVSM_MAX_ATTEMPTS=2: requeued,
+    not 'lost 3 times ... gave up'; a second loss gives up saying 2."""
+    with sessions() as s:
+        job_id = _new(s)
+        for worker in ("a", "b"):
+            states.claim(s, job_id, worker, 60)
+            assert states.release(s, job_id, worker)
+        states.claim(s, job_id, "c", 60)
+        assert states.recover(s, _expire(s, job_id), max_attempts=2, dispatch_s=5) == "requeue"
+        states.claim(s, job_id, "d", 60)
+        assert states.recover(s, _expire(s, job_id), max_attempts=2, dispatch_s=5) == "give_up"
+        assert "lost 2 times" in s.get(Job, job_id, populate_existing=True).error
+
+
+def test_a_lost_batch_is_refunded_even_at_the_attempts_cap(sessions):
+    """Issue 21 A: with RVSM_MAX_ATTEMPTS=1 a worker lost in a batch failed every batch mate ('lost 1 times');
+    the batch refund now comes before the cap, so each mate runs again, alone."""
+    with sessions() as s:
+        first, mate = _new(s), _new(s)
+        states.claim(s, first, "w", 60)
+        batch = states.join_batch(s, first, "w", 60)
+        assert states.claim_all(s, [mate], batch, 60) == [mate]
+        for job_id in (first, mate):
+            assert states.recover(s, _expire(s, job_id), max_attempts=1, dispatch_s=5) == "requeue"
+            job = s.get(Job, job_id, populate_existing=True)
+            assert job.state == JobState.QUEUED and job.attempts == 0
