@@ -27,6 +27,7 @@ MEANINGS = {
     422: "a field breaks a rule: the message names the field, the rule and the value",
     503: "the job database (or, on submit, the job queue) is unreachable; nothing was changed, try again",
     500: "an unexpected error (a bug): the message names its type only",
+    507: "the server's disk is full: the upload could not be stored, nothing was kept; try again later",
 }
 
 

@@ -228,6 +228,45 @@ def test_an_unexpected_error_is_a_json_500_naming_only_its_type(tmp_path, queue,
         error_shape(c.get(f"/v1/jobs/{job_id}"), 500, "IntegrityError")
 
 
+def test_a_full_disk_on_upload_is_a_json_507_and_leaves_no_job(tmp_path, queue, monkeypatch) -> None:
+    """Issue 21 B: the artifact disk full while a checkpoint upload is stored (the job row was committed first)
+    gave a plain-text 500 and a queued job without its inputs. Now a 507 in the error shape, the row and any
+    partial files gone; another OS failure to write is a 503; the next submit, with room again, works."""
+    import errno
+
+    import torch
+
+    from service.routers import jobs as jobs_router
+    from tests.user_models import TabularMLP, digits_npz, export
+
+    app = app_for(tmp_path, queue)
+    spec = {"kind": "checkpoint", "dataset": {"name": "upload"}, "epochs": 1}
+    files = {"checkpoint": ("m.pt2", export(TabularMLP(), torch.randn(2, 64))),
+             "dataset": ("d.npz", digits_npz(flat=True)[0])}  # fmt: skip
+    real = jobs_router.write_atomic
+
+    def full_after_first(path: Path, data: bytes) -> None:
+        real(path, data[:10])  # part of one input reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        monkeypatch.setattr(jobs_router, "write_atomic", full_after_first)
+        r = c.post("/v1/jobs", data={"spec": json.dumps(spec)}, files=files)
+        assert "No space left on device" in error_shape(r, 507, "could not be stored")["message"]
+        assert c.get("/v1/jobs").json()["total"] == 0
+        assert not any((tmp_path / "artifacts").glob("*/inputs/*"))
+
+        def failing(path: Path, data: bytes) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(jobs_router, "write_atomic", failing)
+        error_shape(c.post("/v1/jobs", data={"spec": json.dumps(spec)}, files=files), 503, "Input/output error")
+        monkeypatch.setattr(jobs_router, "write_atomic", real)
+        r = c.post("/v1/jobs", data={"spec": json.dumps(spec)}, files=files)
+        assert r.status_code == 202, r.text
+        assert c.get("/v1/jobs").json()["total"] == 1
+
+
 # --------------------------------------------------------------------------- nosniff everywhere
 def test_nosniff_on_every_kind_of_response(tmp_path, queue) -> None:
     app = app_for(tmp_path, queue, max_spec_bytes=4096)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -228,7 +230,7 @@ async def _read_form(request: Request, settings: Settings) -> tuple[str | bytes,
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, openapi_extra=_body_schema(),
-             responses=responses(400, 401, 413, 422, 503))  # fmt: skip
+             responses=responses(400, 401, 413, 422, 503, 507))  # fmt: skip
 async def submit_job(request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
     """Submit a job: a toy spec (docs/math.md) as JSON, or a checkpoint job as JSON (trains from scratch) or as
     multipart with the ``spec`` JSON text, a ``checkpoint`` file and, for ``dataset.name = upload``, a
@@ -270,20 +272,40 @@ def _create(
     # committed before the publish: a crash between the two leaves a queued row the reconciler publishes
     job = store.new_job(session, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters,
                         dispatch_s=settings.dispatch_timeout_s)  # fmt: skip
-    if files:
-        inputs = job_dir(settings.resolved_artifact_dir, job.id) / "inputs"
-        for name in ("checkpoint", "dataset"):
-            if name in files:
-                write_atomic(inputs / input_name(name, files), files[name])
+    try:
+        _store_inputs(settings, job.id, files)
+    except OSError as e:  # a full (or failing) disk: the row goes too, so no job without its inputs is ever seen
+        _forget(session, settings, job)
+        raise storage_error(e) from None
     try:
         enqueue(settings, job.id, job.queue)
     except Exception as e:  # the broker is down or hung (bounded wait): say so, keep nothing half-queued
-        store.delete_job(session, job)
-        shutil.rmtree(job_dir(settings.resolved_artifact_dir, job.id), ignore_errors=True)
+        _forget(session, settings, job)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the job queue is unreachable; try again ({type(e).__name__})"
         ) from None
     return JobCreated(id=job.id, state=job.state, url=job_url(request, job.id))
+
+
+def _store_inputs(settings: SettingsDep, job_id: str, files: dict[str, bytes]) -> None:
+    inputs = job_dir(settings.resolved_artifact_dir, job_id) / "inputs"
+    for name in ("checkpoint", "dataset"):
+        if name in files:
+            write_atomic(inputs / input_name(name, files), files[name])
+
+
+def _forget(session: SessionDep, settings: SettingsDep, job: Job) -> None:
+    """Undo a submit that cannot complete: the row and whatever of its inputs reached the disk."""
+    store.delete_job(session, job)
+    shutil.rmtree(job_dir(settings.resolved_artifact_dir, job.id), ignore_errors=True)
+
+
+def storage_error(e: OSError) -> HTTPException:
+    """507 for a full disk or quota, 503 for another failure to write: the JSON error shape, the OS's reason."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    why = os.strerror(e.errno) if e.errno else type(e).__name__
+    return HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE if full else status.HTTP_503_SERVICE_UNAVAILABLE,
+                         detail=f"the upload could not be stored ({why}); nothing was kept, try again later")
 
 
 def input_name(name: str, files: dict[str, bytes]) -> str:
@@ -305,7 +327,10 @@ def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes],
             upload = None
             if "dataset" in files:
                 upload = Path(tmp) / input_name("dataset", files)
-                upload.write_bytes(files["dataset"])
+                try:
+                    upload.write_bytes(files["dataset"])
+                except OSError as e:
+                    raise storage_error(e) from None
             check_isolated(spec, child=settings.check_child(), limits=settings.checkpoint_limits(),
                            checkpoint=files.get("checkpoint"), dataset_file=upload, datasets_dir=settings.datasets_dir,
                            max_bytes=settings.max_upload_bytes)  # fmt: skip
