@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from rvsm import data as rdata
 from rvsm import models, optim, prox, sparse_io
-from rvsm.train import TrainConfig, sparsity_report, train
+from rvsm.train import ResultRejected, TrainConfig, sparsity_report, train
 
 
 @pytest.mark.parametrize("foreach", [False, True])
@@ -205,11 +205,16 @@ def test_training_resumes_to_the_same_result():
 
 
 def test_collapse_is_reported():
+    """A score within one label of the majority class is collapsed; a network whose every sparsified weight is
+    zero is not even returned (ResultRejected: the job fails saying why)."""
     data = rdata.synthetic(200, num_classes=4, seed=0)
+    base, n = rdata.baseline_score(data), len(data.y_val)
+    assert rdata.is_collapsed(base, data) and rdata.is_collapsed(base + 1 / n, data)
+    assert not rdata.is_collapsed(base + 2 / n, data)
     torch.manual_seed(0)
     m = models.build("mlp", in_channels=1, input_size=8, num_classes=4)
-    r = train(m, data, TrainConfig(algorithm="rvsm", penalty="l0", lam=10.0, beta=1.0, epochs=1))
-    assert r.sparsity["prunable"] == 1.0 and r.collapsed
+    with pytest.raises(ResultRejected, match="every one of the 25088 sparsified weights is zero"):
+        train(m, data, TrainConfig(algorithm="rvsm", penalty="l0", lam=10.0, beta=1.0, epochs=1))
 
 
 def test_sparse_io_file_round_trip(tmp_path):
