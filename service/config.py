@@ -59,7 +59,10 @@ class Settings(BaseSettings):
         20_000_000, ge=1, description="largest sum of (samples or batch_size) x k x d over a toy job's empirical runs"
     )
     reaper_interval_s: float = Field(
-        10.0, gt=0, description="how often each worker's reconciler repairs jobs from the job store"
+        10.0, gt=0, description="how often each worker's (and the API's) reconciler repairs jobs from the job store"
+    )
+    api_reconciler: bool = Field(
+        True, description="the API process sweeps the job store too, so lost jobs are requeued with no worker alive"
     )
     max_attempts: int = Field(3, ge=1, description="a job whose worker is lost this many times ends failed")
     dispatch_timeout_s: float = Field(

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rvsm import __version__, sandbox
 
-from . import errors
+from . import errors, reconciler
 from .config import get_settings
 from .db import get_engine
 from .floors import check_torch
@@ -41,7 +41,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     "get 503 until it answers", type(e).__name__)  # fmt: skip
     # the submit-time check's fork server imports torch once, in the background, before the first upload
     threading.Thread(target=sandbox.warm, name="rvsm-sandbox-warm", daemon=True).start()
-    yield
+    stop = threading.Event()
+    if settings.api_reconciler:  # recovery that needs no live worker (every sweep is conditional: any number may run)
+        reconciler.start(settings, stop, name="rvsm-api-reconciler")
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 class NoSniff:

@@ -229,3 +229,34 @@ def test_sigterm_hands_the_running_job_back_at_once(tmp_path):
             assert _wait_state(client, job_id, ("cancelled",), timeout=30)["attempts"] == 1
         finally:
             second.stop()
+
+
+def test_the_api_alone_requeues_a_job_whose_worker_died(tmp_path):
+    """Issue 21 E: the reconciler ran only inside workers, so while none was alive a lost job stayed `running`.
+    Here no worker exists at all: a job claimed by a worker that then vanished is requeued and published again by
+    the API's own sweep within a few intervals; the first worker to start then runs it."""
+    import redis as redis_client
+
+    from service import states
+    from service.db import get_sessionmaker
+    from tests.service_helpers import REDIS_URL
+
+    queue = unique_queue("rel-api")
+    broker = redis_client.Redis.from_url(REDIS_URL)
+    try:
+        with make_client(tmp_path, queue, reaper_interval_s=REAPER_S) as client:
+            job_id = client.post("/v1/jobs", json=SHORT).json()["id"]
+            assert broker.llen(queue) == 1
+            with get_sessionmaker(_db(tmp_path))() as s:  # a worker claims it (its message taken) and dies
+                broker.delete(queue)
+                assert states.claim(s, job_id, "gone:1", lease_s=0.5) is not None
+            back = _wait_state(client, job_id, ("queued",), timeout=LEASE_S + 5 * REAPER_S)
+            assert back["attempts"] == 1 and back["progress"]["iteration"] == 0
+            wait_for(lambda: broker.llen(queue) == 1, timeout=5 * REAPER_S, what="the job published again")
+            worker = Worker(_env(tmp_path, queue), queue, tmp_path / "w.log")
+            try:
+                assert _wait_state(client, job_id, ("succeeded",), timeout=120)["attempts"] == 2
+            finally:
+                worker.stop()
+    finally:
+        broker.delete(queue)

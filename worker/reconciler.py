@@ -1,81 +1,21 @@
-"""The reconciler: the job store, not the broker, decides what runs. A daemon thread in every worker
-process sweeps the store every ``RVSM_REAPER_INTERVAL_S`` and
-
-- ends a running job whose lease ran out: ``requeue`` (and publish it again) while attempts are
-  left, ``give_up`` (failed, the error says why) once ``attempts`` reached ``RVSM_MAX_ATTEMPTS``,
-  ``reap`` (cancelled) when a cancel was asked of a job whose worker is gone;
-- publishes again a queued job nobody claimed by its deadline, when the broker holds fewer messages
-  for its queue than there are queued jobs (the message was lost: Redis restarted empty, the API
-  died between the commit and the publish). A backlog that is merely waiting is left alone.
-
-Every step is a conditional UPDATE (:mod:`service.states`), so reconcilers in several workers may
-sweep at once: only one wins each transition and publishes. A duplicate message is harmless (the
-claim misses); a lost one is what this repairs. Recovery after a worker dies takes about
-``RVSM_LEASE_S + RVSM_REAPER_INTERVAL_S``, whatever the visibility timeout.
+"""The worker's reconciler thread: every ``RVSM_REAPER_INTERVAL_S`` it says this worker is alive (``rvsm_workers_alive``
+in ``/metrics``) and sweeps the job store (:func:`service.reconciler.sweep`: lost leases requeued or given up,
+lost messages published again). The API sweeps too, so recovery never waits for a worker to start.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import socket
 import threading
-from collections import Counter
 from collections.abc import Sequence
 
-from service import queue as broker
-from service import states, telemetry
+from service import reconciler, telemetry
 from service.config import Settings
 from service.db import get_sessionmaker
 
-log = logging.getLogger("rvsm.reconciler")
 _started = threading.Event()
-
-
-def sweep(settings: Settings) -> Counter[str]:
-    """One pass; returns how many of each transition it made (``publish_failed`` too)."""
-    done: Counter[str] = Counter()
-    sessions = get_sessionmaker(settings.resolved_database_url)
-    with sessions() as s:
-        for job in states.expired(s):
-            holder, attempts = job.worker, job.attempts
-            event = states.recover(s, job, max_attempts=settings.max_attempts, dispatch_s=settings.dispatch_timeout_s)
-            if event is None:
-                continue
-            done[event] += 1
-            log.warning("job %s: lease of %s expired (attempt %d): %s", job.id, holder, attempts, event)
-            if event == "requeue":
-                _publish(settings, job.id, job.queue, done)
-        late = states.unclaimed(s)
-        for queue in sorted({j.queue for j in late}):
-            if not _maybe_lost(settings, s, queue):
-                continue
-            for job in (j for j in late if j.queue == queue):
-                if states.redispatch(s, job, settings.dispatch_timeout_s):
-                    done["redispatch"] += 1
-                    log.warning("job %s: queued and unclaimed past its deadline: published again", job.id)
-                    _publish(settings, job.id, queue, done)
-    return done
-
-
-def _maybe_lost(settings: Settings, session, queue: str) -> bool:  # noqa: ANN001
-    """Fewer messages wait on ``queue`` than there are queued jobs for it: some message is missing."""
-    try:
-        return broker.waiting(settings, queue) < states.queued_count(session, queue)
-    except Exception as e:  # the broker is down: nothing can be published now; the next sweep retries
-        log.warning("reconciler: cannot read queue %s: %s: %s", queue, type(e).__name__, e)
-        return False
-
-
-def _publish(settings: Settings, job_id: str, queue: str, done: Counter[str]) -> None:
-    try:
-        broker.enqueue(settings, job_id, queue)
-    except Exception as e:  # the row stays queued with a deadline: a later sweep publishes it
-        done["publish_failed"] += 1
-        with get_sessionmaker(settings.resolved_database_url)() as s:
-            telemetry.bump(s, "publish_failed")
-            s.commit()
-        log.warning("job %s: publish failed (%s: %s); a later sweep retries", job_id, type(e).__name__, e)
 
 
 def beat(settings: Settings, queues: Sequence[str]) -> None:
@@ -85,24 +25,9 @@ def beat(settings: Settings, queues: Sequence[str]) -> None:
                             interval_s=settings.reaper_interval_s, pid=os.getpid())  # fmt: skip
 
 
-def run(settings: Settings, stop: threading.Event, queues: Sequence[str] = ()) -> None:
-    """Beat and sweep every ``reaper_interval_s`` until ``stop`` is set; a failure is logged and retried."""
-    while not stop.is_set():
-        try:
-            beat(settings, queues)
-            sweep(settings)
-        except Exception:
-            log.exception("reconciler: sweep failed; retrying in %.1fs", settings.reaper_interval_s)
-        stop.wait(settings.reaper_interval_s)
-
-
 def start(settings: Settings, queues: Sequence[str] = ()) -> threading.Thread | None:
-    """Start the sweeping thread once per process (on Celery's ``worker_ready``)."""
+    """Start the beating and sweeping thread once per process (on Celery's ``worker_ready``)."""
     if _started.is_set():
         return None
     _started.set()
-    args = (settings, threading.Event(), tuple(queues))
-    t = threading.Thread(target=run, args=args, name="rvsm-reconciler", daemon=True)
-    t.start()
-    log.info("reconciler: sweeping every %.1fs", settings.reaper_interval_s)
-    return t
+    return reconciler.start(settings, threading.Event(), functools.partial(beat, settings, tuple(queues)))
