@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from .prox import PENALTIES, apply_threshold
 
-RVSM_DEFAULTS = {"rvsm": True, "lam": 0.0, "beta": 1.0, "penalty": "l0", "a": 1.0}
 SCOPES = ("global", "layer")
 
 
