@@ -186,3 +186,18 @@ def test_a_lost_batch_is_refunded_even_at_the_attempts_cap(sessions):
             assert states.recover(s, _expire(s, job_id), max_attempts=1, dispatch_s=5) == "requeue"
             job = s.get(Job, job_id, populate_existing=True)
             assert job.state == JobState.QUEUED and job.attempts == 0
+
+
+def test_the_dashboard_knows_exactly_the_job_states():
+    """Issue 20: the dashboard's filter and its 'finished' set are written in its JavaScript; they must be the
+    state machine's states and terminal states (a new state would otherwise never be shown or stop polling)."""
+    import json
+    import re
+
+    from tests.service_helpers import ROOT
+
+    ui = ROOT / "service" / "static" / "ui"
+    listed = json.loads(re.search(r"const STATES = (\[.*?\]);", (ui / "jobs.js").read_text()).group(1))
+    terminal = json.loads(re.search(r"const TERMINAL = new Set\((\[.*?\])\);", (ui / "job.js").read_text()).group(1))
+    assert listed[0] == "" and listed[1:] == [str(s) for s in JobState]  # "" is the filter's "any state"
+    assert set(terminal) == {str(s) for s in states.TERMINAL}
