@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError
-from .inputs import Inputs, Signature, call, rows, sample_shapes, select
+from .inputs import Inputs, Signature, call, named, rows, sample_shapes, select, to
 
 T = TypeVar("T")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -331,8 +331,6 @@ def _folder(spec: dict, root: Path | None, vf: float, seed: int) -> TensorData:
 
 @torch.no_grad()
 def _outputs(model: nn.Module, x: Inputs, batch_size: int) -> list[Tensor]:
-    from .inputs import to
-
     dev = next(model.parameters()).device
     return [call(model, to(select(x, slice(i, i + batch_size)), dev)).cpu() for i in range(0, rows(x), batch_size)]
 
@@ -389,14 +387,10 @@ def fit_inputs(data: TensorData, sig: Signature) -> TensorData:
     """``data`` with each input cast to the dtype its model takes (``sig``, by name; a single input whatever
     its name): floats for a float input, an integer input's own dtype for integers. ``InputError`` naming the
     input when its name, shape or dtype does not fit."""
-    check_inputs({k: InputInfo(shape, str(v.dtype).removeprefix("torch."), v.is_floating_point())
-                  for k, shape, v in _triples(data.x_train)}, sig)  # fmt: skip
+    shapes = sample_shapes(data.x_train)
+    check_inputs({k: InputInfo(shapes[k], str(v.dtype).removeprefix("torch."), v.is_floating_point())
+                  for k, v in named(data.x_train).items()}, sig)  # fmt: skip
     return replace(data, x_train=_cast(data.x_train, sig), x_val=_cast(data.x_val, sig))
-
-
-def _triples(x: Inputs) -> list[tuple[str, tuple[int, ...], Tensor]]:
-    items = x.items() if isinstance(x, dict) else [("x", x)]
-    return [(k, tuple(int(d) for d in v.shape[1:]), v) for k, v in items]
 
 
 def _cast(x: Inputs, sig: Signature) -> Inputs:

@@ -18,10 +18,14 @@ Inputs: TypeAlias = Tensor | dict[str, Tensor]
 NAMES_ATTR = "_rvsm_input_names"  # set on an unlifted exported module by rvsm.exported.load: its flat input order
 
 
+def named(x: Inputs) -> dict[str, Tensor]:
+    """Every input by name (a single tensor is ``x``)."""
+    return x if isinstance(x, dict) else {"x": x}
+
+
 def rows(x: Inputs) -> int:
     """The number of samples (the first dimension, equal for every input)."""
-    first = next(iter(x.values())) if isinstance(x, dict) else x
-    return int(first.shape[0])
+    return int(next(iter(named(x).values())).shape[0])
 
 
 def select(x: Inputs, idx: Tensor | slice) -> Inputs:
@@ -58,8 +62,7 @@ def call(model: nn.Module, x: Inputs) -> Tensor:
 
 def sample_shapes(x: Inputs) -> dict[str, tuple[int, ...]]:
     """Per-sample shape of each input (``x`` for a single tensor)."""
-    items = x.items() if isinstance(x, dict) else [("x", x)]
-    return {k: tuple(int(d) for d in v.shape[1:]) for k, v in items}
+    return {k: tuple(int(d) for d in v.shape[1:]) for k, v in named(x).items()}
 
 
 Signature: TypeAlias = dict[str, tuple[tuple[int, ...], torch.dtype]]  # input name -> per-sample shape, dtype

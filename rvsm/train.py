@@ -223,6 +223,11 @@ def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
     }
 
 
+def pruned_layers(sparsity: dict) -> list[dict]:
+    """The per-tensor entries of a :func:`sparsity_report` for the sparsified tensors, each once."""
+    return [sparsity["layers"][n] for n in dict.fromkeys(sparsity["prunable_names"]) if n in sparsity["layers"]]
+
+
 class ResultRejected(RuntimeError):
     """Training ended with a network that breaks the job's contract: fewer zeros than its target asks, or every
     sparsified weight zero. The job fails with this message instead of returning the network."""
@@ -232,7 +237,7 @@ def check_result(sparsity: dict, cfg: TrainConfig) -> None:
     """The contract on a trained network's :func:`sparsity_report`: with a target, at least the zeros the target
     gives in whole entries (:func:`rvsm.optim.target_zeros`, less one per tensor for rounding) over the sparsified
     tensors; whatever the mode, not every sparsified weight zero. ``ResultRejected`` otherwise."""
-    pruned = [sparsity["layers"][n] for n in dict.fromkeys(sparsity["prunable_names"]) if n in sparsity["layers"]]
+    pruned = pruned_layers(sparsity)
     zeros, total = sum(v["zeros"] for v in pruned), sum(v["numel"] for v in pruned)
     if total and zeros == total:
         raise ResultRejected(f"every one of the {total} sparsified weights is zero: the network computes nothing "
@@ -501,7 +506,7 @@ def _train(
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     sparsity = sparsity_report(state, names)
     if cfg.target is not None:  # what the target gives in whole entries: the value a --min-sparsity gate can ask
-        numels = [sparsity["layers"][n]["numel"] for n in dict.fromkeys(names) if n in sparsity["layers"]]
+        numels = [v["numel"] for v in pruned_layers(sparsity)]
         sparsity["target_reachable"] = target_zeros(numels, cfg.target, scope=cfg.sparsity_scope) / max(sum(numels), 1)
     check_result(sparsity, cfg)
     return TrainResult(
