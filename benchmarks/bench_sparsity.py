@@ -1,21 +1,24 @@
-"""Target sparsity on digits: RVSM (l0, adaptive threshold) against magnitude pruning and ADMM at the same
-sparsity and the same epoch budget, for lenet5 and for two models a user would bring (a CNN with batch norm,
-a residual add and dropout, and an MLP on flat features), exported with ``torch.export`` and loaded the way the
-service loads them (:func:`rvsm.prepare.prepare`). Written into docs/benchmarks.md.
+"""Target sparsity on digits: RVSM (l0, adaptive threshold) against the peer a user would write instead, gradual
+magnitude pruning with ``torch.nn.utils.prune`` (benchmarks/_gmp.py), and against the service's own baselines, at
+the same sparsity and the same epoch budget, for lenet5 and for two models a user would bring (a CNN with batch
+norm, a residual add and dropout, and an MLP on flat features), exported with ``torch.export`` and loaded the way
+the service loads them (:func:`rvsm.prepare.prepare`). Written into docs/benchmarks.md.
 
-    python benchmarks/bench_sparsity.py                 # 3 seeds, targets 0.8 / 0.9 / 0.95 (about 20 min on 2 cores)
-    python benchmarks/bench_sparsity.py --seeds 0 --targets 0.9 --epochs 10   # a quick look
+    python benchmarks/bench_sparsity.py --workers 2      # 5 seeds, targets 0.8 / 0.9 / 0.95 / 0.98 (~8 min, 2 cores)
+    python benchmarks/bench_sparsity.py --seeds 0 --targets 0.9 --epochs 10 --no-doc   # a quick look
 
-Every run trains from scratch for ``--epochs`` epochs in all: RVSM trains them all (the target ramped after a
-dense warm-up, the service's defaults); magnitude and ADMM train half and fine-tune the pruned network for the
-other half; dense SGD is the reference. Runs are interleaved (each seed runs every method before the next seed),
-and the table gives the mean, the range over seeds and the count of collapsed runs (accuracy no better than the
-majority class), which are kept in the mean.
+Every run trains from scratch for ``--epochs`` epochs in all, SGD at the service's defaults (lr 0.05, momentum 0.9,
+weight decay 5e-4, cosine, the default batch size): RVSM and magnitude pruning at the service's defaults (RVSM:
+warm-up, cubic ramp, masked tail; magnitude: gradual, the same warm-up and ramp); the GMP peer on the same warm-up
+and ramp; ADMM trains half and fine-tunes the pruned network for the other half; dense SGD is the reference. Each
+seed runs every method of every model (a worker per seed with ``--workers``); the table gives the mean, the range
+over seeds and the count of collapsed runs (accuracy no better than the majority class), which are kept in the mean.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -25,10 +28,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gmp import gmp_train  # noqa: E402
 from _report import machine, write_block  # noqa: E402
 
+from rvsm.data import digits, is_collapsed  # noqa: E402
 from rvsm.prepare import prepare  # noqa: E402
-from rvsm.train import TrainConfig, train  # noqa: E402
+from rvsm.train import MIN_STEPS, TrainConfig, train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.user_models import ResidualCNN, TabularMLP, digits_npz, export  # noqa: E402  - what the tests upload
@@ -37,7 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
-def one_run(model_name: str, seed: int, method: str, target: float | None, epochs: int, tmp: Path) -> dict:
+def one_run(model_name: str, seed: int, method: str, target: float | None, epochs: int, tmp: Path,
+            extra: dict | None = None) -> dict:
     torch.manual_seed(seed)
     spec: dict = {"kind": "checkpoint", "seed": seed, "epochs": epochs}
     blob = None
@@ -55,15 +61,23 @@ def one_run(model_name: str, seed: int, method: str, target: float | None, epoch
     spec |= {
         "sgd": {"algorithm": "sgd"},
         "rvsm": {"algorithm": "rvsm", "target_sparsity": target},
-        "magnitude": {"algorithm": "magnitude", "target_sparsity": target, "epochs": half, "finetune_epochs": half},
-        "admm": {"algorithm": "admm", "target_sparsity": target, "epochs": half, "finetune_epochs": half,
-                 "beta": 0.005},  # rho: 0.05 never leaves the random start on lenet5 (docs/benchmarks.md)
-    }[method]  # fmt: skip
+        "magnitude": {"algorithm": "magnitude", "target_sparsity": target},
+        "admm": {"algorithm": "admm", "target_sparsity": target, "epochs": half, "finetune_epochs": half},
+        "gmp": {"algorithm": "sgd"},  # only prepared by the service; trained by gmp_train below
+    }[method] | (extra or {})  # fmt: skip
     prep = prepare(spec, checkpoint=blob, dataset_file=tmp / f"{'flat' if model_name == 'custom MLP' else 'img'}.npz")
     t0 = time.perf_counter()
+    if method == "gmp":
+        acc, sp = gmp_train(prep, TrainConfig.from_spec(spec | {"algorithm": "rvsm", "target_sparsity": target}))
+        return {"accuracy": acc, "sparsity": sp, "collapsed": is_collapsed(acc, prep.data),
+                "seconds": time.perf_counter() - t0}  # fmt: skip
     r = train(prep.model, prep.data, TrainConfig.from_spec(spec | {"params": prep.sparse_names}))
     return {"accuracy": r.score_after, "sparsity": r.sparsity["prunable"], "collapsed": r.collapsed,
             "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+METHODS = ("rvsm", "gmp", "magnitude", "admm")
+SHORT_TARGET = 0.9
 
 
 def cell(runs: list[dict]) -> str:
@@ -73,43 +87,93 @@ def cell(runs: list[dict]) -> str:
     return text + (f", **{col} collapsed**" if col else "")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.9, 0.95])
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--models", nargs="+", default=["lenet5", "custom CNN", "custom MLP"])
-    ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    args = ap.parse_args()
-    results: dict = {}
+def gap(rvsm: list[dict], peer: list[dict]) -> str:
+    """RVSM's mean minus the peer's, in accuracy points."""
+    d = 100 * (statistics.mean(r["accuracy"] for r in rvsm) - statistics.mean(r["accuracy"] for r in peer))
+    return f"{d:+.2f}"
+
+
+def seed_runs(job: tuple[int, argparse.Namespace]) -> dict:
+    """Every method of every model for one seed (one worker's share)."""
+    seed, args = job
+    torch.set_num_threads(1)
+    out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:  # interleaved: every method of every model for this seed, then the next seed
-            for model_name in args.models:
-                results.setdefault((model_name, "sgd", None), []).append(
-                    one_run(model_name, seed, "sgd", None, args.epochs, Path(tmp)))
-                for target in args.targets:
-                    for method in ("rvsm", "magnitude", "admm"):
-                        r = one_run(model_name, seed, method, target, args.epochs, Path(tmp))
-                        results.setdefault((model_name, method, target), []).append(r)
-                        print(model_name, seed, method, target, f"{r['accuracy']:.4f} sp {r['sparsity']:.4f} "
-                              f"{r['seconds']:.1f}s", flush=True)  # fmt: skip
+        for model_name in args.models:
+            plan = [("sgd", None)] + [(m, t) for t in args.targets for m in METHODS]
+            for method, target in plan:
+                r = one_run(model_name, seed, method, target, args.epochs, Path(tmp))
+                out[(model_name, method, target)] = r
+                print(model_name, seed, method, target, f"{r['accuracy']:.4f} sp {r['sparsity']:.4f} "
+                      f"{r['seconds']:.1f}s", flush=True)  # fmt: skip
+        for method in ("sgd", "rvsm", "gmp"):  # a short job at the defaults: the batch size follows the steps
+            target = None if method == "sgd" else SHORT_TARGET
+            r = one_run("lenet5", seed, method, target, args.short_epochs, Path(tmp))
+            out[("short", method, target)] = r
+            print("short lenet5", seed, method, f"{r['accuracy']:.4f} {r['seconds']:.1f}s", flush=True)
+    return out
+
+
+def table(args: argparse.Namespace, results: dict, seconds: float) -> str:
     lines = [
         f"`python benchmarks/bench_sparsity.py --seeds {' '.join(map(str, args.seeds))} --targets "
-        f"{' '.join(map(str, args.targets))} --epochs {args.epochs}` on {machine()}.",
+        f"{' '.join(map(str, args.targets))} --epochs {args.epochs} --workers {args.workers}` on {machine()} (one "
+        f"per worker); {seconds:.0f} s in all.",
         "",
         f"Validation accuracy on digits: mean over seeds {args.seeds} (range); {args.epochs} epochs in all for every "
-        "method (magnitude and ADMM: half training, half fine-tuning). Sparsity is of the sparsified tensors "
-        "(conv / linear weights), exactly the target to within one entry per tensor.",
+        "method (ADMM: half training, half fine-tuning). RVSM − GMP: the difference of the means in accuracy points "
+        "(positive: RVSM better). Sparsity is of the sparsified tensors (conv / linear weights), the target to "
+        "within one entry per tensor for every method.",
         "",
-        "| model | dense SGD | target | RVSM ℓ0 target | magnitude + fine-tune | ADMM + fine-tune |",
-        "|---|---|---|---|---|---|",
+        "| model | dense SGD | target | RVSM ℓ0 target | GMP, torch.nn.utils.prune | RVSM − GMP | magnitude (gradual) "
+        "| ADMM + fine-tune |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model_name in args.models:
         dense = cell(results[(model_name, "sgd", None)])
         for target in args.targets:
-            row = [cell(results[(model_name, m, target)]) for m in ("rvsm", "magnitude", "admm")]
+            runs = {m: results[(model_name, m, target)] for m in METHODS}
+            row = [cell(runs["rvsm"]), cell(runs["gmp"]), gap(runs["rvsm"], runs["gmp"]), cell(runs["magnitude"]),
+                   cell(runs["admm"])]  # fmt: skip
             lines.append(f"| {model_name} | {dense} | {target} | " + " | ".join(row) + " |")
-    body = "\n".join(lines)
+    batch = TrainConfig(algorithm="sgd", epochs=args.short_epochs).resolved(len(digits(seed=0).y_train)).batch
+    short = {m: results[("short", m, None if m == "sgd" else SHORT_TARGET)] for m in ("sgd", "rvsm", "gmp")}
+    lines += [
+        "",
+        f"A short job: lenet5 on digits for {args.short_epochs} epochs at the defaults (batch size {batch}, the "
+        f"largest giving at least {MIN_STEPS} steps), target {SHORT_TARGET}; the same seeds. Dense SGD has the same "
+        "steps.",
+        "",
+        "| dense SGD | RVSM ℓ0 target | GMP, torch.nn.utils.prune | RVSM − dense |",
+        "|---|---|---|---|",
+        f"| {cell(short['sgd'])} | {cell(short['rvsm'])} | {cell(short['gmp'])} | {gap(short['rvsm'], short['sgd'])} |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.9, 0.95, 0.98])
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--models", nargs="+", default=["lenet5", "custom CNN", "custom MLP"])
+    ap.add_argument("--short-epochs", type=int, default=5, help="the short lenet5 job's epochs")
+    ap.add_argument("--workers", type=int, default=1, help="processes, one seed each at a time (one torch thread)")
+    ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    jobs = [(seed, args) for seed in args.seeds]
+    if args.workers > 1:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            parts = pool.map(seed_runs, jobs)
+    else:
+        parts = [seed_runs(job) for job in jobs]
+    results: dict = {}
+    for part in parts:  # in seed order, whatever the workers' order
+        for key, r in part.items():
+            results.setdefault(key, []).append(r)
+    torch.set_num_threads(1)  # what machine() reports: each run's threads
+    body = table(args, results, time.perf_counter() - t0)
     print(body)
     if not args.no_doc:
         write_block(DOC, "sparsity-targets", body)

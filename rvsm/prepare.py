@@ -165,17 +165,17 @@ def _model_caps(model: nn.Module, sample_shape: tuple[int, ...], shape: DataShap
     batch too when it is smaller (a batch of one fails in batch norm)."""
     params = sum(p.numel() for p in model.parameters())
     _cap("architecture", "the model's parameters", params, limits.parameters)
-    first = min(cfg.batch_size, shape.train_rows)
+    first = min(cfg.batch, shape.train_rows)
     out, elements = meta_forward(model, sample_shape, first)
     _cap("batch_size", f"the activations of one batch of {first} samples (elements)", elements, limits.activations)
-    last = shape.train_rows % cfg.batch_size
+    last = shape.train_rows % cfg.batch
     if 0 < last < first:
         try:
             meta_forward(model, sample_shape, last)
         except InputError as e:
             why = e.rule.split(": ", 1)[-1]
             raise InputError("batch_size", f"each epoch ends with a batch of {last} (train samples {shape.train_rows} "
-                             f"% batch_size {cfg.batch_size}), on which the model fails ({why}); choose another "
+                             f"% batch_size {cfg.batch}), on which the model fails ({why}); choose another "
                              "batch_size") from None  # fmt: skip
     return params, out, elements
 
@@ -221,7 +221,7 @@ def _exported_caps(model: nn.Module, sample: Signature, shape: DataShape, cfg: T
     (:func:`rvsm.exported.fake_cost`), at the training batch, the evaluation batch and an epoch's last batch."""
     params = sum(p.numel() for p in model.parameters())
     _cap("architecture", "the model's parameters", params, limits.parameters)
-    first, last = min(cfg.batch_size, shape.train_rows), shape.train_rows % cfg.batch_size
+    first, last = min(cfg.batch, shape.train_rows), shape.train_rows % cfg.batch
     evaluation = min(EVAL_BATCH, max(shape.rows - shape.train_rows, 1))
     passes = [("training", first, True), ("evaluation", evaluation, False)]
     cost = None
@@ -238,7 +238,7 @@ def _exported_caps(model: nn.Module, sample: Signature, shape: DataShape, cfg: T
         except InputError as e:
             why = e.rule.split(": ", 1)[-1]
             raise InputError("batch_size", f"each epoch ends with a batch of {last} (train samples {shape.train_rows} "
-                             f"% batch_size {cfg.batch_size}), on which the model fails ({why}); choose another "
+                             f"% batch_size {cfg.batch}), on which the model fails ({why}); choose another "
                              "batch_size") from None  # fmt: skip
     assert cost is not None
     return params, cost.output_shape, cost.allocated
@@ -285,6 +285,7 @@ def check(
     shape = describe_dataset(ds, task=cfg.task, upload=dataset_file, datasets_dir=datasets_dir)
     _data_caps(ds, shape, cfg.task, limits, max_bytes)
     shape, data = _read_upload(ds, shape, cfg.task, dataset_file, limits)
+    cfg = cfg.resolved(shape.train_rows)
     arch = spec.get("architecture")
     if checkpoint is not None and rexported.is_pt2(checkpoint):
         plan = _exported(checkpoint, shape, spec, cfg, limits, max_bytes)

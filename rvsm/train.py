@@ -14,9 +14,13 @@ Algorithms (SPEC §4, deep nets):
   trained from scratch learns before it is pruned), then ``ramp_epochs`` (``T``; default 40%).
 - ``task``: ``classification`` (cross-entropy; scores are accuracy) or ``regression`` (mean squared
   error; scores are the validation MSE).
-- ``magnitude``: dense SGD for ``epochs``, one-shot magnitude pruning of each chosen tensor to
-  ``sparsity``, then ``finetune_epochs`` of SGD with the pruned entries held at zero. ``rvsm`` and ``rvscgd``
-  may fine-tune the same way after their ``epochs`` (``w <- u``, then the zeros held).
+- ``magnitude``: gradual magnitude pruning (GMP, Zhu and Gupta 2017; ``pruning = "gradual"``, the default):
+  before every step of the same warm-up and cubic ramp, the chosen tensors' smallest-magnitude entries are
+  zeroed to the ramped target and held at zero from then on (the zeros only grow), then trained with the masks
+  held to the end of ``epochs``. ``pruning = "one_shot"``: dense training for ``epochs``, then one magnitude
+  pruning to the target. Either may be followed by ``finetune_epochs`` of training with the zeros held (a fresh
+  learning-rate schedule); ``rvsm`` and ``rvscgd`` may fine-tune the same way after their ``epochs`` (``w <- u``,
+  then the zeros held).
 - ``optimizer``: the base step every algorithm takes (RVSM / ADMM add their pull to its gradient; the
   fine-tuning phase uses it too): ``sgd`` (momentum 0.9, weight decay 5e-4, lr 0.05 unless given) or ``adamw``
   (``torch.optim.AdamW`` with its own defaults: betas (0.9, 0.999), weight decay 0.01, and lr 1e-3 unless given;
@@ -38,7 +42,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -53,11 +57,27 @@ from .prox import PENALTIES
 TRAIN_ALGORITHMS = ("sgd", "rvsm", "rvscgd", "admm", "magnitude")
 TARGET_ALGORITHMS = ("rvsm", "rvscgd", "admm", "magnitude")
 SCHEDULES = ("constant", "step", "cosine")
+PRUNING = ("gradual", "one_shot")  # magnitude: GMP's ramp during training, or one pruning at the end
 OPTIMIZERS = ("sgd", "adamw")
 # lr and weight_decay when not given: SGD's tuned values (momentum 0.9 too), AdamW's own
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 1e-2}
 SGD_MOMENTUM = 0.9
+# beta when not given, by mode (TrainConfig.mode): the splitting's coupling with lam (thresholds mu = lam/beta), its
+# pull with an adaptive-threshold target (strong, so w stays near u: docs/benchmarks.md), and ADMM's rho
+DEFAULT_BETA = {"lambda": 0.1, "target": 3.0, "admm": 0.001}
+# batch_size when not given: the largest of these that gives the job at least MIN_STEPS optimizer steps (a short
+# job on a small set takes smaller batches, so it learns; docs/benchmarks.md, "Short jobs")
+BATCH_SIZES = (64, 32, 16, 8)
+MIN_STEPS = 600
+
+
+def default_batch_size(train_rows: int, epochs: int) -> int:
+    """The largest of :data:`BATCH_SIZES` for which ``epochs`` epochs over ``train_rows`` samples take at least
+    :data:`MIN_STEPS` optimizer steps, the smallest if none does."""
+    if train_rows < 1 or epochs < 1:
+        raise ValueError(f"train_rows and epochs must be >= 1, got {train_rows} and {epochs}")
+    return next((b for b in BATCH_SIZES if epochs * math.ceil(train_rows / b) >= MIN_STEPS), BATCH_SIZES[-1])
 
 
 @dataclass(kw_only=True)
@@ -65,7 +85,7 @@ class TrainConfig:
     algorithm: str = "rvsm"
     penalty: str = "l0"
     lam: float = 0.05  # with layer_scale and l0: threshold sqrt(2 lam/beta) = 1 x each layer's RMS
-    beta: float = 0.1
+    beta: float | None = None  # None: DEFAULT_BETA for the mode, filled in at construction
     beta_final: float | None = None  # grow beta geometrically to this over the epochs, mu = lam/beta fixed
     a: float = 1.0
     epochs: int = 20
@@ -76,13 +96,15 @@ class TrainConfig:
     schedule: str = "cosine"
     step_size: int = 10
     gamma: float = 0.1
-    batch_size: int = 64
+    batch_size: int | None = None  # None: the largest of BATCH_SIZES giving MIN_STEPS steps (default_batch_size)
     sparsity: float | None = None  # admm / magnitude only: the older name of target_sparsity
     target_sparsity: float | None = None
     sparsity_scope: str = "global"
-    warmup_epochs: int | None = None  # RVSM target: dense epochs before the ramp; default epochs // 10
+    warmup_epochs: int | None = None  # ramped targets: dense epochs before the ramp; default a tenth, at least 1
     ramp_epochs: int | None = None  # RVSM target: epochs over which it ramps up; default 40% of the epochs
     finetune_epochs: int = 0
+    tail_epochs: int | None = None  # RVSM target: the last epochs of `epochs` train w <- u, zeros held; default 20%
+    pruning: str | None = None  # magnitude only: "gradual" (the default) or "one_shot"
     params: list[str] | None = None
     layer_scale: bool = True  # lambda mode: thresholds in units of each layer's initial weight RMS
     task: str = "classification"
@@ -95,6 +117,8 @@ class TrainConfig:
                 raise InputError(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
         if self.optimizer == "adamw" and self.momentum is not None:
             raise InputError("momentum", "is SGD's; optimizer 'adamw' uses its betas (0.9, 0.999)")
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.mode]
         if self.lr is None:
             self.lr = DEFAULT_LR[self.optimizer]
         if self.weight_decay is None:
@@ -103,13 +127,13 @@ class TrainConfig:
             self.momentum = SGD_MOMENTUM
         for name, ok, rule in (
             ("lam", self.lam >= 0, ">= 0"),
-            ("beta", self.beta > 0, "> 0"),
+            ("beta", self.coupling > 0, "> 0"),
             ("a", self.a > 0, "> 0"),
             ("lr", self.step_lr > 0, "> 0"),
             ("momentum", self.momentum is None or 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", self.decay >= 0, ">= 0"),
             ("epochs", self.epochs >= 1, ">= 1"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("batch_size", self.batch_size is None or self.batch_size >= 1, ">= 1"),
             ("finetune_epochs", self.finetune_epochs >= 0, ">= 0"),
             ("step_size", self.step_size >= 1, ">= 1"),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
@@ -122,6 +146,9 @@ class TrainConfig:
         """Which algorithms use which sparsity field: a field an algorithm would ignore is an error."""
         if self.finetune_epochs and self.algorithm == "sgd":
             raise InputError("finetune_epochs", "fine-tunes a pruned network; algorithm 'sgd' prunes nothing")
+        if self.pruning is not None and (self.algorithm != "magnitude" or self.pruning not in PRUNING):
+            raise InputError("pruning", f"is magnitude pruning's schedule, one of {PRUNING}; got {self.pruning!r} "
+                             f"with algorithm {self.algorithm!r}")  # fmt: skip
         if self.sparsity is not None and self.algorithm not in ("admm", "magnitude"):
             raise InputError("sparsity", f"is not used by algorithm {self.algorithm!r}; use target_sparsity "
                              "(rvsm, rvscgd, admm, magnitude) or lam/beta")  # fmt: skip
@@ -137,12 +164,16 @@ class TrainConfig:
         if p is not None and self.algorithm in ("rvsm", "rvscgd") and self.penalty != "l0":
             raise InputError("penalty", "target_sparsity is the l0 splitting with an adaptive threshold; "
                              f"penalty must be 'l0', got {self.penalty!r}")  # fmt: skip
-        if (self.ramp_epochs is not None or self.warmup_epochs is not None) and self.target is None:
+        if (self.ramp_epochs is not None or self.warmup_epochs is not None) and not self.ramps:
             raise InputError("ramp_epochs" if self.ramp_epochs is not None else "warmup_epochs",
-                             "applies only with target_sparsity")  # fmt: skip
-        if self.warmup + self.ramp > self.epochs:
-            raise InputError("ramp_epochs", f"warmup_epochs + ramp_epochs must be <= epochs = {self.epochs}, got "
-                             f"{self.warmup} + {self.ramp}")  # fmt: skip
+                             "applies only to a ramped target: target_sparsity with rvsm, rvscgd or gradual "
+                             "magnitude pruning")  # fmt: skip
+        if self.tail_epochs is not None and (self.target is None or self.algorithm not in ("rvsm", "rvscgd")):
+            raise InputError("tail_epochs", "is RVSM's masked tail; applies only to rvsm / rvscgd with target_sparsity")
+        if self.warmup + self.ramp + self.tail > self.epochs:
+            raise InputError("ramp_epochs" if self.tail_epochs is None else "tail_epochs",
+                             f"warmup_epochs + ramp_epochs + tail_epochs must be <= epochs = {self.epochs}, got "
+                             f"{self.warmup} + {self.ramp} + {self.tail}")  # fmt: skip
 
     @classmethod
     def from_spec(cls, spec: dict) -> TrainConfig:
@@ -154,6 +185,50 @@ class TrainConfig:
     def target(self) -> float | None:
         """The target sparsity in force (``target_sparsity``, or ``sparsity`` for admm / magnitude)."""
         return self.target_sparsity if self.target_sparsity is not None else self.sparsity
+
+    def resolved(self, train_rows: int) -> TrainConfig:
+        """This config with the defaults that depend on the data set filled in: ``batch_size``
+        (:func:`default_batch_size` over ``epochs + finetune_epochs``)."""
+        if self.batch_size is not None:
+            return self
+        return replace(self, batch_size=default_batch_size(train_rows, self.total_epochs))
+
+    @property
+    def batch(self) -> int:
+        """``batch_size`` as resolved (:meth:`resolved`)."""
+        if self.batch_size is None:
+            raise ValueError("batch_size is not resolved yet: call TrainConfig.resolved(train_rows)")
+        return self.batch_size
+
+    @property
+    def mode(self) -> str:
+        """Which default ``beta`` applies: ``"admm"``, ``"target"`` (RVSM with target_sparsity) or ``"lambda"``."""
+        if self.algorithm == "admm":
+            return "admm"
+        return "target" if self.target is not None else "lambda"
+
+    @property
+    def coupling(self) -> float:
+        """``beta`` as filled in (:data:`DEFAULT_BETA` for the mode when not given)."""
+        return self.beta if self.beta is not None else DEFAULT_BETA[self.mode]
+
+    @property
+    def tail(self) -> int:
+        """RVSM target mode: the epochs at the end of ``epochs`` that train ``w <- u`` with its zeros held; default
+        a fifth of the epochs, within what the warm-up and the ramp leave."""
+        if self.tail_epochs is not None:
+            return self.tail_epochs
+        return min(self.epochs // 5, self.epochs - self.warmup - self.ramp) if self.target is not None else 0
+
+    @property
+    def gradual(self) -> bool:
+        """Gradual magnitude pruning: masks raised on the ramp during training."""
+        return self.algorithm == "magnitude" and self.pruning in (None, "gradual")
+
+    @property
+    def ramps(self) -> bool:
+        """Whether the target is ramped up during ``epochs`` (RVSM's adaptive threshold, or GMP's masks)."""
+        return self.target is not None and (self.algorithm in ("rvsm", "rvscgd") or self.gradual)
 
     @property
     def step_lr(self) -> float:
@@ -167,7 +242,7 @@ class TrainConfig:
 
     @property
     def warmup(self) -> int:
-        return self.warmup_epochs if self.warmup_epochs is not None else self.epochs // 10
+        return self.warmup_epochs if self.warmup_epochs is not None else math.ceil(self.epochs / 10)
 
     @property
     def ramp(self) -> int:
@@ -281,7 +356,7 @@ def set_beta(opt: RVSM, cfg: TrainConfig, beta: float) -> None:
     """``beta`` for every sparse group, with ``lam`` moved so each group's ``mu = lam/beta`` is unchanged."""
     for g in opt.sparse_groups():
         g["beta"] = beta
-        g["lam"] = cfg.lam / cfg.beta * g["scale"] * beta
+        g["lam"] = cfg.lam / cfg.coupling * g["scale"] * beta
 
 
 def ramped_target(p: float, step: int, start: int, ramp_steps: int) -> float:
@@ -313,12 +388,12 @@ def _loss_fn(task: str, ignore_index: int) -> Callable[[Tensor, Tensor], Tensor]
 
 def _main_optimizer(cfg: TrainConfig, base: torch.optim.Optimizer, chosen: list[nn.Parameter]) -> Stepper:
     if cfg.algorithm in ("rvsm", "rvscgd"):
-        opt = RVSM(base, lam=cfg.lam, beta=cfg.beta, penalty=cfg.penalty, a=cfg.a, scope=cfg.sparsity_scope,
+        opt = RVSM(base, lam=cfg.lam, beta=cfg.coupling, penalty=cfg.penalty, a=cfg.a, scope=cfg.sparsity_scope,
                    target_sparsity=0.0 if cfg.target is not None else None)  # fmt: skip
-        set_beta(opt, cfg, cfg.beta)
+        set_beta(opt, cfg, cfg.coupling)
         return opt
     if cfg.algorithm == "admm":
-        return ADMM(base, chosen, rho=cfg.beta, sparsity=cfg.target or 0.0, scope=cfg.sparsity_scope)
+        return ADMM(base, chosen, rho=cfg.coupling, sparsity=cfg.target or 0.0, scope=cfg.sparsity_scope)
     return base
 
 
@@ -336,6 +411,22 @@ def _prune_(opt: object, cfg: TrainConfig, chosen: list[nn.Parameter]) -> list[T
     else:
         masks = magnitude_masks(chosen, cfg.target or 0.0, scope=cfg.sparsity_scope)
     apply_masks_(chosen, masks)
+    return masks
+
+
+@torch.no_grad()
+def _ramp_step(opt: Stepper, cfg: TrainConfig, chosen: list[nn.Parameter], masks: list[Tensor] | None, step: int,
+               steps_per_epoch: int) -> list[Tensor] | None:  # fmt: skip
+    """Before a step of the main phase, the target ramped to this step: RVSM's adaptive threshold, or gradual
+    magnitude pruning's masks (recomputed on the masked weights, so the zeros only grow, and applied). Returns
+    the masks in force."""
+    start, span, target = cfg.warmup * steps_per_epoch, cfg.ramp * steps_per_epoch, cfg.target or 0.0
+    p = ramped_target(target, step, start, span)
+    if isinstance(opt, RVSM):
+        opt.target = p
+    elif p > 0 and (masks is None or p > ramped_target(target, step - 1, start, span)):
+        masks = magnitude_masks(chosen, p, scope=cfg.sparsity_scope)
+        apply_masks_(chosen, masks)
     return masks
 
 
@@ -402,6 +493,7 @@ def _train(
     if data.task != cfg.task:
         raise InputError("task", f"the config says {cfg.task!r}, the data set was loaded for {data.task!r}")
     metric = "accuracy" if cfg.task == "classification" else "mse"
+    cfg = cfg.resolved(rows(data.x_train))
     names = cfg.params if cfg.params is not None else default_sparse_parameters(model)
     chosen, rest = split_parameters(model, names)
     x_tr, y_tr = data.x_train, data.y_train
@@ -422,14 +514,16 @@ def _train(
     opt: Stepper = _main_optimizer(cfg, base, chosen)
     sched = _scheduler(base, cfg, cfg.epochs)
     masks: list[Tensor] | None = None
+    finetuning = False
     trace: list[dict] = []
     start_epoch = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         trace = list(resume["trace"])
         start_epoch = resume["epoch"]
-        if resume.get("masks") is not None:  # resumed in the fine-tuning phase
-            masks = [m.to(dev) for m in resume["masks"]]
+        masks = [m.to(dev) for m in resume["masks"]] if resume.get("masks") is not None else None
+        finetuning = resume.get("finetuning", masks is not None)  # (states from before GMP: masks meant fine-tuning)
+        if finetuning:
             base = base_optimizer(cfg.step_lr)
             opt = base
             sched = _scheduler(base, cfg, cfg.finetune_epochs)
@@ -437,26 +531,31 @@ def _train(
         sched.load_state_dict(resume["scheduler"])
 
     loss_fn = _loss_fn(cfg.task, data.ignore_index)
-    steps_per_epoch = math.ceil(rows(x_tr) / cfg.batch_size)
+    steps_per_epoch = math.ceil(rows(x_tr) / cfg.batch)
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.total_epochs):
-        if epoch == cfg.epochs and masks is None:
+        if isinstance(opt, RVSM) and cfg.tail and epoch == cfg.epochs - cfg.tail and masks is None:
+            # the masked tail: w <- u, then trained with its zeros held (the pull is zero on a w equal to its u)
+            opt.target = cfg.target
+            opt.sparsify_()
+            masks = [p != 0 for p in chosen]
+        if epoch == cfg.epochs and not finetuning:
             # end of phase 1 (only with finetune_epochs): prune, then fine-tune with the pruned entries held at zero
-            masks = _prune_(opt, cfg, chosen)
+            masks, finetuning = _prune_(opt, cfg, chosen), True
             base = base_optimizer(cfg.step_lr)
             opt = base
             sched = _scheduler(base, cfg, cfg.finetune_epochs)
         if isinstance(opt, RVSM) and cfg.beta_final is not None:
             frac = epoch / max(cfg.epochs - 1, 1)
-            set_beta(opt, cfg, cfg.beta * (cfg.beta_final / cfg.beta) ** frac)
+            set_beta(opt, cfg, cfg.coupling * (cfg.beta_final / cfg.coupling) ** frac)
         model.train()
         perm = torch.randperm(rows(x_tr), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         total, count = 0.0, 0
-        for i in range(0, rows(x_tr), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
+        for i in range(0, rows(x_tr), cfg.batch):
+            idx = perm[i : i + cfg.batch]
             xb, yb = to(select(x_tr, idx), dev), y_tr[idx].to(dev, non_blocking=True)
-            if isinstance(opt, RVSM) and cfg.target is not None:
-                opt.target = ramped_target(cfg.target, step, cfg.warmup * steps_per_epoch, cfg.ramp * steps_per_epoch)
+            if cfg.ramps and not finetuning:
+                masks = _ramp_step(opt, cfg, chosen, masks, step, steps_per_epoch)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(call(model, xb), yb)
             loss.backward()
@@ -470,6 +569,7 @@ def _train(
                 step_callback(step, steps_per_epoch)
         if isinstance(opt, ADMM):
             opt.update()
+
         lr_now = base.param_groups[0]["lr"]
         sched.step()
         if not math.isfinite(total):
@@ -488,6 +588,7 @@ def _train(
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "masks": masks,
+                "finetuning": finetuning,
                 "trace": trace,
                 "accuracy_before": before,
                 "scales": scales,
@@ -499,7 +600,7 @@ def _train(
         if cfg.target is not None:
             opt.target = cfg.target
         opt.sparsify_()
-    elif cfg.target is not None and masks is None:  # magnitude / admm without fine-tuning: prune at the end
+    elif cfg.target is not None and not finetuning:  # magnitude / admm without fine-tuning: prune at the end
         _prune_(opt, cfg, chosen)
     model.eval()
     after = _score(model, data)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from rvsm.data import IGNORE_INDEX
-from rvsm.train import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, SGD_MOMENTUM, TrainConfig
+from rvsm.train import BATCH_SIZES, DEFAULT_BETA, DEFAULT_LR, DEFAULT_WEIGHT_DECAY, MIN_STEPS, SGD_MOMENTUM, TrainConfig
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 OPEN = ConfigDict(extra="allow")  # documents: the listed fields are always there; more may be added
@@ -206,13 +206,21 @@ class CheckpointSpecCreate(BaseModel):
         CKPT.sparsity_scope,  # type: ignore[arg-type]
         description="target over all sparsified tensors together, or per tensor",
     )
-    warmup_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: dense epochs before pruning "
-                                      "starts (default a tenth)")  # fmt: skip
-    ramp_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: epochs over which the target ramps "
-                                    "up (default 40%)")  # fmt: skip
+    warmup_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target and gradual magnitude: "
+                                      "dense epochs before pruning starts (default a tenth, rounded up)")  # fmt: skip
+    ramp_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target and gradual magnitude: "
+                                    "epochs over which the target ramps up (default 40%)")  # fmt: skip
     penalty: Literal["l0", "l1", "tl1", "group_l1"] = CKPT.penalty  # type: ignore[assignment]
     lam: float = Field(CKPT.lam, ge=0, description="lambda mode: the penalty weight (thresholds mu = lam/beta)")
-    beta: float = Field(CKPT.beta, gt=0, description="the splitting's coupling; admm's rho")
+    beta: float | None = Field(None, gt=0, description="the splitting's coupling; admm's rho. Default: "
+                               f"{DEFAULT_BETA['lambda']} with lam, {DEFAULT_BETA['target']} with target_sparsity, "
+                               f"{DEFAULT_BETA['admm']} for admm")  # fmt: skip
+    tail_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: the last epochs train the pruned "
+                                    "network (w <- u) with its zeros held (default a fifth)")  # fmt: skip
+    pruning: Literal["gradual", "one_shot"] | None = Field(
+        None, description="magnitude: 'gradual' (the default: gradual magnitude pruning on the warm-up and ramp, "
+        "the zeros held after) or 'one_shot' (dense training, then one pruning at the end)",
+    )  # fmt: skip
     beta_final: float | None = Field(None, gt=0, description="grow beta to this over the epochs (mu fixed)")
     a: float = Field(CKPT.a, gt=0)
     epochs: int = Field(CKPT.epochs, ge=1)
@@ -230,7 +238,10 @@ class CheckpointSpecCreate(BaseModel):
     schedule: Literal["constant", "step", "cosine"] = CKPT.schedule  # type: ignore[assignment]
     step_size: int = Field(CKPT.step_size, ge=1)
     gamma: float = Field(CKPT.gamma, gt=0, le=1)
-    batch_size: int = Field(CKPT.batch_size, ge=1, le=65536)
+    batch_size: int | None = Field(
+        None, ge=1, le=65536, description=f"default: the largest of {BATCH_SIZES} that gives the job at least "
+        f"{MIN_STEPS} optimizer steps (epochs + finetune_epochs over the training samples)",
+    )  # fmt: skip
     sparsity: float | None = Field(None, gt=0, lt=1, description="admm / magnitude: the older name of target_sparsity")
     finetune_epochs: int = Field(CKPT.finetune_epochs, ge=0)
     params: list[str] | None = Field(

@@ -183,9 +183,22 @@ def test_sparsity_report_says_which_weight_matrices_stayed_dense():
     assert not r["layers"]["rnn.bias"]["matrix"]
 
 
-def test_training_resumes_to_the_same_result():
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"algorithm": "admm", "sparsity": 0.7, "epochs": 3, "finetune_epochs": 2, "beta": 0.05},
+        # gradual magnitude pruning: masks raised on the ramp (epochs 2-3), held after, then fine-tuned
+        {"algorithm": "magnitude", "target_sparsity": 0.7, "epochs": 4, "warmup_epochs": 1, "ramp_epochs": 2,
+         "finetune_epochs": 1},
+        # RVSM's target: warm-up, ramp, then the masked tail (w <- u at the start of epoch 5, zeros held)
+        {"algorithm": "rvsm", "target_sparsity": 0.7, "epochs": 5, "warmup_epochs": 1, "ramp_epochs": 2,
+         "tail_epochs": 2},
+    ],
+    ids=["admm-finetune", "gmp-finetune", "rvsm-tail"],
+)  # fmt: skip
+def test_training_resumes_to_the_same_result(spec):
     data = rdata.synthetic(300, num_classes=3, seed=2)
-    cfg = TrainConfig(algorithm="admm", sparsity=0.7, epochs=3, finetune_epochs=2, lr=0.05, beta=0.05, batch_size=32)
+    cfg = TrainConfig(**spec, lr=0.05, batch_size=32)
 
     def fresh():
         torch.manual_seed(0)
@@ -196,10 +209,10 @@ def test_training_resumes_to_the_same_result():
     states = []  # the state holds live tensors: copy it inside the callback
     full = train(fresh(), data, cfg, callback=lambda ev: states.append(copy.deepcopy(ev["state"])))
 
-    for k in (1, 3, 4):  # inside phase 1, at the phase boundary, inside fine-tuning
+    for k in range(1, cfg.total_epochs):  # every epoch boundary: inside each phase and between them
         resumed = train(fresh(), data, cfg, resume=copy.deepcopy(states[k - 1]))
         assert resumed.resumed_from_epoch == k
-        assert [p["train_loss"] for p in resumed.trace] == pytest.approx([p["train_loss"] for p in full.trace])
+        assert [p["train_loss"] for p in resumed.trace] == [p["train_loss"] for p in full.trace]
         assert resumed.score_after == full.score_after
     assert full.sparsity["prunable"] == pytest.approx(0.7, abs=0.01)
 

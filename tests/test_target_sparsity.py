@@ -73,10 +73,19 @@ def _target_model(kind: str) -> tuple[nn.Module, list[str] | None]:
     return exp.module, exported.sparsifiable_parameters(exp.module)
 
 
+ALGORITHMS = {  # every way a target is reached, each at its defaults otherwise
+    "rvsm": {"algorithm": "rvsm"},  # warm-up, ramp, then the masked tail (5 epochs: 0 + 2 + 1)
+    "rvsm-no-tail": {"algorithm": "rvsm", "tail_epochs": 0},
+    "gmp": {"algorithm": "magnitude"},  # gradual, the default
+    "magnitude-one-shot": {"algorithm": "magnitude", "pruning": "one_shot"},
+    "admm": {"algorithm": "admm"},
+}
+
+
 @pytest.mark.parametrize("model", ["built-in", "exported"])
 @pytest.mark.parametrize("finetune", [0, 1])
 @pytest.mark.parametrize("scope", ["global", "layer"])
-@pytest.mark.parametrize("algorithm", ["rvsm", "magnitude", "admm"])
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_training_ends_at_the_target(algorithm, scope, finetune, model):
     """Issue 18's contract: every algorithm that takes target_sparsity ends there (to one entry per tensor), for
     every scope, with and without fine-tuning (magnitude and admm without it used to return dense networks)."""
@@ -85,7 +94,7 @@ def test_training_ends_at_the_target(algorithm, scope, finetune, model):
         data = rdata.from_tensors(data.x_train.flatten(1), data.y_train, data.x_val.flatten(1), data.y_val)
     torch.manual_seed(0)
     m, names = _target_model(model)
-    cfg = TrainConfig(algorithm=algorithm, target_sparsity=0.85, sparsity_scope=scope, epochs=2, beta=0.05,
+    cfg = TrainConfig(**ALGORITHMS[algorithm], target_sparsity=0.85, sparsity_scope=scope, epochs=5,
                       finetune_epochs=finetune, params=names)  # fmt: skip
     r = train(m, data, cfg)
     layers = [r.sparsity["layers"][n] for n in r.sparsity["prunable_names"]]
@@ -208,3 +217,57 @@ def test_training_leaves_the_denormal_setting_as_it_found_it():
     data = rdata.synthetic(60, num_classes=2, seed=0)
     train(models.build("mlp", num_classes=2, in_features=64, hidden=[4]), data, TrainConfig(algorithm="sgd", epochs=1))
     assert float(tiny * 1.0) != 0.0
+
+
+def _zeros_each_epoch(cfg: TrainConfig) -> tuple[list[dict[str, torch.Tensor]], object]:
+    data = rdata.synthetic(300, num_classes=3, seed=1)
+    torch.manual_seed(0)
+    m = models.build("mlp", num_classes=3, in_features=64, hidden=[40, 20])
+    names = models.default_sparse_parameters(m)
+    seen: list[dict[str, torch.Tensor]] = []
+    r = train(m, data, cfg, callback=lambda ev: seen.append(
+        {n: (t == 0).clone() for n, t in ev["state"]["model"].items() if n in names}))  # fmt: skip
+    return seen, r
+
+
+def test_gradual_magnitude_pruning_follows_the_cubic_ramp_and_only_adds_zeros():
+    """GMP (the magnitude default): at each epoch's end the pruned set holds floor(p_t n) zeros for the ramp's
+    p_t at the epoch's last step, and every zero stays a zero (the masks only grow)."""
+    cfg = TrainConfig(algorithm="magnitude", target_sparsity=0.8, epochs=6, warmup_epochs=1, ramp_epochs=3,
+                      batch_size=40)  # fmt: skip
+    seen, r = _zeros_each_epoch(cfg)
+    steps = math.ceil(240 / 40)
+    n = sum(z.numel() for z in seen[0].values())
+    for epoch, zeros in enumerate(seen, start=1):
+        p = ramped_target(0.8, epoch * steps - 1, 1 * steps, 3 * steps)
+        assert sum(int(z.sum()) for z in zeros.values()) == math.floor(p * n), epoch
+    for before, after in zip(seen, seen[1:]):
+        assert all(bool((after[k] | ~before[k]).all()) for k in before)  # a zero before is a zero after
+    assert r.sparsity["prunable"] == pytest.approx(math.floor(0.8 * n) / n)
+
+
+def test_rvsm_tail_trains_u_with_its_zeros_held():
+    """RVSM's target default ends with a masked tail of a fifth of the epochs: w <- u when it starts, the zeros
+    held to the end, and the network scored is the exported one (w equals u there)."""
+    cfg = TrainConfig(algorithm="rvsm", target_sparsity=0.8, epochs=10, sparsity_scope="layer")
+    assert (cfg.warmup, cfg.ramp, cfg.tail) == (1, 4, 2)
+    seen, r = _zeros_each_epoch(cfg)
+    assert all(torch.equal(seen[8][k], seen[9][k]) for k in seen[8])  # held through the tail
+    assert not any(bool(z.any()) for z in seen[7].values())  # before it, w has no exact zeros (u carries them)
+    assert all(int(z.sum()) == math.floor(0.8 * z.numel()) for z in seen[8].values())
+    for point in r.trace[8:]:
+        assert point["val_accuracy"] == point["val_accuracy_u"] and point["sparsity_u"] == pytest.approx(0.8, 0.01)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64, 300, 1437, 10_000, 10**6])
+@pytest.mark.parametrize("epochs", [1, 2, 5, 10, 30, 100])
+def test_default_batch_size_is_counted_in_steps(rows, epochs):
+    """The default batch: the largest candidate whose epochs give at least MIN_STEPS optimizer steps (counted
+    here by brute force), the smallest candidate when none does; a batch given is kept."""
+    from rvsm.train import BATCH_SIZES, MIN_STEPS, default_batch_size
+
+    enough = [b for b in BATCH_SIZES if sum(1 for _ in range(0, rows, b)) * epochs >= MIN_STEPS]
+    assert default_batch_size(rows, epochs) == (max(enough) if enough else min(BATCH_SIZES))
+    cfg = TrainConfig(algorithm="sgd", epochs=epochs)
+    assert cfg.batch_size is None and cfg.resolved(rows).batch == default_batch_size(rows, epochs)
+    assert TrainConfig(algorithm="sgd", epochs=epochs, batch_size=3).resolved(rows).batch == 3
