@@ -61,6 +61,7 @@ def one_run(model_name: str, seed: int, method: str, target: float | None, epoch
     spec |= {
         "sgd": {"algorithm": "sgd"},
         "rvsm": {"algorithm": "rvsm", "target_sparsity": target},
+        "lambda": {"algorithm": "rvsm", "lam": target},  # lambda mode at its defaults (target carries lam here)
         "magnitude": {"algorithm": "magnitude", "target_sparsity": target},
         "admm": {"algorithm": "admm", "target_sparsity": target, "epochs": half, "finetune_epochs": half},
         "gmp": {"algorithm": "sgd"},  # only prepared by the service; trained by gmp_train below
@@ -106,6 +107,10 @@ def seed_runs(job: tuple[int, argparse.Namespace]) -> dict:
                 out[(model_name, method, target)] = r
                 print(model_name, seed, method, target, f"{r['accuracy']:.4f} sp {r['sparsity']:.4f} "
                       f"{r['seconds']:.1f}s", flush=True)  # fmt: skip
+            for lam in args.lambdas:
+                r = one_run(model_name, seed, "lambda", lam, args.epochs, Path(tmp))
+                out[(model_name, "lambda", lam)] = r
+                print(model_name, seed, "lambda", lam, f"{r['accuracy']:.4f} sp {r['sparsity']:.4f}", flush=True)
         for method in ("sgd", "rvsm", "gmp"):  # a short job at the defaults: the batch size follows the steps
             target = None if method == "sgd" else SHORT_TARGET
             r = one_run("lenet5", seed, method, target, args.short_epochs, Path(tmp))
@@ -117,8 +122,8 @@ def seed_runs(job: tuple[int, argparse.Namespace]) -> dict:
 def table(args: argparse.Namespace, results: dict, seconds: float) -> str:
     lines = [
         f"`python benchmarks/bench_sparsity.py --seeds {' '.join(map(str, args.seeds))} --targets "
-        f"{' '.join(map(str, args.targets))} --epochs {args.epochs} --workers {args.workers}` on {machine()} (one "
-        f"per worker); {seconds:.0f} s in all.",
+        f"{' '.join(map(str, args.targets))} --epochs {args.epochs} --lambdas {' '.join(map(str, args.lambdas))} "
+        f"--workers {args.workers}` on {machine()} (one per worker); {seconds:.0f} s in all.",
         "",
         f"Validation accuracy on digits: mean over seeds {args.seeds} (range); {args.epochs} epochs in all for every "
         "method (ADMM: half training, half fine-tuning). RVSM − GMP: the difference of the means in accuracy points "
@@ -148,7 +153,25 @@ def table(args: argparse.Namespace, results: dict, seconds: float) -> str:
         "|---|---|---|---|",
         f"| {cell(short['sgd'])} | {cell(short['rvsm'])} | {cell(short['gmp'])} | {gap(short['rvsm'], short['sgd'])} |",
     ]
+    if args.lambdas:
+        lines += lambda_table(args, results)
     return "\n".join(lines)
+
+
+def lambda_table(args: argparse.Namespace, results: dict) -> list[str]:
+    """Lambda mode at its defaults (l0, beta 0.1, thresholds in units of each layer's RMS, the min_keep floor):
+    accuracy and the sparsity it reaches, per lam."""
+    head = " | ".join(args.models)
+    lines = ["", f"Lambda mode (`lam`, no target) at its defaults, {args.epochs} epochs: validation accuracy, mean "
+             "(range), and the sparsity reached (mean).", "", f"| lam | {head} |",
+             "|---|" + "---|" * len(args.models)]  # fmt: skip
+    for lam in args.lambdas:
+        cells = []
+        for m in args.models:
+            runs = results[(m, "lambda", lam)]
+            cells.append(f"{cell(runs)}; sparsity {statistics.mean(r['sparsity'] for r in runs):.3f}")
+        lines.append(f"| {lam} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -157,6 +180,8 @@ def main() -> None:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.9, 0.95, 0.98])
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--models", nargs="+", default=["lenet5", "custom CNN", "custom MLP"])
+    ap.add_argument("--lambdas", type=float, nargs="*", default=[0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2],
+                    help="lambda mode's lam values (none: skip the table)")
     ap.add_argument("--short-epochs", type=int, default=5, help="the short lenet5 job's epochs")
     ap.add_argument("--workers", type=int, default=1, help="processes, one seed each at a time (one torch thread)")
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")

@@ -9,13 +9,13 @@ service loads it (:func:`rvsm.prepare.prepare`). Written into docs/benchmarks.md
     python benchmarks/bench_transformers.py --seeds 0 --models vit --epochs 4 --no-doc     # a quick look
 
 Every method trains ``--epochs`` epochs in all, with AdamW at the service's defaults (lr 1e-3, weight decay 0.01,
-batch 64, cosine schedule): RVSM (``algorithm: rvsm``, ``target_sparsity``, service defaults) trains them all;
-magnitude pruning (``algorithm: magnitude``) trains half and fine-tunes the pruned network for the other half;
-GMP is this file's own loop: ``prune.global_unstructured`` (L1) on the tensors the service prunes
-(``prepared.sparse_names``), raised every step on the cubic schedule of Zhu and Gupta over the same warm-up and
-ramp as RVSM's defaults (dense for a tenth of the epochs, ramped over the next 40%), then trained with the masks
-held for the rest. Dense AdamW is the reference. Runs are interleaved: each seed runs every method of every model
-before the next seed. Cells are the mean over seeds and the range.
+the default batch size, cosine schedule): RVSM (``algorithm: rvsm``, ``target_sparsity``, service defaults: warm-up,
+ramp, masked tail) and magnitude pruning (``algorithm: magnitude``, service defaults: gradual) train them all;
+GMP is the peer a user would write (benchmarks/_gmp.py): ``prune.global_unstructured`` (L1) on the tensors the
+service prunes (``prepared.sparse_names``), raised every step on the cubic schedule of Zhu and Gupta over the same
+warm-up and ramp, then trained with the masks held for the rest. Dense AdamW is the reference. Runs are
+interleaved: each seed runs every method of every model before the next seed.
+Cells are the mean over seeds and the range.
 """
 
 from __future__ import annotations
@@ -175,14 +175,13 @@ def export(module: nn.Module, example: dict[str, Tensor]) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- the service's runs
 def spec_for(method: str, target: float | None, epochs: int, seed: int) -> dict:
-    half = epochs // 2
     spec: dict = {"kind": "checkpoint", "seed": seed, "epochs": epochs, "optimizer": "adamw",
             "dataset": {"name": "upload", "ignore_index": IGNORE}}  # fmt: skip
     per_method: dict[str, dict] = {
         "dense": {"algorithm": "sgd"},
         "gmp": {"algorithm": "sgd"},  # only prepared by the service; trained by gmp_train below
         "rvsm": {"algorithm": "rvsm", "target_sparsity": target},
-        "magnitude": {"algorithm": "magnitude", "target_sparsity": target, "epochs": half, "finetune_epochs": half},
+        "magnitude": {"algorithm": "magnitude", "target_sparsity": target},
     }  # fmt: skip
     return spec | per_method[method]
 
@@ -200,11 +199,10 @@ def one_run(blob: bytes, npz: Path, seed: int, method: str, target: float | None
     if method == "gmp":
         assert target is not None
         acc, sparsity = gmp_train(prep, TrainConfig.from_spec(spec | {"algorithm": "rvsm", "target_sparsity": target}))
-        before_u = acc
     else:
         r = train(prep.model, prep.data, TrainConfig.from_spec(spec | {"params": prep.sparse_names}))
-        acc, sparsity, before_u = r.score_after, r.sparsity["prunable"], r.score_dense  # RVSM: w before w <- u
-    return {"accuracy": acc, "sparsity": sparsity, "before_u": before_u, "seconds": time.perf_counter() - t0,
+        acc, sparsity = r.score_after, r.sparsity["prunable"]
+    return {"accuracy": acc, "sparsity": sparsity, "seconds": time.perf_counter() - t0,
             "pruned": (len(prep.sparse_names), sparsity_report(prep.model.state_dict(), prep.sparse_names)
                        ["prunable_parameters"])}  # fmt: skip
 
@@ -236,19 +234,18 @@ def table(args: argparse.Namespace, results: dict, info: dict, seconds: float) -
         "",
         f"Validation accuracy (GPT-2: next-token accuracy over the positions with a label): mean over seeds "
         f"{args.seeds} (min–max); {args.epochs} epochs in all for every method, AdamW at the service's defaults. "
-        "RVSM's `w` before `w ← u`: the same runs scored on the dense iterate `w` instead of the exported sparse "
-        "`u` (a diagnostic, not a sparse model). Achieved sparsity: zeros over the pruned set, min–max over seeds, "
+        "Achieved sparsity: zeros over the pruned set, min–max over seeds, "
         "RVSM / magnitude / GMP.",
         "",
-        "| model | dense AdamW | target | RVSM ℓ0 target | RVSM's `w` before `w ← u` | magnitude + fine-tune "
-        "| GMP, torch.nn.utils.prune | achieved sparsity |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | dense AdamW | target | RVSM ℓ0 target | magnitude (gradual) | GMP, torch.nn.utils.prune "
+        "| achieved sparsity |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in args.models:
         dense = cell(results[(name, "dense", None)])
         for t in args.targets:
             runs = [results[(name, m, t)] for m in METHODS]
-            accs = " | ".join([cell(runs[0]), cell(runs[0], "before_u"), cell(runs[1]), cell(runs[2])])
+            accs = " | ".join(cell(r) for r in runs)
             sp = " / ".join(sparsities(results[(name, m, t)]) for m in METHODS)
             lines.append(f"| {name} | {dense} | {t} | {accs} | {sp} |")
     lines += ["", "Pruned set (`prepared.sparse_names`, the same tensors for every method) and the majority-label "
@@ -273,7 +270,7 @@ def run_all(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict]:
                 r = one_run(blob, tmp / f"{name}.npz", seed, method, target, args.epochs)
                 results.setdefault((name, method, target), []).append(r)
                 info[name]["pruned"] = r["pruned"]
-                print(name, seed, method, target, f"{r['accuracy']:.4f} (w {r['before_u']:.4f}) sp "
+                print(name, seed, method, target, f"{r['accuracy']:.4f} sp "
                       f"{r['sparsity']:.4f} {r['seconds']:.1f}s", flush=True)  # fmt: skip
     return results, info
 

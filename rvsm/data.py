@@ -374,13 +374,18 @@ def baseline_score(data: TensorData) -> float:
     return float((data.y_val.double() - mean).pow(2).mean())
 
 
+COLLAPSE_FRACTION = 0.25  # near chance: less than this share of the way from the baseline to a perfect score
+
+
 def is_collapsed(score: float, data: TensorData) -> bool:
-    """No better than :func:`baseline_score` (classification: within one label; regression: MSE at least
-    99% of it)."""
+    """Near chance: less than :data:`COLLAPSE_FRACTION` of the way from :func:`baseline_score` to a perfect
+    score. Classification: accuracy below ``base + 0.25 (1 - base)`` (and never within one label of ``base``);
+    regression: an MSE above ``0.75 base`` (under a quarter of the variance explained)."""
     base = baseline_score(data)
     if data.task == "classification":
-        return score <= base + 1.0 / max(int((data.y_val != data.ignore_index).sum()), 1)
-    return score >= 0.99 * base
+        labels = max(int((data.y_val != data.ignore_index).sum()), 1)
+        return score < base + COLLAPSE_FRACTION * (1.0 - base) or score <= base + 1.0 / labels
+    return score > (1.0 - COLLAPSE_FRACTION) * base
 
 
 def fit_inputs(data: TensorData, sig: Signature) -> TensorData:

@@ -141,12 +141,26 @@ def hard_pull_(params: list[Tensor], grads: list[Tensor], thresholds: list[float
             g.add_(w - torch.nn.functional.hardshrink(w, tau), alpha=beta)
 
 
+@torch.no_grad()
+def starved_threshold(w: Tensor, u: Tensor, min_keep: float) -> float | None:
+    """The floor under a threshold (lambda mode's guard): ``None`` when ``u = T_mu(w)`` keeps at least
+    ``k = ceil(min_keep n)`` entries of ``w``; otherwise the hard threshold ``tau`` (the ``(n - k)``-th smallest
+    ``|w|``) for which ``w 1{|w| > tau}`` keeps the ``k`` largest (ties aside), so no tensor is zeroed whole."""
+    k = math.ceil(min_keep * w.numel())
+    if k == 0 or int(torch.count_nonzero(u)) >= k:
+        return None
+    return _kth_abs(w, w.numel() - k)
+
+
 class RVSM:
     """Wrap ``base`` (a ``torch.optim`` optimizer) with the RVSM pull; ``step``/``zero_grad``/state pass through.
 
     ``base``'s parameter groups may hold ``rvsm`` (bool), ``lam``, ``beta``, ``penalty`` and ``a``;
     missing keys take this constructor's values. With ``target_sparsity`` the threshold is adaptive (module
     docstring) and ``lam``/``penalty`` are unused; :attr:`target` is the sparsity in force (ramp it).
+    ``min_keep`` (lambda mode; default 0, the seeds' method): a tensor whose ``T_mu(w)`` would keep fewer than
+    ``ceil(min_keep n)`` entries takes ``u`` = its largest ``ceil(min_keep n)`` instead
+    (:func:`starved_threshold`), so a threshold past a layer's weights cannot zero that layer.
     """
 
     def __init__(
@@ -159,7 +173,10 @@ class RVSM:
         a: float = 1.0,
         target_sparsity: float | None = None,
         scope: str = "global",
+        min_keep: float = 0.0,
     ) -> None:
+        if not 0 <= min_keep < 1:
+            raise ValueError(f"min_keep must be in [0, 1), got {min_keep}")
         if not lam >= 0:
             raise ValueError(f"lam must be >= 0, got {lam}")
         if not beta > 0:
@@ -170,7 +187,7 @@ class RVSM:
             raise ValueError(f"a must be > 0, got {a}")
         if target_sparsity is not None:
             _check_target(target_sparsity, scope)
-        self.target, self.scope = target_sparsity, scope
+        self.target, self.scope, self.min_keep = target_sparsity, scope, min_keep
         self.base = base
         defaults = {"rvsm": True, "lam": lam, "beta": beta, "penalty": penalty, "a": a}
         for g in base.param_groups:
@@ -198,7 +215,12 @@ class RVSM:
                 hard_pull_(ps, [p.grad for p in ps], [taus[p] for p in ps], beta=g["beta"])
             return
         for g in self.sparse_groups():
-            pairs = [(p, p.grad) for p in g["params"] if p.grad is not None]
+            ps = [p for p in g["params"] if p.grad is not None]
+            starved = self._starved(ps, g)
+            if starved:
+                hard_pull_(list(starved), [p.grad for p in starved if p.grad is not None], list(starved.values()),
+                           beta=g["beta"])  # fmt: skip
+            pairs = [(p, p.grad) for p in ps if p not in starved]
             if pairs:
                 ws, gs = zip(*pairs, strict=True)
                 rvsm_pull_(list(ws), list(gs), lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
@@ -216,17 +238,34 @@ class RVSM:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
 
+    def _starved(self, ps: list[Tensor], g: dict) -> dict[Tensor, float]:
+        """The tensors of group ``g`` that ``T_mu`` would leave with fewer than ``min_keep`` of their entries,
+        with the hard threshold that keeps that many (:func:`starved_threshold`)."""
+        if not self.min_keep:
+            return {}
+        out = {}
+        for p in ps:
+            u = threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
+            tau = starved_threshold(p, u, self.min_keep)
+            if tau is not None:
+                out[p] = tau
+        return out
+
     @torch.no_grad()
     def sparse_weights(self) -> dict[Tensor, Tensor]:
-        """``u = T_mu(w)`` of every sparse parameter (target mode: exactly ``floor(target n)`` zeros)."""
+        """``u = T_mu(w)`` of every sparse parameter (target mode: exactly ``floor(target n)`` zeros; lambda mode:
+        with the ``min_keep`` floor)."""
         if self.target is not None:
             ps = self.sparse_params()
             return {p: p * m for p, m in zip(ps, magnitude_masks(ps, self.target, scope=self.scope), strict=True)}
-        return {
-            p: threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
-            for g in self.sparse_groups()
-            for p in g["params"]
-        }
+        out = {}
+        for g in self.sparse_groups():
+            starved = self._starved(g["params"], g)
+            for p in g["params"]:
+                tau = starved.get(p)
+                out[p] = threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"]) \
+                    if tau is None else torch.where(p.abs() > tau, p, torch.zeros_like(p))  # fmt: skip
+        return out
 
     @torch.no_grad()
     def sparsify_(self) -> None:

@@ -65,6 +65,11 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 1e-2}
 SGD_MOMENTUM = 0.9
 # beta when not given, by mode (TrainConfig.mode): the splitting's coupling with lam (thresholds mu = lam/beta), its
 # pull with an adaptive-threshold target (strong, so w stays near u: docs/benchmarks.md), and ADMM's rho
+# lambda mode (l0, layer_scale): mu = lam/beta at and past which accuracy fell off a cliff on the benchmark models
+# (docs/benchmarks.md, "Lambda mode"); a job past it gets a warning in its report (lam_warnings)
+CLIFF_MU = 0.6
+# lambda mode: no threshold may zero a tensor whole; each keeps at least this fraction of its entries by default
+MIN_KEEP = 0.01
 DEFAULT_BETA = {"lambda": 0.1, "target": 3.0, "admm": 0.001}
 # batch_size when not given: the largest of these that gives the job at least MIN_STEPS optimizer steps (a short
 # job on a small set takes smaller batches, so it learns; docs/benchmarks.md, "Short jobs")
@@ -107,6 +112,7 @@ class TrainConfig:
     pruning: str | None = None  # magnitude only: "gradual" (the default) or "one_shot"
     params: list[str] | None = None
     layer_scale: bool = True  # lambda mode: thresholds in units of each layer's initial weight RMS
+    min_keep: float | None = None  # lambda mode: each tensor keeps at least this fraction; default MIN_KEEP
     task: str = "classification"
     seed: int = 0
 
@@ -168,6 +174,10 @@ class TrainConfig:
             raise InputError("ramp_epochs" if self.ramp_epochs is not None else "warmup_epochs",
                              "applies only to a ramped target: target_sparsity with rvsm, rvscgd or gradual "
                              "magnitude pruning")  # fmt: skip
+        if self.min_keep is not None and (self.algorithm not in ("rvsm", "rvscgd") or self.target is not None):
+            raise InputError("min_keep", "is lambda mode's floor (rvsm / rvscgd without target_sparsity)")
+        if self.min_keep is not None and not 0 <= self.min_keep < 1:
+            raise InputError("min_keep", f"must be in [0, 1), got {self.min_keep}")
         if self.tail_epochs is not None and (self.target is None or self.algorithm not in ("rvsm", "rvscgd")):
             raise InputError("tail_epochs", "is RVSM's masked tail; applies only to rvsm / rvscgd with target_sparsity")
         if self.warmup + self.ramp + self.tail > self.epochs:
@@ -211,6 +221,13 @@ class TrainConfig:
     def coupling(self) -> float:
         """``beta`` as filled in (:data:`DEFAULT_BETA` for the mode when not given)."""
         return self.beta if self.beta is not None else DEFAULT_BETA[self.mode]
+
+    @property
+    def keep_floor(self) -> float:
+        """``min_keep`` as filled in: :data:`MIN_KEEP` in lambda mode unless given, 0 otherwise."""
+        if self.min_keep is not None:
+            return self.min_keep
+        return MIN_KEEP if self.algorithm in ("rvsm", "rvscgd") and self.target is None else 0.0
 
     @property
     def tail(self) -> int:
@@ -266,6 +283,7 @@ class TrainResult:
     resumed_from_epoch: int | None
     wall_time_s: float
     config: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the job's owner should know (lam_warnings)
 
 
 def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
@@ -322,6 +340,19 @@ def check_result(sparsity: dict, cfg: TrainConfig) -> None:
         if zeros < want - len(pruned):
             raise ResultRejected(f"the sparsified tensors end with {zeros} zeros of {total}, short of the "
                                  f"{want} that target_sparsity {cfg.target} asks")  # fmt: skip
+
+
+def lam_warnings(cfg: TrainConfig) -> list[str]:
+    """Lambda mode's known cliff: ``lam / beta`` at or past :data:`CLIFF_MU` (l0, thresholds in units of each
+    layer's RMS) gave networks near chance on the benchmark models."""
+    if cfg.target is not None or cfg.algorithm not in ("rvsm", "rvscgd") or cfg.penalty != "l0" or not cfg.layer_scale:
+        return []
+    mu = cfg.lam / cfg.coupling
+    if mu < CLIFF_MU:
+        return []
+    return [f"lam {cfg.lam} with beta {cfg.coupling} puts mu = lam/beta = {mu:.3g} at or past {CLIFF_MU}, where "
+            "accuracy fell off a cliff on every benchmark model (docs/benchmarks.md, 'Lambda mode'); lower lam, or "
+            "name the sparsity you want with target_sparsity"]  # fmt: skip
 
 
 def layer_scales(params: Sequence[Tensor], penalty: str, *, enabled: bool) -> list[float]:
@@ -389,7 +420,7 @@ def _loss_fn(task: str, ignore_index: int) -> Callable[[Tensor, Tensor], Tensor]
 def _main_optimizer(cfg: TrainConfig, base: torch.optim.Optimizer, chosen: list[nn.Parameter]) -> Stepper:
     if cfg.algorithm in ("rvsm", "rvscgd"):
         opt = RVSM(base, lam=cfg.lam, beta=cfg.coupling, penalty=cfg.penalty, a=cfg.a, scope=cfg.sparsity_scope,
-                   target_sparsity=0.0 if cfg.target is not None else None)  # fmt: skip
+                   target_sparsity=0.0 if cfg.target is not None else None, min_keep=cfg.keep_floor)  # fmt: skip
         set_beta(opt, cfg, cfg.coupling)
         return opt
     if cfg.algorithm == "admm":
@@ -622,4 +653,5 @@ def _train(
         resumed_from_epoch=start_epoch if resume is not None else None,
         wall_time_s=time.perf_counter() - t0,
         config=asdict(cfg),
+        warnings=lam_warnings(cfg),
     )

@@ -13,7 +13,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from rvsm.data import IGNORE_INDEX
-from rvsm.train import BATCH_SIZES, DEFAULT_BETA, DEFAULT_LR, DEFAULT_WEIGHT_DECAY, MIN_STEPS, SGD_MOMENTUM, TrainConfig
+from rvsm.train import (
+    BATCH_SIZES,
+    DEFAULT_BETA,
+    DEFAULT_LR,
+    DEFAULT_WEIGHT_DECAY,
+    MIN_KEEP,
+    MIN_STEPS,
+    SGD_MOMENTUM,
+    TrainConfig,
+)
 
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 OPEN = ConfigDict(extra="allow")  # documents: the listed fields are always there; more may be added
@@ -248,6 +257,8 @@ class CheckpointSpecCreate(BaseModel):
         None, max_length=10_000, description="parameter names or glob patterns to sparsify; default: every "
         "convolution and linear weight (for a .pt2, the weights its conv / linear / matmul nodes consume)",
     )  # fmt: skip
+    min_keep: float | None = Field(None, ge=0, lt=1, description=f"lambda mode: each sparsified tensor keeps at "
+                                   f"least this fraction of its entries (default {MIN_KEEP}; 0: none)")  # fmt: skip
     layer_scale: bool = Field(CKPT.layer_scale, description="lambda mode: thresholds in units of each layer's RMS")
     seed: int = Field(CKPT.seed, ge=0, lt=2**63)
 
@@ -302,7 +313,10 @@ class CheckpointReport(BaseModel):
     sparsity_scope: str | None
     from_checkpoint: bool
     normalised: list[str] = Field(description="what was normalised on the way in (prefixes stripped, ...)")
-    collapsed: bool
+    collapsed: bool = Field(description="near chance: under a quarter of the way from the majority label's accuracy "
+                            "(regression: the mean's MSE) to a perfect score")  # fmt: skip
+    warnings: list[str] = Field(default_factory=list, description="what the job's owner should know, such as lam "
+                                "past lambda mode's measured cliff")  # fmt: skip
     sparsity: dict[str, Any] = Field(description="prunable, overall and per tensor")
     sizes: dict[str, int]
     trace: list[dict[str, Any]] = Field(description="one point per epoch")

@@ -218,16 +218,22 @@ def test_training_resumes_to_the_same_result(spec):
 
 
 def test_collapse_is_reported():
-    """A score within one label of the majority class is collapsed; a network whose every sparsified weight is
-    zero is not even returned (ResultRejected: the job fails saying why)."""
+    """A score near chance (within one label of the majority class, or under a quarter of the way from it to a
+    perfect score) is collapsed; a network whose every sparsified weight is zero (lambda mode with its floor,
+    min_keep, turned off) is not even returned (ResultRejected: the job fails saying why)."""
     data = rdata.synthetic(200, num_classes=4, seed=0)
     base, n = rdata.baseline_score(data), len(data.y_val)
     assert rdata.is_collapsed(base, data) and rdata.is_collapsed(base + 1 / n, data)
-    assert not rdata.is_collapsed(base + 2 / n, data)
+    quarter = base + 0.25 * (1 - base)  # near chance: under a quarter of the way from the majority label to 1
+    assert rdata.is_collapsed(quarter - 1e-9, data) and not rdata.is_collapsed(quarter, data)
+    # issue 18's missed case: 0.212 on ten balanced classes (majority 0.1) is near chance
+    ten = rdata.from_tensors(torch.zeros(100, 3), torch.arange(100) % 10, torch.zeros(100, 3), torch.arange(100) % 10)
+    assert rdata.baseline_score(ten) == pytest.approx(0.1) and rdata.is_collapsed(0.212, ten)
+    assert not rdata.is_collapsed(0.5, ten)
     torch.manual_seed(0)
     m = models.build("mlp", in_channels=1, input_size=8, num_classes=4)
     with pytest.raises(ResultRejected, match="every one of the 25088 sparsified weights is zero"):
-        train(m, data, TrainConfig(algorithm="rvsm", penalty="l0", lam=10.0, beta=1.0, epochs=1))
+        train(m, data, TrainConfig(algorithm="rvsm", penalty="l0", lam=10.0, beta=1.0, epochs=1, min_keep=0.0))
 
 
 def test_sparse_io_file_round_trip(tmp_path):

@@ -107,12 +107,42 @@ def test_training_ends_at_the_target(algorithm, scope, finetune, model):
 
 
 def test_a_network_of_zeros_is_rejected_not_returned():
-    """lam mode with a threshold past every weight zeroes the network: the job fails saying so."""
+    """lam mode with a threshold past every weight zeroes the network when its floor is off (min_keep 0): the job
+    fails saying so. At the default floor every tensor keeps its largest ceil(1% n) entries instead."""
     data = rdata.synthetic(200, num_classes=3, seed=1)
     torch.manual_seed(0)
     m = models.build("mlp", num_classes=3, in_features=64, hidden=[16])
     with pytest.raises(ResultRejected, match="every one of the .* sparsified weights is zero"):
-        train(m, data, TrainConfig(algorithm="rvsm", lam=50.0, beta=1.0, epochs=1))
+        train(m, data, TrainConfig(algorithm="rvsm", lam=50.0, beta=1.0, epochs=1, min_keep=0.0))
+    torch.manual_seed(0)
+    m = models.build("mlp", num_classes=3, in_features=64, hidden=[16])
+    r = train(m, data, TrainConfig(algorithm="rvsm", lam=50.0, beta=1.0, epochs=1))
+    for name in r.sparsity["prunable_names"]:
+        v = r.sparsity["layers"][name]
+        assert v["numel"] - v["zeros"] == math.ceil(0.01 * v["numel"]), name
+
+
+@pytest.mark.parametrize("penalty", ["l0", "l1", "tl1", "group_l1"])
+def test_min_keep_floor_against_sorting(penalty):
+    """The floor under lambda mode's threshold: a tensor T_mu would zero (nearly) whole keeps exactly its largest
+    ceil(min_keep n) entries (found by sorting); a tensor T_mu leaves enough of keeps T_mu(w); the pull is
+    beta (w - u) for that u."""
+    g = torch.Generator().manual_seed(3)
+    small, big = nn.Parameter(torch.randn(20, 10, generator=g) * 1e-3), nn.Parameter(torch.randn(8, 5, generator=g))
+    for p in (small, big):
+        p.grad = torch.zeros_like(p)
+    opt = optim.RVSM(torch.optim.SGD([small, big], lr=0.1), lam=0.02, beta=1.0, penalty=penalty, min_keep=0.05)
+    u = opt.sparse_weights()
+    k = math.ceil(0.05 * small.numel())
+    order = sorted(range(small.numel()), key=lambda i: -abs(float(small.detach().flatten()[i])))
+    oracle = torch.zeros(small.numel())
+    oracle[order[:k]] = small.detach().flatten()[order[:k]]
+    assert torch.equal(u[small].flatten(), oracle)
+    assert torch.equal(u[big], optim.threshold_param(big.detach(), lam=0.02, beta=1.0, penalty=penalty))
+    assert int(torch.count_nonzero(u[big])) >= math.ceil(0.05 * big.numel())
+    opt.pull_()
+    for p in (small, big):
+        assert torch.allclose(p.grad, p.detach() - u[p])
 
 
 def test_a_result_short_of_its_target_is_rejected():

@@ -170,6 +170,7 @@ def _outputs(
         "normalised": prep.normalised,
         **_scores(result),
         "collapsed": result.collapsed,
+        "warnings": result.warnings,
         "sparsity": result.sparsity,
         "sizes": {
             "dense_safetensors_bytes": len(files["model.safetensors"]),
