@@ -18,6 +18,7 @@ over seeds and the count of collapsed runs (accuracy no better than the majority
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import statistics
 import sys
@@ -94,12 +95,49 @@ def gap(rvsm: list[dict], peer: list[dict]) -> str:
     return f"{d:+.2f}"
 
 
+def variant_runs(seed: int, args: argparse.Namespace, tmp: Path) -> dict:
+    """``--variants``: GMP and RVSM's target mode with each variant's fields over the defaults."""
+    out: dict = {}
+    for model_name in args.models:
+        for target in args.targets:
+            out[(model_name, "gmp", target)] = one_run(model_name, seed, "gmp", target, args.epochs, tmp)
+            for v in args.variants:
+                r = one_run(model_name, seed, "rvsm", target, args.epochs, tmp, json.loads(v))
+                out[(model_name, v, target)] = r
+                print(model_name, seed, v, target, f"{r['accuracy']:.4f}", flush=True)
+    return out
+
+
+def variant_table(args: argparse.Namespace, results: dict, seconds: float) -> str:
+    lines = [
+        f"`python benchmarks/bench_sparsity.py --seeds {' '.join(map(str, args.seeds))} --targets "
+        f"{' '.join(map(str, args.targets))} --epochs {args.epochs} --workers {args.workers} --variants "
+        + " ".join(f"'{v}'" for v in args.variants) + f"` on {machine()} (one per worker); {seconds:.0f} s in all.",
+        "",
+        f"RVSM's target mode with each variant's fields over the service's defaults, against GMP: validation accuracy, "
+        f"mean over seeds {args.seeds}, and in brackets the difference from GMP in accuracy points.",
+        "",
+        "| model | target | GMP | " + " | ".join(f"`{v}`" for v in args.variants) + " |",
+        "|---|---|---|" + "---|" * len(args.variants),
+    ]
+    for m in args.models:
+        for t in args.targets:
+            gmp = results[(m, "gmp", t)]
+            cells = [f"{statistics.mean(r['accuracy'] for r in results[(m, v, t)]):.4f} "
+                     f"({gap(results[(m, v, t)], gmp)})" for v in args.variants]  # fmt: skip
+            mean = statistics.mean(r["accuracy"] for r in gmp)
+            lines.append(f"| {m} | {t} | {mean:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def seed_runs(job: tuple[int, argparse.Namespace]) -> dict:
     """Every method of every model for one seed (one worker's share)."""
     seed, args = job
     torch.set_num_threads(1)
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.variants:
+            return variant_runs(seed, args, Path(tmp))
         for model_name in args.models:
             plan = [("sgd", None)] + [(m, t) for t in args.targets for m in METHODS]
             for method, target in plan:
@@ -184,6 +222,8 @@ def main() -> None:
                     help="lambda mode's lam values (none: skip the table)")
     ap.add_argument("--short-epochs", type=int, default=5, help="the short lenet5 job's epochs")
     ap.add_argument("--workers", type=int, default=1, help="processes, one seed each at a time (one torch thread)")
+    ap.add_argument("--variants", nargs="*", default=[], help="JSON objects of RVSM fields: compare each with GMP "
+                    "only (how the defaults were chosen; written into the 'sparsity-variants' block)")
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -198,10 +238,13 @@ def main() -> None:
         for key, r in part.items():
             results.setdefault(key, []).append(r)
     torch.set_num_threads(1)  # what machine() reports: each run's threads
-    body = table(args, results, time.perf_counter() - t0)
+    if args.variants:
+        body = variant_table(args, results, time.perf_counter() - t0)
+    else:
+        body = table(args, results, time.perf_counter() - t0)
     print(body)
     if not args.no_doc:
-        write_block(DOC, "sparsity-targets", body)
+        write_block(DOC, "sparsity-variants" if args.variants else "sparsity-targets", body)
 
 
 if __name__ == "__main__":

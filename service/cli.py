@@ -260,7 +260,8 @@ def _gates(args: argparse.Namespace, job: dict, report: Callable[[], dict] | Non
     ):
         failed.append(f"loss increase {s.get('loss_increase')} > --max-loss-increase {args.max_loss_increase}")
     if s.get("collapsed"):
-        failed.append("the network collapsed (no better than a network that learned nothing)")
+        failed.append("the network collapsed (near chance: under a quarter of the way from the majority label to "
+                      "a perfect score)")
     return failed
 
 

@@ -271,7 +271,7 @@ def test_gradual_magnitude_pruning_follows_the_cubic_ramp_and_only_adds_zeros():
     for epoch, zeros in enumerate(seen, start=1):
         p = ramped_target(0.8, epoch * steps - 1, 1 * steps, 3 * steps)
         assert sum(int(z.sum()) for z in zeros.values()) == math.floor(p * n), epoch
-    for before, after in zip(seen, seen[1:]):
+    for before, after in zip(seen, seen[1:], strict=False):
         assert all(bool((after[k] | ~before[k]).all()) for k in before)  # a zero before is a zero after
     assert r.sparsity["prunable"] == pytest.approx(math.floor(0.8 * n) / n)
 
@@ -301,3 +301,21 @@ def test_default_batch_size_is_counted_in_steps(rows, epochs):
     cfg = TrainConfig(algorithm="sgd", epochs=epochs)
     assert cfg.batch_size is None and cfg.resolved(rows).batch == default_batch_size(rows, epochs)
     assert TrainConfig(algorithm="sgd", epochs=epochs, batch_size=3).resolved(rows).batch == 3
+
+
+def test_lambda_past_the_cliff_is_warned_about():
+    """lam / beta at or past CLIFF_MU (l0, layer-scaled thresholds: where the benchmark models fell to near chance)
+    puts a line in the result's warnings; below it, with a target, or with other penalties, nothing."""
+    from rvsm.train import CLIFF_MU, lam_warnings
+
+    beta = 0.1
+    past = TrainConfig(algorithm="rvsm", lam=CLIFF_MU * beta, beta=beta)
+    assert len(lam_warnings(past)) == 1 and f"{CLIFF_MU}" in lam_warnings(past)[0]
+    assert lam_warnings(TrainConfig(algorithm="rvsm", lam=0.99 * CLIFF_MU * beta, beta=beta)) == []
+    assert lam_warnings(TrainConfig(algorithm="rvsm", target_sparsity=0.9)) == []
+    assert lam_warnings(TrainConfig(algorithm="rvsm", lam=10.0, penalty="l1")) == []
+    data = rdata.synthetic(200, num_classes=3, seed=1)
+    torch.manual_seed(0)
+    m = models.build("mlp", num_classes=3, in_features=64, hidden=[16])
+    r = train(m, data, TrainConfig(algorithm="rvsm", lam=2 * CLIFF_MU * beta, beta=beta, epochs=1))
+    assert r.warnings and r.warnings == lam_warnings(TrainConfig(algorithm="rvsm", lam=2 * CLIFF_MU * beta, beta=beta))
