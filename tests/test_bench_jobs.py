@@ -36,8 +36,8 @@ def test_bench_api_smoke():
     out = run_bench("benchmarks/bench_api.py", "--rates", "20", "--duration", "0.5", "--pause", "0",
                     "--redis", REDIS_URL, "--postgres", POSTGRES_URL)  # fmt: skip
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| sqlite", "| postgresql"))]
-    # printed once as it goes and once in the block: 2 stores x 2 endpoints, twice
-    assert len(rows) == 8
+    # printed once as it goes and once in the block: 2 stores x (no worker, 2 busy workers) x 2 endpoints, twice
+    assert len(rows) == 16 and sorted({c[1] for c in rows}) == ["0", "2"]
     for cells in rows:
-        assert cells[2] == "20" and float(cells[3]) > 0 and cells[8] == "0"  # offered, achieved, no errors
-        assert float(cells[5]) <= float(cells[6]) <= float(cells[7])  # p50 <= p99 <= max
+        assert cells[3] == "20" and float(cells[4]) > 0 and cells[9] == "0"  # offered, achieved, no errors
+        assert float(cells[6]) <= float(cells[7]) <= float(cells[8])  # p50 <= p99 <= max

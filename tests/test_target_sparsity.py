@@ -106,6 +106,24 @@ def test_training_ends_at_the_target(algorithm, scope, finetune, model):
         assert abs(sum(v["zeros"] for v in layers) - math.floor(0.85 * n)) <= len(layers)
 
 
+@pytest.mark.parametrize("finetune", [0, 1])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_rvscgd_ends_at_the_target(scope, finetune):
+    """The same contract for RVSCGD, the one algorithm that needs a binarized built-in (lenet5_binary)."""
+    data = rdata.synthetic(300, num_classes=3, seed=1)  # (N, 1, 8, 8) images
+    torch.manual_seed(0)
+    m = models.build("lenet5_binary", num_classes=3, in_channels=1, input_size=8)
+    r = train(m, data, TrainConfig(algorithm="rvscgd", target_sparsity=0.85, sparsity_scope=scope, epochs=5,
+                                   finetune_epochs=finetune))  # fmt: skip
+    layers = [r.sparsity["layers"][n] for n in r.sparsity["prunable_names"]]
+    assert len(layers) >= 3
+    if scope == "layer":
+        assert all(v["zeros"] == math.floor(0.85 * v["numel"]) for v in layers)
+    else:
+        n = sum(v["numel"] for v in layers)
+        assert abs(sum(v["zeros"] for v in layers) - math.floor(0.85 * n)) <= len(layers)
+
+
 def test_a_network_of_zeros_is_rejected_not_returned():
     """lam mode with a threshold past every weight zeroes the network when its floor is off (min_keep 0): the job
     fails saying so. At the default floor every tensor keeps its largest ceil(1% n) entries instead."""
