@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from service.broker import redis_server
 from service.cli import worker_argv
+from service.states import TERMINAL
 
 REDIS_URL = os.environ.get("RVSM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("RVSM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -92,6 +94,21 @@ def wait_for(check: Callable[[], object], *, timeout: float, interval: float = 0
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def submit_job(client, spec: dict, **files: tuple[str, bytes]):  # noqa: ANN001, ANN201
+    """``POST /v1/jobs`` as multipart: the spec as JSON, and any files (``checkpoint=(name, bytes)``, ...)."""
+    return client.post("/v1/jobs", data={"spec": json.dumps(spec)}, files=files or None)
+
+
+def wait_done(client, job_id: str, timeout: float = 300) -> dict:  # noqa: ANN001
+    """The job once it is in one of the state machine's terminal states (``service.states.TERMINAL``)."""
+
+    def check() -> dict | None:
+        j = client.get(f"/v1/jobs/{job_id}").json()
+        return j if j["state"] in TERMINAL else None
+
+    return wait_for(check, timeout=timeout, what=f"job {job_id}")  # type: ignore[return-value]
 
 
 def python() -> str:

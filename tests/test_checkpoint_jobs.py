@@ -19,7 +19,7 @@ from rvsm import data as rdata
 from rvsm import models, sparse_io
 from rvsm.train import TrainConfig, train
 from tests import service_helpers as helpers
-from tests.service_helpers import Worker, service_env, unique_queue, wait_for
+from tests.service_helpers import Worker, service_env, submit_job, unique_queue, wait_done, wait_for
 
 RVSM_L0 = {"kind": "checkpoint", "architecture": "lenet5", "dataset": {"name": "digits"}, "algorithm": "rvsm",
            "target_sparsity": 0.9, "epochs": 8, "lr": 0.02, "weight_decay": 1e-4}  # fmt: skip
@@ -53,16 +53,7 @@ def stack(tmp_path_factory):
 
 
 def submit(client: TestClient, spec: dict, checkpoint: bytes | None = None, name: str = "model.safetensors"):
-    files = {"checkpoint": (name, checkpoint)} if checkpoint is not None else None
-    return client.post("/v1/jobs", data={"spec": json.dumps(spec)}, files=files)
-
-
-def wait_done(client: TestClient, job_id: str, timeout: float = 180) -> dict:
-    def check():
-        j = client.get(f"/v1/jobs/{job_id}").json()
-        return j if j["state"] in ("succeeded", "failed", "cancelled") else None
-
-    return wait_for(check, timeout=timeout, what=f"job {job_id}")
+    return submit_job(client, spec, **({"checkpoint": (name, checkpoint)} if checkpoint is not None else {}))
 
 
 def test_upload_sparsify_download_and_check(stack, trained, tmp_path):

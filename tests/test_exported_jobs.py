@@ -4,7 +4,6 @@ load with plain torch; and state_dicts in the forms people save them."""
 from __future__ import annotations
 
 import io
-import json
 import math
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from tests import service_helpers as helpers
-from tests.service_helpers import Worker, service_env, unique_queue, wait_for
+from tests.service_helpers import Worker, service_env, submit_job, unique_queue, wait_done
 from tests.user_models import ResidualCNN, TabularMLP, digits_npz, export
 
 CAP = 4_000_000
@@ -26,18 +25,6 @@ def stack(tmp_path_factory):
     with helpers.make_client(tmp, queue, max_upload_bytes=CAP) as client:
         yield client, worker
     worker.stop()
-
-
-def submit(client, spec: dict, **files: tuple[str, bytes]):
-    return client.post("/v1/jobs", data={"spec": json.dumps(spec)}, files=files or None)
-
-
-def wait_done(client, job_id: str, timeout: float = 300) -> dict:
-    def check():
-        j = client.get(f"/v1/jobs/{job_id}").json()
-        return j if j["state"] in ("succeeded", "failed", "cancelled") else None
-
-    return wait_for(check, timeout=timeout, what=f"job {job_id}")
 
 
 def artifacts(client, job_id: str) -> dict[str, bytes]:
@@ -56,7 +43,7 @@ def test_exported_model_to_target_sparsity(stack, make, flat):
     model = make()
     npz, x_val, y_val = digits_npz(flat=flat)
     pt2 = export(model, x_val[:4])
-    r = submit(client, SPEC, checkpoint=("model.pt2", pt2), dataset=("digits.npz", npz))
+    r = submit_job(client, SPEC, checkpoint=("model.pt2", pt2), dataset=("digits.npz", npz))
     assert r.status_code == 202, r.text
     job = wait_done(client, r.json()["id"])
     assert job["state"] == "succeeded", (job["error"], worker.output()[-3000:])
@@ -94,14 +81,14 @@ def test_exported_model_input_checks(stack):
     torch.manual_seed(0)
     npz, x_val, _ = digits_npz(flat=True)
     image_model = export(ResidualCNN(), torch.randn(4, 1, 8, 8))
-    r = submit(client, SPEC, checkpoint=("m.pt2", image_model), dataset=("d.npz", npz))
+    r = submit_job(client, SPEC, checkpoint=("m.pt2", image_model), dataset=("d.npz", npz))
     assert r.status_code == 422 and "(64,)" in r.json()["message"] and "(1, 8, 8)" in r.json()["message"], r.text
     fixed = io.BytesIO()
     mlp = TabularMLP().eval()
     torch.export.save(torch.export.export(mlp, (x_val[:4],)), fixed)  # no dynamic batch dimension
-    r = submit(client, SPEC, checkpoint=("m.pt2", fixed.getvalue()), dataset=("d.npz", npz))
+    r = submit_job(client, SPEC, checkpoint=("m.pt2", fixed.getvalue()), dataset=("d.npz", npz))
     assert r.status_code == 422 and "dynamic batch dimension" in r.json()["message"], r.text
-    r = submit(client, SPEC | {"architecture": "lenet5"}, checkpoint=("m.pt2", export(mlp, x_val[:4])),
+    r = submit_job(client, SPEC | {"architecture": "lenet5"}, checkpoint=("m.pt2", export(mlp, x_val[:4])),
                dataset=("d.npz", npz))  # fmt: skip
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "architecture", r.text
 
@@ -128,7 +115,7 @@ def test_state_dict_forms(stack, wrap, note):
     torch.save(wrap(sd), buf)
     spec = {"kind": "checkpoint", "architecture": "mlp", "hidden": [32], "dataset": {"name": "digits"},
             "algorithm": "rvsm", "target_sparsity": 0.5, "epochs": 1}  # fmt: skip
-    r = submit(client, spec, checkpoint=("model.pt", buf.getvalue()))
+    r = submit_job(client, spec, checkpoint=("model.pt", buf.getvalue()))
     assert r.status_code == 202, r.text
     job = wait_done(client, r.json()["id"])
     assert job["state"] == "succeeded", (job["error"], worker.output()[-2000:])
@@ -143,7 +130,7 @@ def test_a_whole_pickled_model_gets_a_short_plain_message(stack):
     buf = io.BytesIO()
     torch.save(TabularMLP(), buf)  # the whole module, not its state_dict
     spec = {"kind": "checkpoint", "architecture": "mlp", "dataset": {"name": "digits"}, "epochs": 1}
-    r = submit(client, spec, checkpoint=("model.pt", buf.getvalue()))
+    r = submit_job(client, spec, checkpoint=("model.pt", buf.getvalue()))
     assert r.status_code == 422
     msg = r.json()["message"]
     assert "state_dict()" in msg and "torch.export" in msg and "\x1b" not in msg and len(msg) < 400, msg

@@ -9,7 +9,6 @@ same function; held-out accuracy (per token for the decoders) equals the report'
 from __future__ import annotations
 
 import io
-import json
 import math
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from tests import service_helpers as helpers
-from tests.service_helpers import Worker, service_env, unique_queue, wait_for
+from tests.service_helpers import Worker, service_env, submit_job, unique_queue, wait_done
 from tests.test_exported_models import build, export
 
 pytest.importorskip("transformers")
@@ -114,14 +113,9 @@ def test_models_people_bring_prune_to_target(stack, name, target):
     spec = {"kind": "checkpoint", "dataset": {"name": "upload", "ignore_index": IGNORE}, "algorithm": "rvsm",
             "target_sparsity": target, "epochs": 2, "batch_size": 16, "optimizer": "adamw"}  # fmt: skip
     files = {"checkpoint": ("m.pt2", export(model, rows(x, slice(0, 4)))), "dataset": ("d.npz", data_file(x, y, 180))}
-    r = client.post("/v1/jobs", data={"spec": json.dumps(spec)}, files=files)
+    r = submit_job(client, spec, **files)
     assert r.status_code == 202, r.text
-
-    def done():
-        j = client.get(f"/v1/jobs/{r.json()['id']}").json()
-        return j if j["state"] in ("succeeded", "failed") else None
-
-    job = wait_for(done, timeout=300, what=name)
+    job = wait_done(client, r.json()["id"])
     assert job["state"] == "succeeded", (job["error"], worker.output()[-3000:])
     report = client.get(f"/v1/jobs/{job['id']}/result").json()
     names = report["sparsity"]["prunable_names"]

@@ -20,7 +20,7 @@ from rvsm.errors import InputError
 from rvsm.train import TrainConfig, train
 from service import cli
 from tests import service_helpers as helpers
-from tests.service_helpers import Worker, service_env, unique_queue, wait_for
+from tests.service_helpers import Worker, service_env, submit_job, unique_queue, wait_done
 
 LENET = {"in_channels": 1, "input_size": 8, "num_classes": 10}
 
@@ -35,16 +35,8 @@ def stack(tmp_path_factory):
     worker.stop()
 
 
-def submit(client, spec: dict, **files: tuple[str, bytes]):
-    return client.post("/v1/jobs", data={"spec": json.dumps(spec)}, files=files or None)
-
-
 def finished(client, job_id: str, worker) -> dict:
-    def check():
-        j = client.get(f"/v1/jobs/{job_id}").json()
-        return j if j["state"] in ("succeeded", "failed", "cancelled") else None
-
-    job = wait_for(check, timeout=300, what=f"job {job_id}")
+    job = wait_done(client, job_id)
     assert job["state"] == "succeeded", (job["error"], worker.output()[-2000:])
     return job
 
@@ -89,7 +81,7 @@ def test_a_lightning_checkpoint_of_a_builtin_is_accepted_and_loads(stack, traine
         blob, name = st_save({f"model.{k}": v.contiguous() for k, v in sd.items()}), "model.safetensors"
     spec = {"kind": "checkpoint", "architecture": "lenet5", "algorithm": "magnitude", "target_sparsity": 0.5,
             "epochs": 1, "lr": 0.01}  # fmt: skip
-    r = submit(client, spec, checkpoint=(name, blob))
+    r = submit_job(client, spec, checkpoint=(name, blob))
     assert r.status_code == 202, r.text
     job = finished(client, r.json()["id"], worker)
     report = client.get(f"/v1/jobs/{job['id']}/result").json()
@@ -106,7 +98,7 @@ def test_a_partly_prefixed_state_dict_keeps_the_key_error(stack, trained_lenet):
     buf = io.BytesIO()
     torch.save({"state_dict": sd, "epoch": 1}, buf)
     spec = {"kind": "checkpoint", "architecture": "lenet5", "algorithm": "sgd", "epochs": 1}
-    r = submit(client, spec, checkpoint=("m.pt", buf.getvalue()))
+    r = submit_job(client, spec, checkpoint=("m.pt", buf.getvalue()))
     assert r.status_code == 422, r.text
     msg = r.json()["message"]
     assert "checkpoint" in msg and "missing keys" in msg and "unexpected keys ['model.features" in msg

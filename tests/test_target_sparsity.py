@@ -73,6 +73,18 @@ def _target_model(kind: str) -> tuple[nn.Module, list[str] | None]:
     return exp.module, exported.sparsifiable_parameters(exp.module)
 
 
+def assert_at_target(sparsity: dict, p: float, scope: str, *, min_tensors: int) -> None:
+    """The contract on a report: floor(p n_i) zeros in each tensor (layer scope), or floor(p n) over all of them
+    to within one entry per tensor (global)."""
+    layers = [sparsity["layers"][n] for n in sparsity["prunable_names"]]
+    assert len(layers) >= min_tensors
+    if scope == "layer":
+        assert all(v["zeros"] == math.floor(p * v["numel"]) for v in layers)
+    else:
+        n = sum(v["numel"] for v in layers)
+        assert abs(sum(v["zeros"] for v in layers) - math.floor(p * n)) <= len(layers)
+
+
 ALGORITHMS = {  # every way a target is reached, each at its defaults otherwise
     "rvsm": {"algorithm": "rvsm"},  # warm-up, ramp, then the masked tail (5 epochs: 0 + 2 + 1)
     "rvsm-no-tail": {"algorithm": "rvsm", "tail_epochs": 0},
@@ -97,13 +109,7 @@ def test_training_ends_at_the_target(algorithm, scope, finetune, model):
     cfg = TrainConfig(**ALGORITHMS[algorithm], target_sparsity=0.85, sparsity_scope=scope, epochs=5,
                       finetune_epochs=finetune, params=names)  # fmt: skip
     r = train(m, data, cfg)
-    layers = [r.sparsity["layers"][n] for n in r.sparsity["prunable_names"]]
-    assert len(layers) >= 2
-    if scope == "layer":
-        assert all(v["zeros"] == math.floor(0.85 * v["numel"]) for v in layers)
-    else:
-        n = sum(v["numel"] for v in layers)
-        assert abs(sum(v["zeros"] for v in layers) - math.floor(0.85 * n)) <= len(layers)
+    assert_at_target(r.sparsity, 0.85, scope, min_tensors=2)
 
 
 @pytest.mark.parametrize("finetune", [0, 1])
@@ -115,13 +121,7 @@ def test_rvscgd_ends_at_the_target(scope, finetune):
     m = models.build("lenet5_binary", num_classes=3, in_channels=1, input_size=8)
     r = train(m, data, TrainConfig(algorithm="rvscgd", target_sparsity=0.85, sparsity_scope=scope, epochs=5,
                                    finetune_epochs=finetune))  # fmt: skip
-    layers = [r.sparsity["layers"][n] for n in r.sparsity["prunable_names"]]
-    assert len(layers) >= 3
-    if scope == "layer":
-        assert all(v["zeros"] == math.floor(0.85 * v["numel"]) for v in layers)
-    else:
-        n = sum(v["numel"] for v in layers)
-        assert abs(sum(v["zeros"] for v in layers) - math.floor(0.85 * n)) <= len(layers)
+    assert_at_target(r.sparsity, 0.85, scope, min_tensors=3)
 
 
 def test_a_network_of_zeros_is_rejected_not_returned():
