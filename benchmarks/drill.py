@@ -153,9 +153,9 @@ def _ts(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def parse_runs(workers: Workers) -> tuple[list[tuple[str, float, float]], list[tuple[str, float]]]:
-    """Each run of a job by a worker process as (job, start, end), and each requeue as (job, time)."""
-    runs, requeues = [], []
+def parse_runs(workers: Workers) -> list[tuple[str, float, float]]:
+    """Each run of a job by a worker process as (job, start, end)."""
+    runs = []
     for log, _, died in workers.runs:
         current: dict[str, float] = {}  # the jobs of the task running now (a batch holds several), from when
         for line in log.read_text(errors="replace").splitlines():
@@ -168,10 +168,8 @@ def parse_runs(workers: Workers) -> tuple[list[tuple[str, float, float]], list[t
             elif msg.startswith("Task rvsm.run_job["):
                 runs.extend((job, start, t) for job, start in current.items())
                 current = {}
-            if (r := re.match(r"job (\w+): lease of .* expired .*: requeue", msg)) is not None:
-                requeues.append((r.group(1), t))
         runs.extend((job, start, died or time.time()) for job, start in current.items())  # killed while running
-    return runs, requeues
+    return runs
 
 
 def overlaps(runs: list[tuple[str, float, float]]) -> int:
@@ -322,7 +320,7 @@ def main() -> None:
     api.wait(timeout=30)
     redis.proc.kill()
 
-    runs, _ = parse_runs(workers)
+    runs = parse_runs(workers)
     with sessions() as s:
         poison_row = s.get(Job, poison)
         poison_desc = f"{poison_row.state} after {poison_row.attempts} attempts: {poison_row.error}"

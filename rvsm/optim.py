@@ -142,14 +142,12 @@ def hard_pull_(params: list[Tensor], grads: list[Tensor], thresholds: list[float
 
 
 @torch.no_grad()
-def starved_threshold(w: Tensor, u: Tensor, min_keep: float) -> float | None:
-    """The floor under a threshold (lambda mode's guard): ``None`` when ``u = T_mu(w)`` keeps at least
+def starved_threshold(w: Tensor, kept: int, min_keep: float) -> float | None:
+    """The floor under a threshold (lambda mode's guard): ``None`` when ``u = T_mu(w)`` keeps (``kept``) at least
     ``k = ceil(min_keep n)`` entries of ``w``; otherwise the hard threshold ``tau`` (the ``(n - k)``-th smallest
     ``|w|``) for which ``w 1{|w| > tau}`` keeps the ``k`` largest (ties aside), so no tensor is zeroed whole."""
     k = math.ceil(min_keep * w.numel())
-    if k == 0 or int(torch.count_nonzero(u)) >= k:
-        return None
-    return _kth_abs(w, w.numel() - k)
+    return None if kept >= k else _kth_abs(w, w.numel() - k)
 
 
 class RVSM:
@@ -241,15 +239,12 @@ class RVSM:
     def _starved(self, ps: list[Tensor], g: dict) -> dict[Tensor, float]:
         """The tensors of group ``g`` that ``T_mu`` would leave with fewer than ``min_keep`` of their entries,
         with the hard threshold that keeps that many (:func:`starved_threshold`)."""
-        if not self.min_keep:
+        if not self.min_keep or not ps:
             return {}
-        out = {}
-        for p in ps:
-            u = threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
-            tau = starved_threshold(p, u, self.min_keep)
-            if tau is not None:
-                out[p] = tau
-        return out
+        us = [threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"]) for p in ps]
+        kept = torch.stack([torch.count_nonzero(u) for u in us]).tolist()  # one device sync per group and step
+        taus = {p: starved_threshold(p, n, self.min_keep) for p, n in zip(ps, kept, strict=True)}
+        return {p: tau for p, tau in taus.items() if tau is not None}
 
     @torch.no_grad()
     def sparse_weights(self) -> dict[Tensor, Tensor]:
@@ -264,7 +259,7 @@ class RVSM:
             for p in g["params"]:
                 tau = starved.get(p)
                 out[p] = threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"]) \
-                    if tau is None else torch.where(p.abs() > tau, p, torch.zeros_like(p))  # fmt: skip
+                    if tau is None else torch.nn.functional.hardshrink(p, tau)  # fmt: skip
         return out
 
     @torch.no_grad()

@@ -236,7 +236,9 @@ class TrainConfig:
         a fifth of the epochs, within what the warm-up and the ramp leave."""
         if self.tail_epochs is not None:
             return self.tail_epochs
-        return min(self.epochs // 5, self.epochs - self.warmup - self.ramp) if self.target is not None else 0
+        if self.target is None or self.algorithm not in ("rvsm", "rvscgd"):
+            return 0
+        return min(self.epochs // 5, self.epochs - self.warmup - self.ramp)
 
     @property
     def gradual(self) -> bool:
@@ -601,7 +603,6 @@ def _train(
                 step_callback(step, steps_per_epoch)
         if isinstance(opt, ADMM):
             opt.update()
-
         lr_now = base.param_groups[0]["lr"]
         sched.step()
         if not math.isfinite(total):
