@@ -16,6 +16,7 @@ COPY rvsm/__init__.py rvsm/__init__.py
 RUN pip install ".[postgres]" && pip uninstall -y rvsm-service
 
 COPY rvsm rvsm
+COPY jobs jobs
 COPY service service
 COPY worker worker
 RUN pip install --no-deps . && useradd --create-home rvsm && mkdir -p /data && chown rvsm /data

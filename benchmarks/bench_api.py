@@ -180,7 +180,7 @@ def cleanup(database_url: str, redis_url: str, queue: str) -> None:
     import redis
     from sqlalchemy import delete, select
 
-    from service.db import Job, MetricPoint, get_sessionmaker
+    from jobs.db import Job, MetricPoint, get_sessionmaker
 
     with get_sessionmaker(database_url)() as s:
         ids = select(Job.id).where(Job.queue == queue)

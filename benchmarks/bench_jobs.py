@@ -56,8 +56,8 @@ class Stack:
     def __init__(self, tmp: Path, redis_url: str) -> None:
         from fastapi.testclient import TestClient
 
+        from jobs.settings import Settings, get_settings
         from service.cli import worker_argv
-        from service.config import Settings, get_settings
         from service.main import create_app
 
         self.queue = f"bench-{uuid.uuid4().hex[:10]}"
@@ -86,7 +86,7 @@ class Stack:
     def finished(self, ids: list[str]) -> int:
         from sqlalchemy import func, select
 
-        from service.db import Job, get_sessionmaker
+        from jobs.db import Job, get_sessionmaker
 
         with get_sessionmaker(self.settings.resolved_database_url)() as s:
             q = select(func.count()).where(Job.id.in_(ids), Job.state.in_(FINISHED))
@@ -95,7 +95,7 @@ class Stack:
     def states(self, ids: list[str]) -> dict[str, int]:
         from sqlalchemy import func, select
 
-        from service.db import Job, get_sessionmaker
+        from jobs.db import Job, get_sessionmaker
 
         with get_sessionmaker(self.settings.resolved_database_url)() as s:
             rows = s.execute(select(Job.state, func.count()).where(Job.id.in_(ids)).group_by(Job.state)).all()
@@ -115,7 +115,7 @@ class Stack:
         stopped process takes to wake up counts on neither side."""
         from sqlalchemy import func, select
 
-        from service.db import Job, get_sessionmaker
+        from jobs.db import Job, get_sessionmaker
 
         os.killpg(self.proc.pid, signal.SIGSTOP)
         try:
@@ -142,7 +142,7 @@ class Stack:
     def inside(self, job_id: str) -> tuple[float, float]:
         """A finished toy job's span in the worker (claimed to finished, from the store) and the solver's time
         inside it (the sum over batch groups of ``final.wall_time_s``, which each run of a group shares)."""
-        from service.db import Job, get_sessionmaker
+        from jobs.db import Job, get_sessionmaker
 
         with get_sessionmaker(self.settings.resolved_database_url)() as s:
             job = s.get(Job, job_id)

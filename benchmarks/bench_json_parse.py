@@ -15,7 +15,7 @@ import time
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 
-from service.config import Settings
+from jobs.settings import Settings
 from service.routers.jobs import _load_json
 
 

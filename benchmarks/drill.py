@@ -46,7 +46,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.db import Job, get_sessionmaker  # noqa: E402
+from jobs.db import Job, get_sessionmaker  # noqa: E402
 
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/\w+\] (.*)$")
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from . import problems
-from .prox import PENALTIES, apply_threshold, penalty_value
+from .prox import PENALTIES, apply_threshold, hard_threshold_s, penalty_value, top_s_mask
 
 ALGORITHMS = ("rvsm", "rvscgd", "aht", "gd", "admm")
 GRADIENTS = ("population", "empirical")
@@ -224,19 +224,6 @@ class ToyRun:
 
 
 # --------------------------------------------------------------------------- helpers
-def top_s_mask(x: Tensor, s: Tensor) -> Tensor:
-    """Boolean mask of the ``s`` largest ``|x|`` per row (``s``: ``(B,)``); ties by position."""
-    order = torch.argsort(x.abs(), dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(x.shape[-1], device=x.device).expand_as(order))
-    return ranks < s.unsqueeze(-1)
-
-
-def hard_threshold_s(x: Tensor, s: Tensor) -> Tensor:
-    """``H_s``: keep the ``s`` largest entries in magnitude of each row, zero the rest."""
-    return x * top_s_mask(x, s)
-
-
 def _norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .prox import PENALTIES, apply_threshold
+from .prox import PENALTIES, apply_threshold, top_s_mask
 
 SCOPES = ("global", "layer")
 
@@ -71,13 +71,15 @@ def magnitude_masks(params: Sequence[Tensor], sparsity: float, *, scope: str = "
     tensor (``"layer"``) or over all tensors together (``"global"``)."""
     _check_target(sparsity, scope)
     if scope == "layer":
-        return [magnitude_mask(p, sparsity) for p in params]
-    flat = torch.cat([p.detach().abs().flatten().float() for p in params])
-    keep = flat.numel() - math.floor(sparsity * flat.numel())
-    order = torch.argsort(flat, descending=True, stable=True)
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    mask[order[:keep]] = True
+        return [_keep_largest(p.detach().flatten(), sparsity).view_as(p) for p in params]
+    mask = _keep_largest(torch.cat([p.detach().abs().flatten().float() for p in params]), sparsity)
     return [m.view_as(p) for m, p in zip(mask.split([p.numel() for p in params]), params, strict=True)]
+
+
+def _keep_largest(flat: Tensor, sparsity: float) -> Tensor:
+    """The mask keeping all but ``floor(sparsity n)`` entries of ``flat``: its largest magnitudes."""
+    keep = flat.numel() - math.floor(sparsity * flat.numel())
+    return top_s_mask(flat.unsqueeze(0), torch.tensor([keep], device=flat.device))[0]
 
 
 def _group_dims(w: Tensor) -> list[int] | int:
@@ -310,19 +312,6 @@ def rvsm_sgd(
 
 
 # ----------------------------------------------------------------------------- baselines
-@torch.no_grad()
-def magnitude_mask(w: Tensor, sparsity: float) -> Tensor:
-    """Keep the ``1 - sparsity`` fraction of entries of largest magnitude (ties by position)."""
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    n = w.numel()
-    keep = n - int(math.floor(sparsity * n))
-    order = torch.argsort(w.abs().flatten(), descending=True, stable=True)
-    mask = torch.zeros(n, dtype=torch.bool, device=w.device)
-    mask[order[:keep]] = True
-    return mask.view_as(w)
-
-
 class ADMM:
     """ADMM pruning (SPEC §4, empirical variant) on top of ``base``.
 

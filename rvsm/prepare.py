@@ -295,11 +295,11 @@ def check(
     else:
         plan = _builtin(spec, checkpoint, shape, cfg, limits)
     plan.data = data
-    if spec.get("algorithm") == "rvscgd" and not plan.architecture.endswith("_binary"):
+    if cfg.algorithm == "rvscgd" and not plan.architecture.endswith("_binary"):
         raise InputError("algorithm", "'rvscgd' trains a binarized architecture (lenet5_binary)")
     if spec.get("params") is not None:
         plan.sparse_names = select_parameters(plan.model, spec["params"])
-    if not plan.sparse_names and spec.get("algorithm", "rvsm") != "sgd":
+    if not plan.sparse_names and cfg.algorithm != "sgd":
         raise InputError("params", "the model has no convolution or linear weights to sparsify; name them in params")
     return plan
 
@@ -316,7 +316,7 @@ def prepare(
     """:func:`check`, then the real data set and model (the worker's half; see the module docstring)."""
     plan = check(spec, limits=limits, checkpoint=checkpoint, dataset_file=dataset_file, datasets_dir=datasets_dir,
                  max_bytes=max_bytes)  # fmt: skip
-    task = spec.get("task", "classification")
+    task = TrainConfig.from_spec(spec).task
     data = plan.data or load_dataset(spec.get("dataset", {}), task=task, datasets_dir=datasets_dir)
     if plan.exported is not None:
         return Prepared(plan.model, fit_inputs(data, plan.exported.inputs), plan.sparse_names, EXPORTED,

@@ -266,6 +266,21 @@ def penalty_value(
     return per.sum(dim=dim if isinstance(dim, int) else tuple(dim))
 
 
+# ----------------------------------------------------------------------------- projection onto s-sparse
+def top_s_mask(x: Tensor, s: Tensor) -> Tensor:
+    """Boolean mask of the ``s`` largest ``|x|`` per row (``s``: ``(B,)``); ties by position (the earlier entry
+    is kept). The one top-k magnitude rule: the toy's ``H_s`` and the pruning masks of :mod:`rvsm.optim` use it."""
+    order = torch.argsort(x.abs(), dim=-1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(x.shape[-1], device=x.device).expand_as(order))
+    return ranks < s.unsqueeze(-1)
+
+
+def hard_threshold_s(x: Tensor, s: Tensor) -> Tensor:
+    """``H_s``: keep the ``s`` largest entries in magnitude of each row, zero the rest."""
+    return x * top_s_mask(x, s)
+
+
 class Threshold:
     """A penalty bound to its parameters, callable as ``T_mu``: ``Threshold("tl1", a=1.0)(x, mu)``."""
 

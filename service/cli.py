@@ -129,7 +129,7 @@ def worker_argv(queues: str, loglevel: str = "info") -> list[str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from service.config import get_settings
+    from jobs.settings import get_settings
 
     if not get_settings().broker_url:
         _err("RVSM_BROKER_URL is not set: a worker needs the broker the API queues jobs on (or use `rvsm serve`)")
@@ -141,8 +141,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.config import get_settings
-    from service.floors import check_torch
+    from jobs.floors import check_torch
+    from jobs.settings import get_settings
     from service.supervisor import DataDirBusy, Supervisor, lock_data_dir
 
     try:

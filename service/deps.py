@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from .config import Settings, get_settings
-from .db import get_sessionmaker
+from jobs.db import get_sessionmaker
+from jobs.settings import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

@@ -14,9 +14,8 @@ from typing import Any
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
 
+from jobs.settings import Settings, get_settings
 from rvsm.boundedjson import json_shape as json_shape  # one source; the API checks bodies with it
-
-from .config import Settings, get_settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -13,12 +13,13 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs import reconciler
+from jobs.db import get_engine
+from jobs.floors import check_torch
+from jobs.settings import get_settings
 from rvsm import __version__, sandbox
 
-from . import errors, reconciler
-from .config import get_settings
-from .db import get_engine
-from .floors import check_torch
+from . import errors
 from .limits import BodyLimit
 from .openapi import install_openapi
 from .routers import health, jobs, prometheus, ui
@@ -30,7 +31,7 @@ log = logging.getLogger("service")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     check_torch()
     settings = app.dependency_overrides.get(get_settings, get_settings)()
-    # one number sizes both: the threads that run blocking endpoints, and the database pool (service.db)
+    # one number sizes both: the threads that run blocking endpoints, and the database pool (jobs.db)
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
     try:
         get_engine(settings.resolved_database_url)  # creates the tables

@@ -1,5 +1,11 @@
 """The convergence plot of a toy result: L_beta and theta(w^t, w*) against the iteration.
 
+A toy job's ``convergence.png`` is not drawn by the worker (matplotlib took most of a small job's time):
+the API draws it the first time anyone lists the job's artifacts or asks for the plot
+(:func:`artifacts_with_plot`), writes it atomically next to the result and records it as an artifact
+like any other, with the sha256 and size of the file written. From then on it is served from the file.
+Two first requests at once both draw the same picture; one row is kept.
+
 One run, or a sweep of at most :data:`LINES_MAX` runs: a line per run, each its own colour. A larger
 sweep: the median over runs and the band between the 10% and 90% quantiles, on a common grid of
 iterations (a run that stopped early, converged or diverged, holds its last value; undefined points are
@@ -11,15 +17,24 @@ and not thread-safe, and API threads may draw at the same time.
 from __future__ import annotations
 
 import io
+import json
+import logging
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from jobs.db import Artifact, Job
+from jobs.layout import COLUMNS, PLOT, job_dir, record
 
 LINES_MAX = 10  # tab10 has ten distinct colours
 GRID_POINTS = 200
 BAND = (0.1, 0.5, 0.9)
 _DRAWING = threading.Lock()
+log = logging.getLogger("rvsm.api")
 
 
 def convergence_png(result: dict, columns: dict[str, np.ndarray] | None = None) -> bytes:
@@ -102,3 +117,39 @@ def _sweep(axes, result: dict, columns: dict[str, np.ndarray]) -> None:  # noqa:
         if log:
             ax.set_yscale("log")
         ax.legend(fontsize=7, title=f"{len(runs)} runs", title_fontsize=7)
+
+
+def artifacts_with_plot(session: Session, root: Path, job: Job, rows: list[Artifact]) -> list[Artifact]:
+    """``rows`` (the job's artifacts), with ``convergence.png`` drawn and recorded first if the job is a
+    succeeded toy job without one."""
+    if job.kind != "toy" or job.state != "succeeded" or not job.result_path or any(a.name == PLOT for a in rows):
+        return rows
+    try:
+        art = record(root, job.id, PLOT, draw_plot(root, job))
+    except (OSError, ValueError) as e:  # its files are gone (deleted meanwhile) or unreadable: list what is there
+        log.warning("job %s: no %s: %s: %s", job.id, PLOT, type(e).__name__, e)
+        return rows
+    session.add(art)
+    try:
+        session.commit()
+    except IntegrityError:  # drawn by another request at the same time, or the job was deleted meanwhile
+        session.rollback()
+        drawn = session.get(Artifact, (job.id, PLOT))
+        if drawn is None:
+            return rows
+        art = drawn
+    return sorted([*rows, art], key=lambda a: a.name)
+
+
+def draw_plot(root: Path, job: Job) -> bytes:
+    """The plot of a finished toy job, from its ``result.json`` (and a sweep's ``runs.safetensors``)."""
+    if not job.result_path:
+        raise ValueError(f"job {job.id} has no result")
+    result = json.loads((root / job.result_path).read_bytes())
+    columns = None
+    if "runs" in result and (job_dir(root, job.id) / COLUMNS).exists():  # a sweep stored before columns: traces
+        from safetensors import safe_open
+
+        with safe_open(job_dir(root, job.id) / COLUMNS, framework="np") as f:
+            columns = {k: f.get_tensor(k) for k in f.keys() if k.startswith("trace.")}  # noqa: SIM118
+    return convergence_png(result, columns)

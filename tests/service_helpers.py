@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from jobs.states import TERMINAL
 from service.broker import redis_server
 from service.cli import worker_argv
-from service.states import TERMINAL
 
 REDIS_URL = os.environ.get("RVSM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("RVSM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -31,7 +31,7 @@ def make_client(tmp: Path, queue: str, **overrides: object):
     """The real ASGI app on a test's own store, artifact directory and queue (``overrides``: more Settings)."""
     from fastapi.testclient import TestClient
 
-    from service.config import Settings, get_settings
+    from jobs.settings import Settings, get_settings
     from service.main import create_app
 
     values: dict = dict(data_dir=tmp, database_url=f"sqlite:///{tmp / 'jobs.db'}", artifact_dir=tmp / "artifacts",
@@ -102,7 +102,7 @@ def submit_job(client, spec: dict, **files: tuple[str, bytes]):  # noqa: ANN001,
 
 
 def wait_done(client, job_id: str, timeout: float = 300) -> dict:  # noqa: ANN001
-    """The job once it is in one of the state machine's terminal states (``service.states.TERMINAL``)."""
+    """The job once it is in one of the state machine's terminal states (``jobs.states.TERMINAL``)."""
 
     def check() -> dict | None:
         j = client.get(f"/v1/jobs/{job_id}").json()
@@ -193,7 +193,7 @@ class RedisServer:
 
 def holder_pid(database_url: str, job_id: str) -> int | None:
     """The pid of the worker process holding a job, from the store (its ``worker`` is ``host:pid:tag``)."""
-    from service.db import Job, get_sessionmaker
+    from jobs.db import Job, get_sessionmaker
 
     with get_sessionmaker(database_url)() as s:
         job = s.get(Job, job_id)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rvsm import algorithms, problems
+from rvsm import algorithms, problems, prox
 from rvsm.toy import SpecError, config_from_spec, run_spec
 
 PAPER = {"k": 2, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "tol": 1e-14, "max_iters": 20000, "log_every": 1}
@@ -209,7 +209,7 @@ def test_time_budget_stops_the_run():
 
 def test_top_s_mask_per_row():
     x = torch.tensor([[0.1, -3.0, 2.0, 0.0], [5.0, 1.0, -1.5, 0.2]])
-    m = algorithms.top_s_mask(x, torch.tensor([1, 3]))
+    m = prox.top_s_mask(x, torch.tensor([1, 3]))
     assert m.tolist() == [[False, True, False, False], [True, True, True, False]]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings, get_settings
+from jobs.settings import Settings, get_settings
 from service.main import create_app
 from tests.service_helpers import REDIS_URL, unique_queue
 

@@ -12,8 +12,8 @@ import pytest
 import redis
 from sqlalchemy import update
 
+from jobs.db import Job, get_sessionmaker, utcnow
 from rvsm.toy import config_from_spec, run_batch, run_spec
-from service.db import Job, get_sessionmaker, utcnow
 from tests.service_helpers import POSTGRES_URL, REDIS_URL, make_client, unique_queue
 from worker import batches
 from worker.jobs import execute

@@ -72,7 +72,7 @@ def test_pages_load_only_this_service_and_carry_a_policy(tmp_path):
 def test_a_wheel_ships_the_dashboard(tmp_path):
     """A non-editable install has the pages: the wheel carries every file under service/static."""
     src = tmp_path / "src"
-    for name in ("rvsm", "service", "worker"):
+    for name in ("rvsm", "jobs", "service", "worker"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -82,6 +82,7 @@ def test_a_wheel_ships_the_dashboard(tmp_path):
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("service/static/")}
     expected = {f"service/static/{p.relative_to(STATIC)}" for p in STATIC.rglob("*") if p.is_file()}
     assert shipped == expected
+    assert {"jobs/states.py", "worker/tasks.py", "rvsm/prox.py"} <= set(zipfile.ZipFile(wheel).namelist())
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import redis
 
+from jobs.settings import Settings
 from rvsm import data as rdata
 from rvsm.datashape import DIGITS
 from rvsm.prepare import CheckpointLimits, check
-from service.config import Settings
 from tests import service_helpers as helpers
 
 VGG_MILLION = {"kind": "checkpoint", "architecture": "vgg16", "epochs": 1,

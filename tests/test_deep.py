@@ -62,7 +62,7 @@ def test_rvsm_groups_default_and_override():
 
 def test_magnitude_mask_and_admm_projection():
     w = torch.tensor([[0.1, -5.0], [3.0, 0.2]])
-    assert optim.magnitude_mask(w, 0.5).tolist() == [[False, True], [True, False]]
+    assert optim.magnitude_masks([w], 0.5)[0].tolist() == [[False, True], [True, False]]
     p = torch.nn.Parameter(torch.randn(10, 10))
     admm = optim.ADMM(torch.optim.SGD([p], lr=0.1), [p], rho=0.1, sparsity=0.9)
     assert int((admm.z[0] != 0).sum()) == 10

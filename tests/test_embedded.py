@@ -234,7 +234,7 @@ def test_serve_replaces_a_killed_worker_and_ctrl_c_then_a_restart_finishes_the_r
     finally:
         if proc.poll() is None:
             proc.kill()
-    from service.db import Job, get_sessionmaker
+    from jobs.db import Job, get_sessionmaker
 
     with get_sessionmaker(f"sqlite:///{(tmp_path / 'data' / 'rvsm.db').resolve()}")() as s:
         assert s.get(Job, job_id).state == "queued"  # handed back, not left running

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jobs.settings import Settings
 from rvsm.toy import SpecError, ToyLimits, run_spec, validate_spec
-from service.config import Settings
 from service.plots import convergence_png
 from service.schemas import ToySpecCreate
 from tests.service_helpers import REDIS_URL, make_client, unique_queue

@@ -25,8 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from service.config import Settings, get_settings
-from service.floors import check_torch
+from jobs.floors import check_torch
+from jobs.settings import Settings, get_settings
 from service.limits import MULTIPART_OVERHEAD, json_shape
 from service.main import create_app
 from tests.service_helpers import REDIS_URL, ROOT, free_port, make_client, python, unique_queue, wait_for

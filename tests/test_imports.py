@@ -26,12 +26,29 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_packages_point_one_way_worker_service_rvsm():
-    """worker -> service -> rvsm: nothing in service/ imports worker/, nothing in rvsm/ imports either."""
-    for package, forbidden in (("service", ("worker",)), ("rvsm", ("worker", "service"))):
+PACKAGES = ("rvsm", "jobs", "service", "worker")
+MAY_IMPORT = {"rvsm": set(), "jobs": {"rvsm"}, "service": {"jobs", "rvsm"}, "worker": {"jobs", "rvsm"}}
+
+
+def test_packages_point_one_way():
+    """worker -> jobs, service -> jobs, all -> rvsm: jobs imports only rvsm, rvsm none of the others, and
+    nothing imports service but service itself (relative imports stay inside their package)."""
+    for package, allowed in MAY_IMPORT.items():
         for path in sorted((ROOT / package).rglob("*.py")):
-            bad = {m for m in _imports(path) if m.split(".")[0] in forbidden}
+            ours = {m for m in _imports(path) if m.split(".")[0] in PACKAGES and m.split(".")[0] != package}
+            bad = {m for m in ours if m.split(".")[0] not in allowed}
             assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_worker_and_the_job_core_load_no_web_package():
+    code = (
+        "import sys, jobs.states, jobs.reconciler, jobs.queue, jobs.layout, jobs.counters, worker.tasks, worker.jobs;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'fastapi', 'starlette', "
+        "'prometheus_client', 'matplotlib'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_importing_the_service_loads_no_worker_and_builds_no_celery_app():

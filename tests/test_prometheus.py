@@ -9,8 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete
 
-from service import telemetry
-from service.db import Counter, get_sessionmaker
+from jobs import counters
+from jobs.db import Counter, get_sessionmaker
 
 from .service_helpers import POSTGRES_URL, Worker, make_client, service_env, unique_queue, wait_for
 
@@ -63,7 +63,7 @@ def test_metrics_count_a_job_through_its_states(tmp_path):
     labels = {"kind": "toy", "state": "succeeded"}
     assert value(after, "rvsm_job_run_seconds_count", **labels) == 1
     assert 0 < value(after, "rvsm_job_run_seconds_sum", **labels) < 120
-    les = [repr(float(le)) for le in telemetry.RUN_BUCKETS] + ["+Inf"]
+    les = [repr(float(le)) for le in counters.RUN_BUCKETS] + ["+Inf"]
     buckets = [value(after, "rvsm_job_run_seconds_bucket", le=le, **labels) for le in les]
     assert buckets == sorted(buckets) and buckets[-1] == 1 and buckets[0] <= 1
 
@@ -86,15 +86,15 @@ def test_counters_add_up_from_several_sessions(tmp_path, store):
     try:
         for n in (1, 2.5):
             with sessions() as s:
-                telemetry.bump(s, name, n / 2, event="x")
-                telemetry.bump(s, name, n / 2, event="x")
+                counters.bump(s, name, n / 2, event="x")
+                counters.bump(s, name, n / 2, event="x")
                 s.commit()
         with sessions() as s:
-            telemetry.bump(s, name, 100, event="x")
+            counters.bump(s, name, 100, event="x")
             s.rollback()
             s.commit()
         with sessions() as s:
-            assert s.get(Counter, telemetry._key(name, {"event": "x"})).value == 3.5
+            assert s.get(Counter, counters._key(name, {"event": "x"})).value == 3.5
     finally:
         with sessions() as s:
             s.execute(delete(Counter).where(Counter.key.startswith(name)))

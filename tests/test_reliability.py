@@ -11,8 +11,8 @@ import os
 import signal
 import time
 
-from service.config import Settings
-from service.queue import enqueue
+from jobs.queue import enqueue
+from jobs.settings import Settings
 from service.supervisor import Supervisor
 from tests.service_helpers import (
     RedisServer,
@@ -149,11 +149,11 @@ def test_broker_restarted_empty_and_a_crash_before_publish_lose_no_job(tmp_path)
             redis.restart_empty()  # every message gone while the jobs are queued
             assert redis.command("LLEN", queue).startswith(b":0")
             # and one job whose API died between the commit and the publish: a row with no message
-            from service import store
-            from service.db import get_sessionmaker
+            from jobs import states
+            from jobs.db import get_sessionmaker
 
             with get_sessionmaker(_db(tmp_path))() as s:
-                orphan = store.new_job(s, kind="toy", spec=SHORT, owner=None, queue=queue, max_iters=200,
+                orphan = states.new_job(s, kind="toy", spec=SHORT, owner=None, queue=queue, max_iters=200,
                                        dispatch_s=2).id  # fmt: skip
             worker = Worker(env, queue, tmp_path / "w.log")
             for job_id in [*ids, orphan]:
@@ -237,8 +237,8 @@ def test_the_api_alone_requeues_a_job_whose_worker_died(tmp_path):
     the API's own sweep within a few intervals; the first worker to start then runs it."""
     import redis as redis_client
 
-    from service import states
-    from service.db import get_sessionmaker
+    from jobs import states
+    from jobs.db import get_sessionmaker
     from tests.service_helpers import REDIS_URL
 
     queue = unique_queue("rel-api")

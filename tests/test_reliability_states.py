@@ -1,4 +1,4 @@
-"""The job lifecycle (service.states) on a real SQLite store: every write is conditional, so of two
+"""The job lifecycle (jobs.states) on a real SQLite store: every write is conditional, so of two
 actors racing for the same transition exactly one wins."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import datetime as dt
 
 import pytest
 
-from service import states
-from service.db import Job, get_sessionmaker, utcnow
-from service.states import JobState
+from jobs import states
+from jobs.db import Job, get_sessionmaker, utcnow
+from jobs.states import JobState
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_tables_created_by_two_starting_processes_at_once(tmp_path):
 
 
 def _open_store(url: str) -> None:
-    from service.db import get_engine
+    from jobs.db import get_engine
 
     get_engine(url)
 

@@ -23,7 +23,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from service.config import Settings, get_settings
+from jobs.settings import Settings, get_settings
 from service.main import create_app
 from tests.service_helpers import REDIS_URL, unique_queue
 

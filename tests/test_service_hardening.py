@@ -33,10 +33,10 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import store
-from service.artifacts import record
-from service.config import Settings, get_settings
-from service.db import Job, get_sessionmaker
+from jobs import states
+from jobs.db import Job, get_sessionmaker
+from jobs.layout import record
+from jobs.settings import Settings, get_settings
 from service.deps import SettingsDep, get_session
 from service.main import create_app
 from tests.service_helpers import POSTGRES_URL, REDIS_URL, free_port, unique_queue, wait_for
@@ -216,7 +216,7 @@ def test_an_unexpected_error_is_a_json_500_naming_only_its_type(tmp_path, queue,
         def broken(*_a: object, **_k: object) -> None:
             raise RuntimeError("secret: /etc/rvsm/password")
 
-        monkeypatch.setattr(store, "get_job", broken)
+        monkeypatch.setattr(states, "get_job", broken)
         r = c.get(f"/v1/jobs/{job_id}")
         body = error_shape(r, 500, "RuntimeError")
         assert "secret" not in r.text, body
@@ -224,7 +224,7 @@ def test_an_unexpected_error_is_a_json_500_naming_only_its_type(tmp_path, queue,
         def constraint(*_a: object, **_k: object) -> None:  # a database error that is no outage: a bug, a 500
             raise IntegrityError("INSERT ...", {}, Exception("duplicate key"))
 
-        monkeypatch.setattr(store, "get_job", constraint)
+        monkeypatch.setattr(states, "get_job", constraint)
         error_shape(c.get(f"/v1/jobs/{job_id}"), 500, "IntegrityError")
 
 

@@ -13,8 +13,8 @@ import pytest
 import safetensors.numpy
 from fastapi.testclient import TestClient
 
+from jobs.settings import Settings, get_settings
 from rvsm.toy import merge_columns
-from service.config import Settings, get_settings
 from service.main import create_app
 from tests import service_helpers as helpers
 from tests.service_helpers import (

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from jobs.db import get_engine, pool_options
+from jobs.layout import COLUMNS, PLOT
 from rvsm.toy import merge_columns, run_spec, run_spec_columnar
-from service.artifacts import COLUMNS, PLOT
-from service.db import get_engine, pool_options
 from service.plots import LINES_MAX, convergence_png
 from service.schemas import ToySweepResult
 from tests.service_helpers import REDIS_URL, make_client, unique_queue

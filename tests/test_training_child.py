@@ -18,11 +18,11 @@ import pytest
 import torch
 from torch import nn
 
-from service import store
-from service.artifacts import job_dir, write_atomic
-from service.config import get_settings
-from service.db import get_sessionmaker
-from service.queue import enqueue
+from jobs import states
+from jobs.db import get_sessionmaker
+from jobs.layout import job_dir, write_atomic
+from jobs.queue import enqueue
+from jobs.settings import get_settings
 from tests import service_helpers as helpers
 from tests.service_helpers import Worker, service_env, unique_queue, wait_for
 from tests.user_models import export
@@ -87,7 +87,7 @@ def put_job(client, spec: dict, checkpoint: bytes, dataset: bytes, poison: Path 
     """A queued job written straight into the store and the queue, past the API's checks."""
     settings = client.app.dependency_overrides[get_settings]()
     with get_sessionmaker(settings.resolved_database_url)() as s:
-        job = store.new_job(s, kind="checkpoint", spec=spec | {"has_checkpoint": True, "has_dataset_file": True},
+        job = states.new_job(s, kind="checkpoint", spec=spec | {"has_checkpoint": True, "has_dataset_file": True},
                             owner=None, queue=settings.checkpoint_queue, max_iters=1, dispatch_s=60)  # fmt: skip
         job_id = job.id
     inputs = job_dir(settings.resolved_artifact_dir, job_id) / "inputs"

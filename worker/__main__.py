@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from service.config import get_settings
-from service.floors import check_torch
+from jobs.floors import check_torch
+from jobs.settings import get_settings
 
 from .celery_app import make_app
 

@@ -12,7 +12,7 @@ grid it would have alone), never have been started (a job whose worker was lost,
 runs alone from then on), and together stay within the toy cap on
 configurations x ``d``, and their traces within a sweep's total (:data:`rvsm.algorithms.TRACE_POINTS_TOTAL`).
 ``RVSM_BATCH_JOBS`` caps the jobs of one batch (1: no batching). A batch is held under one name ending in
-:data:`service.states.BATCH`; if its worker is lost, the reconciler requeues its jobs without counting the
+:data:`jobs.states.BATCH`; if its worker is lost, the reconciler requeues its jobs without counting the
 attempt (nobody knows which job killed it), and each runs alone after: a poison job then fails by itself,
 having cost its mates a rerun and no attempt.
 """
@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import logging
 import traceback
-from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from jobs import states
+from jobs.db import Job, get_sessionmaker
+from jobs.layout import RESULTS, result_path
+from jobs.settings import Settings
 from rvsm.algorithms import TRACE_POINTS_PER_RUN, TRACE_POINTS_TOTAL
 from rvsm.toy import SpecError, config_from_spec, run_batch
-from service import store
-from service.config import Settings
-from service.db import Job, get_sessionmaker
 
 from .outcomes import End, conclude, poison_check, result_json, save, summarize_toy
 from .progress import Released, Reporter, Stop
@@ -53,14 +53,14 @@ def claim_mates(
 ) -> tuple[list[tuple[str, dict]], str]:
     """Claim queued jobs to run as one batch with ``job`` (just claimed by ``worker``, for the ``first`` time):
     ``([(id, spec)], holder)``, oldest first, and the name the batch is held under (``job``'s too, from now
-    on: :func:`service.states.join_batch`); no mates unless ``job`` is a batchable toy job never started before."""
+    on: :func:`jobs.states.join_batch`); no mates unless ``job`` is a batchable toy job never started before."""
     # the batch's traces stay within what one sweep may keep (each run may log up to max_iters + 1 points)
     most = min(settings.batch_jobs, TRACE_POINTS_TOTAL // min(TRACE_POINTS_PER_RUN, job.max_iters + 1))
     if most < 2 or not first or job.kind != "toy" or not batchable(job.spec):
         return [], worker
     widest: int = job.spec["d"]
     chosen: list[tuple[str, dict]] = []
-    for job_id, spec in store.batch_candidates(session, queue=job.queue, max_iters=job.max_iters,
+    for job_id, spec in states.batch_candidates(session, queue=job.queue, max_iters=job.max_iters,
                                                limit=2 * most):  # fmt: skip
         width = max(widest, spec["d"]) if batchable(spec) else 0
         if not width or (len(chosen) + 2) * width > settings.toy_elements_cap:
@@ -69,10 +69,10 @@ def claim_mates(
         widest = width
         if len(chosen) + 1 == most:
             break
-    batch = store.join_batch(session, job.id, worker, settings.lease_s) if chosen else None
+    batch = states.join_batch(session, job.id, worker, settings.lease_s) if chosen else None
     if batch is None:
         return [], worker
-    held = set(store.claim_all(session, [j for j, _ in chosen], batch, settings.lease_s))
+    held = set(states.claim_all(session, [j for j, _ in chosen], batch, settings.lease_s))
     return [(j, spec) for j, spec in chosen if j in held], batch
 
 
@@ -99,7 +99,7 @@ def run_together(settings: Settings, worker: str, jobs: list[tuple[str, dict]]) 
             reporter.check_shutdown()  # the last points are written with each finish, not in a flush of their own
         except Released:
             with get_sessionmaker(settings.resolved_database_url)() as s:
-                n = store.release_all(s, [j for j, _ in jobs], worker)
+                n = states.release_all(s, [j for j, _ in jobs], worker)
             log.info("jobs %s and %d more: worker shutting down; %d handed back", jobs[0][0], len(jobs) - 1, n)
             return ["released"] * len(jobs)
         except Stop:  # every job was cancelled, deleted or taken over
@@ -118,6 +118,6 @@ def _end(settings: Settings, job_id: str, result: dict | None) -> End:
     """How one job of a batch ends; ``result`` ``None``: it was cancelled, deleted or taken over meanwhile."""
     if result is None:
         return End(job_id, "cancelled")
-    arts = save(settings, job_id, {"result.json": result_json(result)})
-    return End(job_id, "succeeded", result_path=str(Path(job_id) / "result.json"), summary=summarize_toy(result),
+    arts = save(settings, job_id, {RESULTS["toy"]: result_json(result)})
+    return End(job_id, "succeeded", result_path=result_path(job_id, "toy"), summary=summarize_toy(result),
                artifacts=arts)  # fmt: skip

@@ -1,6 +1,6 @@
 """The workers' Celery app, built on demand by :func:`make_app` (nothing is built at import time).
 
-It consumes the queue contract of :mod:`service.queue` (task name, queues, broker options). Delivery:
+It consumes the queue contract of :mod:`jobs.queue` (task name, queues, broker options). Delivery:
 ``acks_late`` and prefetch 1, so a worker holds at most one message and acknowledges it when its job
 is done. What protects a job is not the message but the job store: a worker that dies (SIGKILL, out
 of memory) leaves its job ``running`` under a lease that stops being renewed, and the reconciler
@@ -15,9 +15,9 @@ import threading
 
 from celery import Celery, signals
 
+from jobs.queue import base_config
+from jobs.settings import Settings
 from rvsm import sandbox
-from service.config import Settings
-from service.queue import base_config
 
 from . import reconciler
 from .progress import shutting_down

@@ -21,16 +21,15 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import save as safetensors_save
 
+from jobs.layout import CHECKPOINT_INPUT, RESULTS, RESUME, dataset_input, inputs_dir, resume_path, write_atomic
+from jobs.settings import Settings
 from rvsm import exported, sandbox, sparse_io
 from rvsm.algorithms import default_device
 from rvsm.inputs import rows
 from rvsm.prepare import Prepared, prepare
 from rvsm.train import TrainConfig, TrainResult, train
-from service.artifacts import job_dir, write_atomic
-from service.config import Settings
 
 sandbox.preload(__name__)  # the fork server imports this module once; each training child starts with it
-RESUME = "resume.pt"
 CHILD_POISON_ENV = "RVSM_TEST_CHILD_SEGV"
 
 
@@ -43,15 +42,11 @@ class Progress(Protocol):
     def check(self) -> None: ...
 
 
-def resume_path(settings: Settings, job_id: str) -> Path:
-    return job_dir(settings.resolved_artifact_dir, job_id) / RESUME
-
-
 def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Progress) -> tuple[dict, dict]:
     """Train the job in a confined child process of its own (:mod:`rvsm.sandbox`: the uploaded graph never runs
     in the worker, and the child holds this job's data only); returns its artifact files (name -> bytes) and a
     summary for the job row. The child sends progress, resume state and files; this process writes them."""
-    rpath = resume_path(settings, job_id)
+    rpath = resume_path(settings.resolved_artifact_dir, job_id)
     files: dict[str, bytes] = {}
 
     def on_message(kind: str, value: Any, blobs: dict[str, bytes]) -> None:
@@ -80,16 +75,16 @@ class TrainingFailed(RuntimeError):
 def _train(job_id: str, spec: dict, settings: Settings, *, send: Callable[..., None]) -> dict:
     """The child's half of :func:`run_checkpoint_job`: prepare, train, write nothing, send everything."""
     _child_poison_check(job_id)
-    inputs = job_dir(settings.resolved_artifact_dir, job_id) / "inputs"
-    upload = next(iter(sorted(inputs.glob("dataset.*"))), None) if spec.get("has_dataset_file") else None
-    blob = (inputs / "checkpoint.bin").read_bytes() if spec.get("has_checkpoint") else None
-    torch.manual_seed(spec.get("seed", 0))
+    root = settings.resolved_artifact_dir
+    upload = dataset_input(root, job_id) if spec.get("has_dataset_file") else None
+    blob = (inputs_dir(root, job_id) / CHECKPOINT_INPUT).read_bytes() if spec.get("has_checkpoint") else None
+    torch.manual_seed(TrainConfig.from_spec(spec).seed)
     prep = prepare(spec, limits=settings.checkpoint_limits(), checkpoint=blob, dataset_file=upload,
                    datasets_dir=settings.datasets_dir, max_bytes=settings.max_upload_bytes)  # fmt: skip
     cfg = TrainConfig.from_spec(spec | {"params": prep.sparse_names})
     device = torch.device(settings.device) if settings.device else default_device()
 
-    rpath = resume_path(settings, job_id)
+    rpath = resume_path(settings.resolved_artifact_dir, job_id)
     resume = torch.load(rpath, map_location=device, weights_only=True) if rpath.exists() else None
     t_start = time.monotonic()
     first_epoch = resume["epoch"] if resume else 0
@@ -190,5 +185,5 @@ def _outputs(
         "collapsed": result.collapsed,
         "resumed_from_epoch": result.resumed_from_epoch,
     }
-    files["report.json"] = json.dumps(report, allow_nan=False, indent=1).encode()
+    files[RESULTS["checkpoint"]] = json.dumps(report, allow_nan=False, indent=1).encode()
     return files, summary

@@ -15,14 +15,13 @@ import os
 import socket
 import traceback
 import uuid
-from pathlib import Path
 
+from jobs import states
+from jobs.db import get_sessionmaker
+from jobs.layout import COLUMNS, RESULTS, result_path
+from jobs.settings import Settings, get_settings
 from rvsm.errors import InputError
 from rvsm.toy import SpecError, run_spec_columnar
-from service import store
-from service.artifacts import COLUMNS
-from service.config import Settings, get_settings
-from service.db import get_sessionmaker
 
 from .batches import claim_mates, run_together
 from .checkpoint_jobs import run_checkpoint_job
@@ -35,7 +34,7 @@ log = logging.getLogger("rvsm.worker")
 def toy_files(spec: dict, settings: Settings, reporter: Reporter) -> tuple[dict[str, bytes], dict]:
     """Run a toy job: ``result.json`` (a large sweep's: a summary per run; any sweep's: a ``columns`` link)
     and, for a sweep, ``runs.safetensors`` with every run's trace and vectors (:func:`rvsm.toy.run_spec_columnar`).
-    The plot is drawn later, by the API, when first asked for (:mod:`service.artifacts`)."""
+    The plot is drawn later, by the API, when first asked for (:mod:`jobs.layout`)."""
     from safetensors.torch import save as save_tensors
 
     result, columns = run_spec_columnar(spec, device=settings.device, callback=reporter)
@@ -51,7 +50,7 @@ def toy_files(spec: dict, settings: Settings, reporter: Reporter) -> tuple[dict[
             "tensors": {name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
                         for name, t in columns.items()},
         }  # fmt: skip
-    files["result.json"] = result_json(result)
+    files[RESULTS["toy"]] = result_json(result)
     return files, summarize_toy(result)
 
 
@@ -60,7 +59,7 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with get_sessionmaker(settings.resolved_database_url)() as s:
-        claimed = store.claim(s, job_id, worker, settings.lease_s)
+        claimed = states.claim(s, job_id, worker, settings.lease_s)
         if claimed is None:
             log.info("job %s: not claimable (finished, cancelled, deleted or held by a live worker)", job_id)
             return "skipped"
@@ -90,15 +89,13 @@ def run_claimed(settings: Settings, worker: str, job_id: str, spec: dict, kind: 
         reporter.check_shutdown()
         if kind == "checkpoint":
             files, end.summary = run_checkpoint_job(job_id, spec, settings, reporter)
-            result_name = "report.json"
         else:
             files, end.summary = toy_files(spec, settings, reporter)
-            result_name = "result.json"
         end.artifacts = save(settings, job_id, files)
-        end.result_path = str(Path(job_id) / result_name)
+        end.result_path = result_path(job_id, kind)
     except Released:
         with get_sessionmaker(settings.resolved_database_url)() as s:
-            released = store.release(s, job_id, worker)
+            released = states.release(s, job_id, worker)
         log.info("job %s: worker shutting down; handed back to the queue: %s", job_id, released)
         return "released"
     except Stop:

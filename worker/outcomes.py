@@ -13,12 +13,10 @@ from pathlib import Path
 
 import orjson
 
-from service import store
-from service.artifacts import job_dir, record
-from service.config import Settings
-from service.db import Artifact, Job, get_sessionmaker
-
-from .checkpoint_jobs import resume_path
+from jobs import states
+from jobs.db import Artifact, Job, get_sessionmaker
+from jobs.layout import job_dir, record, resume_path
+from jobs.settings import Settings
 
 log = logging.getLogger("rvsm.worker")
 # Test-only fault injection, never reachable through the API: a file listing job ids (one a line);
@@ -60,7 +58,7 @@ def save(settings: Settings, job_id: str, files: dict[str, bytes]) -> list[Artif
 
 @dataclass
 class End:
-    """How one job ends (see :func:`service.states.finish`)."""
+    """How one job ends (see :func:`jobs.states.finish`)."""
 
     job_id: str
     state: str
@@ -76,7 +74,7 @@ def conclude(settings: Settings, worker: str, ends: list[End]) -> list[str]:
     the job is no longer this worker's (then a deleted job's files are removed too)."""
     sessions = get_sessionmaker(settings.resolved_database_url)
     with sessions() as s:
-        done = [store.finish(s, e.job_id, worker, state=e.state, error=e.error, result_path=e.result_path,
+        done = [states.finish(s, e.job_id, worker, state=e.state, error=e.error, result_path=e.result_path,
                              summary=e.summary, artifacts=e.artifacts, points=e.points, commit=False)
                 for e in ends]  # fmt: skip
         s.commit()
@@ -91,7 +89,7 @@ def conclude(settings: Settings, worker: str, ends: list[End]) -> list[str]:
             outcomes.append("dropped")
             continue
         if e.state != "failed":  # a finished job needs no resume point (a failed one keeps it for a retry)
-            resume_path(settings, e.job_id).unlink(missing_ok=True)
+            resume_path(settings.resolved_artifact_dir, e.job_id).unlink(missing_ok=True)
         log.info("job %s: %s", e.job_id, e.state)
         outcomes.append(e.state)
     return outcomes

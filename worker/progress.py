@@ -9,9 +9,9 @@ import logging
 import threading
 import time
 
-from service import store
-from service.config import Settings
-from service.db import get_sessionmaker
+from jobs import states
+from jobs.db import get_sessionmaker
+from jobs.settings import Settings
 
 log = logging.getLogger("rvsm.worker")
 LIVE_METRICS = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "nnz_u")
@@ -113,7 +113,7 @@ class Reporter:
                 points = self.take(job)
                 if job in self.stopped:
                     continue
-                if not store.report_progress(s, job, self.worker, lease_s=self.settings.lease_s, points=points,
+                if not states.report_progress(s, job, self.worker, lease_s=self.settings.lease_s, points=points,
                                              commit=False, **self.states[job]):  # fmt: skip
                     self.stopped.add(job)
             s.commit()
@@ -147,7 +147,7 @@ class Heartbeat:
         while not self._stop.wait(self.settings.lease_s / 3):
             try:
                 with sessions() as s:
-                    if not store.renew_all(s, self.ids, self.worker, self.settings.lease_s):
+                    if not states.renew_all(s, self.ids, self.worker, self.settings.lease_s):
                         return  # finished, cancelled, deleted or taken over: the jobs' own checks stop them
             except Exception as e:  # the store is briefly unreachable: try again next beat
                 log.warning("jobs %s: lease renewal failed: %s: %s", self.ids[0], type(e).__name__, e)

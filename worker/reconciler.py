@@ -1,5 +1,5 @@
 """The worker's reconciler thread: every ``RVSM_REAPER_INTERVAL_S`` it says this worker is alive (``rvsm_workers_alive``
-in ``/metrics``) and sweeps the job store (:func:`service.reconciler.sweep`: lost leases requeued or given up,
+in ``/metrics``) and sweeps the job store (:func:`jobs.reconciler.sweep`: lost leases requeued or given up,
 lost messages published again). The API sweeps too, so recovery never waits for a worker to start.
 """
 
@@ -11,9 +11,9 @@ import socket
 import threading
 from collections.abc import Sequence
 
-from service import reconciler, telemetry
-from service.config import Settings
-from service.db import get_sessionmaker
+from jobs import counters, reconciler
+from jobs.db import get_sessionmaker
+from jobs.settings import Settings
 
 _started = threading.Event()
 
@@ -21,7 +21,7 @@ _started = threading.Event()
 def beat(settings: Settings, queues: Sequence[str]) -> None:
     """This worker process is alive (``rvsm_workers_alive`` in ``/metrics``)."""
     with get_sessionmaker(settings.resolved_database_url)() as s:
-        telemetry.heartbeat(s, name=f"{socket.gethostname()}:{os.getpid()}", queues=queues,
+        counters.heartbeat(s, name=f"{socket.gethostname()}:{os.getpid()}", queues=queues,
                             interval_s=settings.reaper_interval_s, pid=os.getpid())  # fmt: skip
 
 

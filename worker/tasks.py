@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from service.queue import TASK
+from jobs.queue import TASK
 
 from .jobs import execute
 

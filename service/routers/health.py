@@ -6,8 +6,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from .. import queue, supervisor
-from ..db import get_sessionmaker
+from jobs import queue
+from jobs.db import get_sessionmaker
+
+from .. import supervisor
 from ..deps import SettingsDep
 from ..schemas import Readiness
 

@@ -18,20 +18,21 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs import states
+from jobs.db import Job
+from jobs.layout import MEDIA_TYPES, PLOT, input_name, inputs_dir, job_dir, write_atomic
+from jobs.queue import enqueue
+from jobs.settings import Settings
 from rvsm.errors import InputError
 from rvsm.prepare import check_isolated
 from rvsm.toy import SpecError, ToyLimits, validate_spec
 from rvsm.train import TrainConfig
 
-from .. import store
-from ..artifacts import MEDIA_TYPES, PLOT, artifacts_with_plot, job_dir, write_atomic
-from ..config import Settings
-from ..db import Job
 from ..deps import OwnerDep, SessionDep, SettingsDep, no_unknown_query
 from ..errors import field_error, responses
 from ..limits import BodyTooLarge, body_cap, is_multipart, json_shape
 from ..openapi import ref
-from ..queue import enqueue
+from ..plots import artifacts_with_plot
 from ..schemas import (
     RESULT_MODELS,
     ArtifactPublic,
@@ -106,7 +107,7 @@ def validate_toy(spec: dict, settings: Settings) -> int:
 
 
 def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
-    job = store.get_job(session, job_id, owner)
+    job = states.get_job(session, job_id, owner)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job_id: no job {job_id!r}")
     return job
@@ -270,7 +271,7 @@ def _create(
         spec["has_checkpoint"] = "checkpoint" in files
         spec["has_dataset_file"] = "dataset" in files
     # committed before the publish: a crash between the two leaves a queued row the reconciler publishes
-    job = store.new_job(session, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters,
+    job = states.new_job(session, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters,
                         dispatch_s=settings.dispatch_timeout_s)  # fmt: skip
     try:
         _store_inputs(settings, job.id, files)
@@ -288,15 +289,15 @@ def _create(
 
 
 def _store_inputs(settings: SettingsDep, job_id: str, files: dict[str, bytes]) -> None:
-    inputs = job_dir(settings.resolved_artifact_dir, job_id) / "inputs"
+    inputs = inputs_dir(settings.resolved_artifact_dir, job_id)
     for name in ("checkpoint", "dataset"):
         if name in files:
-            write_atomic(inputs / input_name(name, files), files[name])
+            write_atomic(inputs / input_name(name, files[f"{name}.filename"].decode()), files[name])
 
 
 def _forget(session: SessionDep, settings: SettingsDep, job: Job) -> None:
     """Undo a submit that cannot complete: the row and whatever of its inputs reached the disk."""
-    store.delete_job(session, job)
+    states.delete_job(session, job)
     shutil.rmtree(job_dir(settings.resolved_artifact_dir, job.id), ignore_errors=True)
 
 
@@ -306,13 +307,6 @@ def storage_error(e: OSError) -> HTTPException:
     why = os.strerror(e.errno) if e.errno else type(e).__name__
     return HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE if full else status.HTTP_503_SERVICE_UNAVAILABLE,
                          detail=f"the upload could not be stored ({why}); nothing was kept, try again later")
-
-
-def input_name(name: str, files: dict[str, bytes]) -> str:
-    """Where an upload is kept: ``checkpoint.bin`` / ``dataset.npz`` / ``dataset.safetensors``."""
-    if name == "checkpoint":
-        return "checkpoint.bin"
-    return "dataset.npz" if files[f"{name}.filename"].decode().lower().endswith(".npz") else "dataset.safetensors"
 
 
 def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes], settings: SettingsDep) -> int:
@@ -326,7 +320,7 @@ def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes],
         with tempfile.TemporaryDirectory() as tmp:
             upload = None
             if "dataset" in files:
-                upload = Path(tmp) / input_name("dataset", files)
+                upload = Path(tmp) / input_name("dataset", files["dataset.filename"].decode())
                 try:
                     upload.write_bytes(files["dataset"])
                 except OSError as e:
@@ -349,7 +343,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, lt=2**63)] = 0,
 ):
     """Jobs, newest first."""
-    rows, total = store.list_jobs(session, owner=owner, state=state, limit=limit, offset=offset)
+    rows, total = states.list_jobs(session, owner=owner, state=state, limit=limit, offset=offset)
     return JobList(items=[to_public(request, j) for j in rows], total=total, limit=limit, offset=offset)
 
 
@@ -369,7 +363,7 @@ def get_metrics(
 ):
     """The trace so far, also while running; ``?since=`` returns only newer points."""
     job = find(session, owner, job_id)
-    points = store.metric_points(session, job.id, since, limit)
+    points = states.metric_points(session, job.id, since, limit)
     data = [{"seq": p.seq} | p.data for p in points]
     return MetricsPublic(job_id=job.id, state=job.state, points=data, next_since=points[-1].seq if points else since)
 
@@ -390,7 +384,7 @@ def get_result(job_id: str, session: SessionDep, owner: OwnerDep, settings: Sett
 def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: OwnerDep, settings: SettingsDep):
     """Files the job produced, each with its size and sha256 (a toy job's plot is drawn on the first ask)."""
     job = find(session, owner, job_id)
-    rows = artifacts_with_plot(session, settings.resolved_artifact_dir, job, store.artifacts(session, job.id))
+    rows = artifacts_with_plot(session, settings.resolved_artifact_dir, job, states.artifacts(session, job.id))
     return [
         ArtifactPublic(
             name=a.name,
@@ -415,7 +409,7 @@ def get_artifact(job_id: str, name: str, session: SessionDep, owner: OwnerDep, s
     """One artifact file; its sha256 is in the ``X-Content-SHA256`` header (a toy job's plot: drawn on the
     first ask, then served from its file)."""
     job = find(session, owner, job_id)
-    rows = store.artifacts(session, job.id)
+    rows = states.artifacts(session, job.id)
     if name == PLOT:
         rows = artifacts_with_plot(session, settings.resolved_artifact_dir, job, rows)
     for a in rows:
@@ -432,7 +426,7 @@ def get_artifact(job_id: str, name: str, session: SessionDep, owner: OwnerDep, s
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=responses(401, 404))
 def cancel_job(job_id: str, request: Request, session: SessionDep, owner: OwnerDep):
     """Cancel: a queued job at once, a running one between iterations. A finished job is left as it is."""
-    job = store.request_cancel(session, find(session, owner, job_id))
+    job = states.request_cancel(session, find(session, owner, job_id))
     return to_public(request, job)
 
 
@@ -440,6 +434,6 @@ def cancel_job(job_id: str, request: Request, session: SessionDep, owner: OwnerD
 def delete_job(job_id: str, session: SessionDep, owner: OwnerDep, settings: SettingsDep) -> Response:
     """Delete a job, its trace and its artifacts (a running job is stopped at its next check)."""
     job = find(session, owner, job_id)
-    store.delete_job(session, job)
+    states.delete_job(session, job)
     shutil.rmtree(job_dir(settings.resolved_artifact_dir, job_id), ignore_errors=True)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -24,10 +24,12 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..db import Job, get_sessionmaker
+from jobs.counters import live_workers
+from jobs.db import Job, get_sessionmaker
+
 from ..deps import CredentialsDep, SettingsDep, bearer_key, key_in, owner_of, unauthorized
 from ..errors import responses
-from ..telemetry import StoreCollector, live_workers
+from ..telemetry import StoreCollector
 
 router = APIRouter(tags=["health"])
 

@@ -1,7 +1,7 @@
 """The job store: SQLAlchemy models and engine (SQLite by default, PostgreSQL by URL).
 
 The job row is the source of truth for a job's state, progress, attempts, owner and result
-location (its states and transitions: :mod:`service.states`); the Celery result backend is not
+location (its states and transitions: :mod:`jobs.states`); the Celery result backend is not
 used. The API and the workers share this module (it imports no web framework).
 """
 
@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from .config import get_settings
+from .settings import get_settings
 
 
 def utcnow() -> dt.datetime:
@@ -59,7 +59,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(128))
-    # running: the worker's lease; queued: when its message should have been claimed (service.states)
+    # running: the worker's lease; queued: when its message should have been claimed (jobs.states)
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, index=True)
     result_path: Mapped[str | None] = mapped_column(String(512))
     summary: Mapped[dict | None] = mapped_column(JSON)
@@ -89,7 +89,7 @@ class Artifact(Base):
 
 
 class Counter(Base):
-    """One Prometheus counter series (:mod:`service.telemetry`): its name and labels as the key."""
+    """One Prometheus counter series (:mod:`jobs.counters`): its name and labels as the key."""
 
     __tablename__ = "rvsm_counters"
 

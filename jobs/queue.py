@@ -2,7 +2,7 @@
 and publishing. The workers consume it (``worker.celery_app``); nothing here imports the worker.
 
 A message is only a wake-up call carrying a job id: the job store decides what runs (see
-:mod:`service.states`), so a duplicate message is harmless and a lost one is published again by the
+:mod:`jobs.states`), so a duplicate message is harmless and a lost one is published again by the
 reconciler. Every call here waits on the broker for at most ``RVSM_BROKER_TIMEOUT_S`` per attempt,
 so a hung broker gives the API a quick error instead of a stall.
 """
@@ -15,7 +15,7 @@ from celery import Celery
 from kombu import Queue
 from kombu.exceptions import ChannelError
 
-from .config import Settings
+from .settings import Settings
 
 TASK = "rvsm.run_job"
 QUEUES = ("cpu", "gpu")

@@ -10,7 +10,7 @@ itself and
 
 It sweeps every ``RVSM_REAPER_INTERVAL_S`` in a thread of every worker (:mod:`worker.reconciler`) and of every
 API process (:func:`start`, unless ``RVSM_API_RECONCILER=false``), so recovery needs no live worker. Every step is
-a conditional UPDATE (:mod:`service.states`), so any number of reconcilers may sweep at once: one wins each
+a conditional UPDATE (:mod:`jobs.states`), so any number of reconcilers may sweep at once: one wins each
 transition and publishes. A duplicate message is harmless (the claim misses); a lost one is what this repairs.
 Recovery after a worker dies takes about ``RVSM_LEASE_S + RVSM_REAPER_INTERVAL_S``, whatever the visibility
 timeout.
@@ -23,10 +23,10 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-from . import queue as broker
-from . import states, telemetry
-from .config import Settings
+from . import counters, states
 from .db import get_sessionmaker
+from .queue import enqueue, waiting
+from .settings import Settings
 
 log = logging.getLogger("rvsm.reconciler")
 
@@ -60,7 +60,7 @@ def sweep(settings: Settings) -> Counter[str]:
 def _maybe_lost(settings: Settings, session, queue: str) -> bool:  # noqa: ANN001
     """Fewer messages wait on ``queue`` than there are queued jobs for it: some message is missing."""
     try:
-        return broker.waiting(settings, queue) < states.queued_count(session, queue)
+        return waiting(settings, queue) < states.queued_count(session, queue)
     except Exception as e:  # the broker is down: nothing can be published now; the next sweep retries
         log.warning("reconciler: cannot read queue %s: %s: %s", queue, type(e).__name__, e)
         return False
@@ -68,11 +68,11 @@ def _maybe_lost(settings: Settings, session, queue: str) -> bool:  # noqa: ANN00
 
 def _publish(settings: Settings, job_id: str, queue: str, done: Counter[str]) -> None:
     try:
-        broker.enqueue(settings, job_id, queue)
+        enqueue(settings, job_id, queue)
     except Exception as e:  # the row stays queued with a deadline: a later sweep publishes it
         done["publish_failed"] += 1
         with get_sessionmaker(settings.resolved_database_url)() as s:
-            telemetry.bump(s, "publish_failed")
+            counters.bump(s, "publish_failed")
             s.commit()
         log.warning("job %s: publish failed (%s: %s); a later sweep retries", job_id, type(e).__name__, e)
 

@@ -39,7 +39,7 @@ from sqlalchemy import CursorResult, Row, Update, and_, case, delete, func, or_,
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import telemetry
+from . import counters
 from .db import Artifact, Job, MetricPoint, utcnow
 
 
@@ -93,7 +93,7 @@ def _move_all(session: Session, event: str, ids: list[str], *where: ColumnElemen
     """:func:`_move` for every job of ``ids`` in one UPDATE; how many moved."""
     moved = cast(CursorResult, session.execute(_transition(event, ids, where, values))).rowcount
     if moved and event not in UNCOUNTED:
-        telemetry.bump(session, "transition", moved, event=event)
+        counters.bump(session, "transition", moved, event=event)
     return moved
 
 
@@ -103,7 +103,7 @@ def _move_returning(
     """:func:`_move`, returning the columns ``returning`` of the row after the move (``None``: it did not move)."""
     row = session.execute(_transition(event, [job_id], where, values).returning(*returning)).first()
     if row is not None and event not in UNCOUNTED:
-        telemetry.bump(session, "transition", event=event)
+        counters.bump(session, "transition", event=event)
     return row
 
 
@@ -134,7 +134,7 @@ def new_job(
     job = Job(id=uuid.uuid4().hex, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters, state=str(Q))
     job.lease_until = _after(dispatch_s)
     session.add(job)
-    telemetry.bump(session, "transition", event="submit")
+    counters.bump(session, "transition", event="submit")
     session.commit()
     return job
 
@@ -299,7 +299,7 @@ def finish(
                             .execution_options(synchronize_session=False))  # fmt: skip
             session.add_all(artifacts or [])
             _add_points(session, job_id, row.metrics_seq, points)
-            telemetry.observe_run(session, row.kind, row.state, row.started_at, row.finished_at)
+            counters.observe_run(session, row.kind, row.state, row.started_at, row.finished_at)
     if commit:
         session.commit()
     return row is not None
@@ -371,3 +371,40 @@ def redispatch(session: Session, job: Job, dispatch_s: float) -> bool:
     ok = _move(session, "redispatch", job.id, _late(), lease_until=_after(dispatch_s))
     session.commit()
     return ok
+
+
+# reads (no transition): the API's listings and the worker's lookups
+def get_job(session: Session, job_id: str, owner: str | None = None) -> Job | None:
+    job = session.get(Job, job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        return None
+    return job
+
+
+def list_jobs(
+    session: Session, *, owner: str | None, state: str | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    q = select(Job)
+    if owner is not None:
+        q = q.where(Job.owner == owner)
+    if state is not None:
+        q = q.where(Job.state == state)
+    total = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = session.scalars(q.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def metric_points(session: Session, job_id: str, since: int, limit: int) -> list[MetricPoint]:
+    q = select(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.seq > since)
+    return list(session.scalars(q.order_by(MetricPoint.seq).limit(limit)).all())
+
+
+def artifacts(session: Session, job_id: str) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)).all())
+
+
+def delete_job(session: Session, job: Job) -> None:
+    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job.id))
+    session.execute(delete(Artifact).where(Artifact.job_id == job.id))
+    session.delete(job)
+    session.commit()
