@@ -12,7 +12,7 @@
   over HTTP, waited for, checked to have succeeded on that device, and its started-to-finished time set beside
   the same ``train()`` call in this process; then the README's exported CNN, whose ``model.pt2`` is downloaded
   and run on the CPU.
-- ``tests``: the tests marked ``cuda`` (tests/test_cuda.py) on the device.
+- ``tests``: the tests marked ``cuda`` (tests/lib/test_cuda.py) on the device.
 
 Each writes its block (``--block``) into ``--doc`` with ``_report.write_block``.
 """
@@ -351,7 +351,7 @@ def train_in_process(spec: dict, device: str) -> float:
 # ----------------------------------------------------------------------------- tests
 def cmd_tests(args: argparse.Namespace) -> list[str]:
     env = os.environ | {"RVSM_CUDA_TEST_DEVICE": args.device}
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests/test_cuda.py"]
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests/lib/test_cuda.py"]
     t = time.perf_counter()
     p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     print(p.stdout + p.stderr, flush=True)
@@ -359,7 +359,7 @@ def cmd_tests(args: argparse.Namespace) -> list[str]:
     if p.returncode != 0:
         args.failed = True
     return [
-        f"`RVSM_CUDA_TEST_DEVICE={args.device} python -m pytest -q -m cuda tests/test_cuda.py` "
+        f"`RVSM_CUDA_TEST_DEVICE={args.device} python -m pytest -q -m cuda tests/lib/test_cuda.py` "
         f"({time.perf_counter() - t:.0f} s): exit {p.returncode}, `{last[0].strip()}`.",
     ]
 

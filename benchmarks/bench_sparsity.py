@@ -31,13 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _gmp import gmp_train  # noqa: E402
 from _report import machine, write_block  # noqa: E402
+from user_models import ResidualCNN, TabularMLP, digits_npz, export  # noqa: E402  - what the tests upload too
 
 from rvsm.data import digits, is_collapsed  # noqa: E402
 from rvsm.prepare import prepare  # noqa: E402
 from rvsm.train import MIN_STEPS, TrainConfig, train  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.user_models import ResidualCNN, TabularMLP, digits_npz, export  # noqa: E402  - what the tests upload
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"

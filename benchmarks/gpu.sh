@@ -10,7 +10,7 @@
 #                             torch.compile, with the fraction of the memory-bandwidth limit (bench_toy.py)
 #   overhead                  RVSM's step overhead over SGD on resnet18, batch 128, 32x32 (bench_gpu.py)
 #   worker                    a lenet5/digits checkpoint job through a real `rvsm worker --queues gpu`
-#   tests                     the tests marked `cuda` (tests/test_cuda.py)
+#   tests                     the tests marked `cuda` (tests/lib/test_cuda.py)
 #
 # The Python is $PYTHON, else .venv/bin/python, else python3; it needs a CUDA build of torch (scripts/setup
 # installs RVSM_TORCH_VERSION; on a GPU machine point pip at a CUDA index first).

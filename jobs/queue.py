@@ -19,11 +19,22 @@ from .settings import Settings
 
 TASK = "rvsm.run_job"
 QUEUES = ("cpu", "gpu")
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+
+
+class BrokerNotConfigured(RuntimeError):
+    """``RVSM_BROKER_URL`` is unset where a broker is needed (only ``rvsm serve`` starts one of its own)."""
 
 
 def broker_url(settings: Settings) -> str:
-    return settings.broker_url or DEFAULT_BROKER
+    """The broker's URL. Unset means one thing everywhere: ``rvsm serve`` starts an embedded broker and sets
+    it; anything else (the API under another server, a worker, the reconciler) raises
+    :class:`BrokerNotConfigured` saying so, rather than guessing a Redis on localhost."""
+    if not settings.broker_url:
+        raise BrokerNotConfigured(
+            "RVSM_BROKER_URL is not set: the API and the workers need the broker jobs are queued on "
+            "(`rvsm serve` without it starts an embedded one)"
+        )
+    return settings.broker_url
 
 
 def transport_options(settings: Settings, *, timeout_s: float | None) -> dict:

@@ -90,6 +90,7 @@ class Plan:
     state: StateDict | None = None  # the uploaded state_dict of a built-in, read and checked
     exported: rexported.Exported | None = None
     normalised: list[str] = field(default_factory=list)
+    steps: int = 0  # optimizer steps the job will run (all epochs, fine-tuning included)
 
 
 @dataclass
@@ -301,6 +302,7 @@ def check(
         plan.sparse_names = select_parameters(plan.model, spec["params"])
     if not plan.sparse_names and cfg.algorithm != "sgd":
         raise InputError("params", "the model has no convolution or linear weights to sparsify; name them in params")
+    plan.steps = cfg.steps_per_epoch(shape.train_rows) * cfg.total_epochs
     return plan
 
 
@@ -362,4 +364,4 @@ def _check_in_child(spec: dict, limits: CheckpointLimits, checkpoint: bytes | No
     plan = check(spec, limits=limits, checkpoint=checkpoint, dataset_file=dataset_file, datasets_dir=datasets_dir,
                  max_bytes=max_bytes)  # fmt: skip
     return {"architecture": plan.architecture, "parameters": plan.parameters, "activations": plan.activations,
-            "sparse_names": plan.sparse_names}  # fmt: skip
+            "sparse_names": plan.sparse_names, "steps": plan.steps}  # fmt: skip

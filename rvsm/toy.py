@@ -43,6 +43,7 @@ from .algorithms import (
     run_toy,
 )
 from .bounds import batch_numbers, bound_checks, hypotheses, trace_matrix
+from .errors import InputError
 from .prox import PENALTIES
 
 TOP_FIELDS = {
@@ -57,13 +58,8 @@ NOT_SWEPT = {"sweep", "kind", "time_budget_s"}  # job-level options: one value f
 SEED_MAX = 2**64 - 1  # torch generators take 64-bit seeds
 
 
-class SpecError(ValueError):
-    """A bad spec: ``field`` is the dotted name of the offending field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.rule = message
+class SpecError(InputError):
+    """A bad toy spec: ``field`` is the dotted name of the offending field (``sweep.lam``, ...)."""
 
 
 @dataclass(frozen=True, kw_only=True)

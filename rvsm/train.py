@@ -211,6 +211,10 @@ class TrainConfig:
             raise ValueError("batch_size is not resolved yet: call TrainConfig.resolved(train_rows)")
         return self.batch_size
 
+    def steps_per_epoch(self, train_rows: int) -> int:
+        """Optimizer steps in one epoch over ``train_rows`` samples (the last batch may be short)."""
+        return math.ceil(train_rows / self.batch)
+
     @property
     def mode(self) -> str:
         """Which default ``beta`` applies: ``"admm"``, ``"target"`` (RVSM with target_sparsity) or ``"lambda"``."""
@@ -565,7 +569,7 @@ def _train(
         sched.load_state_dict(resume["scheduler"])
 
     loss_fn = _loss_fn(cfg.task, data.ignore_index)
-    steps_per_epoch = math.ceil(rows(x_tr) / cfg.batch)
+    steps_per_epoch = cfg.steps_per_epoch(rows(x_tr))
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.total_epochs):
         if isinstance(opt, RVSM) and cfg.tail and epoch == cfg.epochs - cfg.tail and masks is None:

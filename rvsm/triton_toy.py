@@ -5,7 +5,7 @@ imports, and the group is one the kernel supports (:func:`supports`: ``rvsm`` / 
 gradient, ReLU or binarized network, penalty ``l0`` / ``l1`` / ``tl1`` / ``group_l1``, normalised or not).
 Everything else, and every CPU run, stays on the eager path, which is the oracle: the kernel computes the same
 formulas as ``_Group.step`` and ``_Group.advance`` (the same grouping of the operations; the reductions and
-the transcendental functions may differ from torch's by a rounding), and ``tests/test_triton_toy.py`` checks
+the transcendental functions may differ from torch's by a rounding), and ``tests/lib/test_triton_toy.py`` checks
 the two against each other under the Triton interpreter (``TRITON_INTERPRET=1``) to 1e-12 in float64.
 
 One launch advances every row ``n_steps`` iterations: each program owns ``ROWS`` configurations, keeps their

@@ -129,10 +129,13 @@ def worker_argv(queues: str, loglevel: str = "info") -> list[str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from jobs.queue import BrokerNotConfigured, broker_url
     from jobs.settings import get_settings
 
-    if not get_settings().broker_url:
-        _err("RVSM_BROKER_URL is not set: a worker needs the broker the API queues jobs on (or use `rvsm serve`)")
+    try:
+        broker_url(get_settings())
+    except BrokerNotConfigured as e:
+        _err(str(e))
         return EXIT_INPUT
     os.execv(sys.executable, worker_argv(args.queues, args.loglevel))
     return 0  # not reached

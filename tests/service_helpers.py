@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from jobs.states import TERMINAL
 from service.broker import redis_server
@@ -55,6 +57,46 @@ def service_env(tmp: Path, *, queue: str, database_url: str | None = None, **ext
     )
     env.update(extra)
     return env
+
+
+def drop_queue(queue: str) -> None:
+    """Delete this test's own queue (and kombu's bindings for it) from the shared Redis, nothing else."""
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).delete(queue, *(f"_kombu.{k}.{queue}" for k in ("binding", "binding_permanent")))
+
+
+@contextmanager
+def api_client(tmp: Path, name: str = "api", **settings: object) -> Iterator:
+    """The API (:func:`make_client`) on a queue of its own that no worker consumes (its jobs stay queued)."""
+    queue = unique_queue(name)
+    try:
+        with make_client(tmp, queue, **settings) as client:
+            yield client
+    finally:
+        drop_queue(queue)
+
+
+class Stack(NamedTuple):
+    """The API and a real worker process on one queue, store and artifact directory (``tmp``)."""
+
+    client: object  # fastapi.testclient.TestClient
+    worker: Worker
+    tmp: Path
+
+
+@contextmanager
+def api_and_worker(tmp: Path, name: str = "stack", *, env: dict[str, str] | None = None,
+                   **settings: object) -> Iterator[Stack]:  # fmt: skip
+    """:func:`api_client` with a real ``celery worker`` on its queue (``env``: more worker environment)."""
+    queue = unique_queue(name)
+    worker = Worker(service_env(tmp, queue=queue, **(env or {})), queue, tmp / "worker.log")
+    try:
+        with make_client(tmp, queue, **settings) as client:
+            yield Stack(client, worker, tmp)
+    finally:
+        worker.stop()
+        drop_queue(queue)
 
 
 class Worker:

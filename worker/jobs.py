@@ -21,7 +21,7 @@ from jobs.db import get_sessionmaker
 from jobs.layout import COLUMNS, RESULTS, result_path
 from jobs.settings import Settings, get_settings
 from rvsm.errors import InputError
-from rvsm.toy import SpecError, run_spec_columnar
+from rvsm.toy import run_spec_columnar
 
 from .batches import claim_mates, run_together
 from .checkpoint_jobs import run_checkpoint_job
@@ -100,7 +100,7 @@ def run_claimed(settings: Settings, worker: str, job_id: str, spec: dict, kind: 
         return "released"
     except Stop:
         end = End(job_id, "cancelled")
-    except (SpecError, InputError) as e:
+    except InputError as e:  # SpecError too
         end = End(job_id, "failed", error=f"invalid input: {e}")
     except Exception as e:  # a failed job is a result, not a worker crash
         log.error("job %s failed:\n%s", job_id, traceback.format_exc())

@@ -73,8 +73,8 @@ def to_public(request: Request, job: Job) -> JobPublic:
 
 
 def progress_of(job: Job) -> Progress:
-    """The job row's progress; for a checkpoint job also epoch / step (``iteration`` counts optimizer
-    steps there, ``max_iters`` = steps per epoch x epochs once the worker has started)."""
+    """The job row's progress; for a checkpoint job also epoch / step (``iteration`` and ``max_iters`` count
+    optimizer steps there: steps per epoch x epochs, from the submit-time check)."""
     p = Progress(fraction=job.progress, iteration=job.iteration, max_iters=job.max_iters, eta_s=job.eta_s)
     if job.kind != "checkpoint":
         return p
@@ -312,7 +312,8 @@ def storage_error(e: OSError) -> HTTPException:
 def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes], settings: SettingsDep) -> int:
     """Everything a worker would trip over, checked now by the code the worker runs (:func:`rvsm.prepare.check`),
     in a confined child process (an uploaded graph never runs in the API's): the training config, every cap
-    (before anything is allocated), the data set, the model (on meta, or faked), the checkpoint. Returns the epochs."""
+    (before anything is allocated), the data set, the model (on meta, or faked), the checkpoint. Returns the
+    optimizer steps the job will run (the job's ``max_iters``: a toy job's are its iterations)."""
     spec = body.to_spec()
     if ("dataset" in files) != (body.dataset.name == "upload"):
         raise field_error("dataset", "send a 'dataset' file exactly when dataset.name is 'upload'")
@@ -325,12 +326,12 @@ def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes],
                     upload.write_bytes(files["dataset"])
                 except OSError as e:
                     raise storage_error(e) from None
-            check_isolated(spec, child=settings.check_child(), limits=settings.checkpoint_limits(),
-                           checkpoint=files.get("checkpoint"), dataset_file=upload, datasets_dir=settings.datasets_dir,
-                           max_bytes=settings.max_upload_bytes)  # fmt: skip
+            summary = check_isolated(spec, child=settings.check_child(), limits=settings.checkpoint_limits(),
+                                     checkpoint=files.get("checkpoint"), dataset_file=upload,
+                                     datasets_dir=settings.datasets_dir, max_bytes=settings.max_upload_bytes)
     except InputError as e:
         raise field_error(e.field, e.rule) from None
-    return TrainConfig.from_spec(spec).total_epochs
+    return int(summary["steps"])
 
 
 @router.get("", response_model=JobList, responses=responses(401, 422))

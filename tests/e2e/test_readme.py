@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_embedded import server  # noqa: F401 - the fixture: rvsm serve with no configuration
 from tests.service_helpers import ROOT
-from tests.test_embedded import server  # noqa: F401 - the fixture: rvsm serve with no configuration
 
 SECTION = "## Prune your own model"
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.user_models import ResidualCNN, TabularMLP, export
 from rvsm import data as rdata
 from rvsm import exported, models, optim
 from rvsm.checkpoints import read_state_dict, unwrap
 from rvsm.errors import InputError
 from rvsm.prepare import select_parameters
 from rvsm.train import ResultRejected, TrainConfig, check_result, ramped_target, train
-from tests.user_models import ResidualCNN, TabularMLP, export
 
 
 def tensors(seed: int = 0) -> list[torch.Tensor]:

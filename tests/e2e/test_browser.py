@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from .service_helpers import ROOT, free_port, make_client, start_serve, unique_queue, wait_for
+from tests.service_helpers import ROOT, free_port, make_client, start_serve, unique_queue, wait_for
 
 CHROMIUM = os.environ.get("RVSM_CHROMIUM", "/usr/bin/chromium")
 KEY = "browser-test-key"

@@ -94,7 +94,7 @@ def test_batched_sweep_equals_one_at_a_time():
         "algorithm": ["rvsm", "gd", "aht", "admm"],
         "teacher.seed": [0, 1],
     }
-    base = PAPER | {"d": 7, "max_iters": 700, "tol": 0.0, "log_every": 50, "s": 3, "eta": 0.05}
+    base = PAPER | {"d": 7, "max_iters": 300, "tol": 0.0, "log_every": 25, "s": 3, "eta": 0.05}
     batched = run_spec(base | {"sweep": sweep})["runs"]
     assert len(batched) == 2 * 3 * 4 * 2
     for r in batched:

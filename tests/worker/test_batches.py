@@ -9,12 +9,11 @@ import threading
 import time
 
 import pytest
-import redis
 from sqlalchemy import update
 
 from jobs.db import Job, get_sessionmaker, utcnow
 from rvsm.toy import config_from_spec, run_batch, run_spec
-from tests.service_helpers import POSTGRES_URL, REDIS_URL, make_client, unique_queue
+from tests.service_helpers import POSTGRES_URL, drop_queue, make_client, unique_queue
 from worker import batches
 from worker.jobs import execute
 from worker.outcomes import summarize_toy
@@ -48,13 +47,13 @@ def close(a: object, b: object, path: str = "") -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def stack(tmp_path, request):
-    queue = unique_queue("batch")
+def api(tmp_path, request):
+    """The API on each store, with no worker: the tests run the worker's batch code themselves."""
     store = {} if request.param == "sqlite" else {"database_url": POSTGRES_URL}  # jobs apart by their own queue
-    client = make_client(tmp_path, queue, progress_interval_s=0.05, **store)
-    settings = next(iter(client.app.dependency_overrides.values()))()
-    yield client, settings
-    redis.Redis.from_url(REDIS_URL).delete(queue)  # our queue's key only
+    queue = unique_queue("batch")
+    client = make_client(tmp_path, queue, progress_interval_s=0.05, **store)  # not entered: no API reconciler
+    yield client, next(iter(client.app.dependency_overrides.values()))()
+    drop_queue(queue)
 
 
 def submit(client, spec: dict) -> str:  # noqa: ANN001
@@ -76,8 +75,8 @@ def test_run_batch_gives_each_configuration_its_result_alone():
         run_batch([configs[0], config_from_spec(BASE | {"max_iters": 100})])
 
 
-def test_queued_small_jobs_run_as_one_batch_each_as_if_alone(stack):
-    client, settings = stack
+def test_queued_small_jobs_run_as_one_batch_each_as_if_alone(api):
+    client, settings = api
     ids = [submit(client, spec) for spec in MIXED]
     apart = {  # each of these runs alone
         "max_iters": submit(client, BASE | {"max_iters": 301}),
@@ -106,9 +105,9 @@ def test_queued_small_jobs_run_as_one_batch_each_as_if_alone(stack):
         assert rows(settings, [job_id])[job_id].worker not in {jobs[i].worker for i in ids}
 
 
-def test_a_retried_job_runs_alone_and_is_no_batch_mate(stack):
+def test_a_retried_job_runs_alone_and_is_no_batch_mate(api):
     """A job that was started before (its worker lost) may be a poison job: it neither joins nor takes mates."""
-    client, settings = stack
+    client, settings = api
     retried, a, b = (submit(client, BASE | {"teacher": {"seed": s}}) for s in range(3))
     with get_sessionmaker(settings.resolved_database_url)() as s:  # requeued after a lost worker: started once
         s.execute(update(Job).where(Job.id == retried).values(attempts=1, started_at=utcnow()))
@@ -131,11 +130,11 @@ def test_batch_jobs_1_runs_each_job_alone(tmp_path):
         assert execute(a, settings=settings) == "succeeded"
         assert rows(settings, [b])[b].state == "queued"
     finally:
-        redis.Redis.from_url(REDIS_URL).delete(queue)
+        drop_queue(queue)
 
 
-def test_a_batch_that_fails_as_a_whole_runs_each_job_alone(stack, monkeypatch):
-    client, settings = stack
+def test_a_batch_that_fails_as_a_whole_runs_each_job_alone(api, monkeypatch):
+    client, settings = api
     ids = [submit(client, spec) for spec in MIXED[:3]]
 
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -148,8 +147,8 @@ def test_a_batch_that_fails_as_a_whole_runs_each_job_alone(stack, monkeypatch):
     close(client.get(f"/v1/jobs/{ids[1]}/result").json(), run_spec({k: v for k, v in MIXED[1].items() if k != "kind"}))
 
 
-def test_a_job_cancelled_in_a_running_batch_ends_cancelled_and_its_mates_succeed(stack):
-    client, settings = stack
+def test_a_job_cancelled_in_a_running_batch_ends_cancelled_and_its_mates_succeed(api):
+    client, settings = api
     long = BASE | {"max_iters": 20_000, "log_every": 10}
     ids = [submit(client, long | {"teacher": {"seed": s}}) for s in range(3)]
 
@@ -169,8 +168,8 @@ def test_a_job_cancelled_in_a_running_batch_ends_cancelled_and_its_mates_succeed
     assert json.loads(client.get(f"/v1/jobs/{ids[2]}/result").content)["final"]["iters"] == 20_000
 
 
-def test_a_worker_shutting_down_hands_the_whole_batch_back(stack):
-    client, settings = stack
+def test_a_worker_shutting_down_hands_the_whole_batch_back(api):
+    client, settings = api
     ids = [submit(client, BASE | {"teacher": {"seed": s}}) for s in range(3)]
     shutting_down.set()
     try:

@@ -7,8 +7,8 @@ import io
 
 import torch
 
+from benchmarks.user_models import ResidualCNN, export
 from rvsm import exported
-from tests.user_models import ResidualCNN, export
 
 
 def test_saved_archive_holds_cpu_tensors_after_a_device_move():

@@ -16,10 +16,10 @@ import zipfile
 import pytest
 import torch
 
+from benchmarks.user_models import ResidualCNN, export
 from rvsm import archive, exported
 from rvsm.archive import ArchiveLimits
 from rvsm.errors import InputError
-from tests.user_models import ResidualCNN, export
 
 
 class Payload:

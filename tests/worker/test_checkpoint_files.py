@@ -10,7 +10,6 @@ import struct
 
 import numpy as np
 import pytest
-import redis
 import torch
 from safetensors.torch import save as st_save
 
@@ -24,13 +23,7 @@ UPLOAD = {"kind": "checkpoint", "architecture": "mlp", "algorithm": "rvsm", "epo
 CAP = 1_000_000
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("files")
-    queue = unique_queue("files")
-    with helpers.make_client(tmp, queue, max_upload_bytes=CAP) as c:
-        yield c
-    redis.Redis.from_url(helpers.REDIS_URL).delete(queue)  # only this module's own queue
+API_SETTINGS = {"max_upload_bytes": CAP}
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ def test_the_broker_dies_with_a_serve_that_is_sigkilled(tmp_path):
     import subprocess
     import sys
 
-    from .service_helpers import ROOT, wait_for
+    from tests.service_helpers import ROOT, wait_for
 
     code = (
         "import sys, time; from pathlib import Path; from service.broker import EmbeddedBroker; "

@@ -124,9 +124,9 @@ def test_exported_model_trained_on_device_runs_on_cpu(tmp_path) -> None:
 
     import numpy as np
 
+    from benchmarks.user_models import ResidualCNN, digits_npz, export
     from rvsm.prepare import prepare
     from rvsm.train import TrainConfig, train
-    from tests.user_models import ResidualCNN, digits_npz, export
     from worker.checkpoint_jobs import _outputs
 
     torch.manual_seed(0)

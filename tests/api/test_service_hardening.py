@@ -236,8 +236,8 @@ def test_a_full_disk_on_upload_is_a_json_507_and_leaves_no_job(tmp_path, queue, 
 
     import torch
 
+    from benchmarks.user_models import TabularMLP, digits_npz, export
     from service.routers import jobs as jobs_router
-    from tests.user_models import TabularMLP, digits_npz, export
 
     app = app_for(tmp_path, queue)
     spec = {"kind": "checkpoint", "dataset": {"name": "upload"}, "epochs": 1}

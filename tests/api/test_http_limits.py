@@ -29,7 +29,7 @@ from jobs.floors import check_torch
 from jobs.settings import Settings, get_settings
 from service.limits import MULTIPART_OVERHEAD, json_shape
 from service.main import create_app
-from tests.service_helpers import REDIS_URL, ROOT, free_port, make_client, python, unique_queue, wait_for
+from tests.service_helpers import REDIS_URL, ROOT, free_port, python, unique_queue, wait_for
 
 SPEC_CAP = 64 * 2**10
 UPLOAD_CAP = 3 * 2**20  # over starlette's 1 MiB spooling threshold: file parts go to disk
@@ -197,12 +197,6 @@ def test_declared_content_length_over_the_cap_is_413_before_reading(port: int) -
     response = conn.getresponse()
     assert response.status == 413
     assert json.loads(response.read())["message"].startswith("body: larger than this service accepts")
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory):
-    with make_client(tmp_path_factory.mktemp("deep"), QUEUE) as c:
-        yield c
 
 
 @pytest.mark.parametrize("depth", [33, 1000, 100_000])

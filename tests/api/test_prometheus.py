@@ -11,8 +11,7 @@ from sqlalchemy import delete
 
 from jobs import counters
 from jobs.db import Counter, get_sessionmaker
-
-from .service_helpers import POSTGRES_URL, Worker, make_client, service_env, unique_queue, wait_for
+from tests.service_helpers import POSTGRES_URL, Worker, make_client, service_env, unique_queue, wait_for
 
 TOY = {"network": "relu", "k": 2, "d": 10, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 200}
 
@@ -106,7 +105,7 @@ def test_the_grafana_dashboard_asks_only_for_metrics_the_service_exports(tmp_pat
     import json
     import re
 
-    from .service_helpers import ROOT
+    from tests.service_helpers import ROOT
 
     dash = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]

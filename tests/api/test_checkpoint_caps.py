@@ -15,7 +15,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import redis
 
 from jobs.settings import Settings
 from rvsm import data as rdata
@@ -35,24 +34,14 @@ TIGHT = dict(checkpoint_samples_cap=2000, checkpoint_classes_cap=20, checkpoint_
 MB = 2**20
 
 
-def _client(tmp_path_factory, name: str, **overrides):
-    tmp = tmp_path_factory.mktemp(name)
-    queue = helpers.unique_queue(name)
-    with helpers.make_client(tmp, queue, **overrides) as c:
-        yield c
-    redis.Redis.from_url(helpers.REDIS_URL).delete(queue)  # only this module's own queue
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    """The default caps (only the upload size lowered)."""
-    yield from _client(tmp_path_factory, "caps", max_upload_bytes=4 * MB)
+API_SETTINGS = {"max_upload_bytes": 4 * MB}  # client: the default caps, only the upload size lowered
 
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory):
     """Small caps, so each can be crossed with small inputs."""
-    yield from _client(tmp_path_factory, "tight", **TIGHT)
+    with helpers.api_client(tmp_path_factory.mktemp("tight"), "tight", **TIGHT) as c:
+        yield c
 
 
 def expect(r, status: int, *words: str) -> None:
@@ -107,7 +96,7 @@ def _warm(client) -> None:
 # ----------------------------------------------------------------------------- the acceptance test
 def test_a_million_sample_vgg16_job_and_a_huge_toy_d_are_refused_at_once_without_allocating(client):
     """Issue 9's acceptance: a synthetic set of 10^6 samples x 1,000 classes on vgg16 (it took the API from
-    0.5 to 4.7 GB before its 422) and a toy d = 10^8 (tests/test_api_input.py has it alone): each a 422
+    0.5 to 4.7 GB before its 422) and a toy d = 10^8 (tests/api/test_api_input.py has it alone): each a 422
     within a second, the API's peak memory up by less than 50 MB."""
     _warm(client)
     for spec, words in ((VGG_MILLION, ("architecture", "vgg16", "multiple of 32")),
@@ -219,7 +208,7 @@ def test_an_exported_model_is_capped_by_a_meta_pass_that_leaves_its_weights_alon
     ones only for the pass), and its caps name the same fields."""
     import torch
 
-    from tests.user_models import ResidualCNN, digits_npz, export
+    from benchmarks.user_models import ResidualCNN, digits_npz, export
 
     torch.manual_seed(0)
     model = ResidualCNN()

@@ -19,20 +19,9 @@ from rvsm.checkpoints import unwrap
 from rvsm.errors import InputError
 from rvsm.train import TrainConfig, train
 from service import cli
-from tests import service_helpers as helpers
-from tests.service_helpers import Worker, service_env, submit_job, unique_queue, wait_done
+from tests.service_helpers import submit_job, wait_done
 
 LENET = {"in_channels": 1, "input_size": 8, "num_classes": 10}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("optgates")
-    queue = unique_queue("optg")
-    worker = Worker(service_env(tmp, queue=queue), queue, tmp / "worker.log")
-    with helpers.make_client(tmp, queue) as client:
-        yield client, worker
-    worker.stop()
 
 
 def finished(client, job_id: str, worker) -> dict:
@@ -71,7 +60,7 @@ def test_unwrap_strips_the_lightning_prefix_only_when_every_key_has_it():
 
 @pytest.mark.parametrize("form", ["pt", "safetensors"])
 def test_a_lightning_checkpoint_of_a_builtin_is_accepted_and_loads(stack, trained_lenet, form):
-    client, worker = stack
+    client, worker, _ = stack
     sd, score = trained_lenet
     if form == "pt":
         buf = io.BytesIO()
@@ -93,7 +82,7 @@ def test_a_lightning_checkpoint_of_a_builtin_is_accepted_and_loads(stack, traine
 
 
 def test_a_partly_prefixed_state_dict_keeps_the_key_error(stack, trained_lenet):
-    client, _ = stack
+    client = stack.client
     sd = {(f"model.{k}" if k.startswith("features") else k): v for k, v in trained_lenet[0].items()}
     buf = io.BytesIO()
     torch.save({"state_dict": sd, "epoch": 1}, buf)
@@ -162,7 +151,7 @@ def test_adamw_is_the_optimizer_every_algorithm_steps_with(case, monkeypatch):
 
 
 def test_adamw_through_the_api_and_its_422s(stack):
-    client, worker = stack
+    client, worker, _ = stack
     base = {"kind": "checkpoint", "architecture": "mlp", "hidden": [32], "algorithm": "rvsm", "target_sparsity": 0.5,
             "epochs": 2}  # fmt: skip
     r = client.post("/v1/jobs", json=base | {"optimizer": "adam"})
@@ -206,7 +195,7 @@ def _gate_args(q: float) -> argparse.Namespace:
 
 def test_min_sparsity_at_the_target_passes_from_the_cli(stack, tmp_path, monkeypatch, capsys):
     """The issue's case: mlp [32] on digits has 2368 pruned entries; target 0.8 gives 1894 zeros = 0.79983."""
-    client, worker = stack
+    client, worker, _ = stack
 
     class ViaTestClient:  # the CLI's own code path against the real API (and worker)
         def __init__(self, _args: argparse.Namespace) -> None:

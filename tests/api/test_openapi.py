@@ -8,7 +8,6 @@ import json
 
 import jsonschema
 import pytest
-import redis
 import torch
 from openapi_spec_validator import validate
 
@@ -16,7 +15,6 @@ from rvsm.prepare import prepare
 from rvsm.toy import run_spec
 from rvsm.train import TrainConfig, train
 from service.main import create_app
-from tests.service_helpers import REDIS_URL, make_client, unique_queue
 
 DOC = create_app().openapi()
 ERRORS = {  # (method, path): the error codes each route answers with (503: the job database is unreachable)
@@ -102,14 +100,6 @@ def test_request_body_schema_and_examples() -> None:
     validator({"$ref": "#/components/schemas/ToySpecCreate"}).validate(examples["toy"]["value"])
     spec_text = content["multipart/form-data"]["example"]["spec"]
     validator(schema).validate(json.loads(spec_text))
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    queue = unique_queue("openapi")  # nothing consumes it: the jobs stay queued
-    with make_client(tmp_path_factory.mktemp("openapi"), queue) as c:
-        yield c
-    redis.Redis.from_url(REDIS_URL).delete(queue, *(f"_kombu.{k}.{queue}" for k in ("binding", "binding_permanent")))
 
 
 def test_the_examples_are_accepted_and_timestamps_carry_utc(client) -> None:

@@ -16,21 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
-from tests import service_helpers as helpers
-from tests.service_helpers import Worker, service_env, submit_job, unique_queue, wait_done
-from tests.test_exported_models import build, export
+from tests.lib.test_exported_models import build, export
+from tests.service_helpers import submit_job, wait_done
 
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("models")
-    queue = unique_queue("models")
-    worker = Worker(service_env(tmp, queue=queue), queue, tmp / "worker.log")
-    with helpers.make_client(tmp, queue, max_upload_bytes=8_000_000) as client:
-        yield client, worker
-    worker.stop()
+API_SETTINGS = {"max_upload_bytes": 8_000_000}
 
 
 LM = ("gpt2", "llama")
@@ -107,7 +99,7 @@ def expected_matrices(model: torch.nn.Module) -> set[str]:
 @pytest.mark.parametrize("target", [0.5, 0.8])
 @pytest.mark.parametrize("name", ["lstm", "gru", "bert", "vit", "llama", "gpt2"])
 def test_models_people_bring_prune_to_target(stack, name, target):
-    client, worker = stack
+    client, worker, _ = stack
     x, y = task(name)
     model = trained(name, x, y)
     spec = {"kind": "checkpoint", "dataset": {"name": "upload", "ignore_index": IGNORE}, "algorithm": "rvsm",

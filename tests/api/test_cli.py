@@ -44,3 +44,24 @@ def test_rvsm_toy_rejects_a_bad_spec_with_the_field(tmp_path):
     path.write_text(json.dumps({"k": 2, "d": 3, "lam": 0.1, "beta": -1, "eta": 0.1}))
     out = rvsm("toy", str(path))
     assert out.returncode == 2 and "beta" in out.stderr and "> 0" in out.stderr
+
+
+def test_an_unset_broker_means_one_thing_everywhere(tmp_path):
+    """``RVSM_BROKER_URL`` unset: ``rvsm worker`` refuses and the API (outside ``rvsm serve``) says the broker is
+    not configured, on ``/readyz`` and on a submit, with the same rule (``jobs.queue.broker_url``), instead of
+    queueing on a guessed localhost Redis."""
+    import os
+
+    from service.cli import EXIT_INPUT
+    from tests.service_helpers import make_client
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {"RVSM_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "service.cli", "worker"], capture_output=True, text=True, env=env)
+    assert out.returncode == EXIT_INPUT and "RVSM_BROKER_URL is not set" in out.stderr, (out.returncode, out.stderr)
+    with make_client(tmp_path, "cpu", broker_url=None) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "error: BrokerNotConfigured"
+        spec = {"kind": "toy", "k": 2, "d": 4, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 10}
+        r = client.post("/v1/jobs", json=spec)
+        assert r.status_code == 503 and "BrokerNotConfigured" in r.json()["message"], r.text
+        assert client.get("/v1/jobs").json()["total"] == 0  # nothing half-queued is kept

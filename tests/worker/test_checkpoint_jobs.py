@@ -26,6 +26,7 @@ RVSM_L0 = {"kind": "checkpoint", "architecture": "lenet5", "dataset": {"name": "
 LAMBDA_L0 = RVSM_L0 | {"target_sparsity": None, "penalty": "l0", "lam": 5e-5, "beta": 0.01, "beta_final": 1.0,
                        "layer_scale": False}  # fmt: skip
 CAP = 1_000_000
+API_SETTINGS = {"max_upload_bytes": CAP}  # the stack fixture's (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +40,7 @@ def trained() -> dict[str, torch.Tensor]:
 
 
 def make_client(tmp, queue: str) -> TestClient:
-    return helpers.make_client(tmp, queue, max_upload_bytes=CAP)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ckpt")
-    queue = unique_queue("ckpt")
-    worker = Worker(service_env(tmp, queue=queue), queue, tmp / "worker.log")
-    with make_client(tmp, queue) as client:
-        yield client, worker, tmp
-    worker.stop()
+    return helpers.make_client(tmp, queue, **API_SETTINGS)
 
 
 def submit(client: TestClient, spec: dict, checkpoint: bytes | None = None, name: str = "model.safetensors"):
@@ -125,6 +116,7 @@ def test_progress_moves_within_an_epoch(stack):
     epoch is not a frozen bar. One epoch of batch 1 (~1,400 steps): several reads inside epoch 1."""
     client, worker, _ = stack
     job_id = client.post("/v1/jobs", json=RVSM_L0 | {"epochs": 1, "batch_size": 1}).json()["id"]
+    at_submit = client.get(f"/v1/jobs/{job_id}").json()["progress"]["max_iters"]  # the check's count, before any worker
     seen: list[dict] = []
 
     def two_steps_seen() -> bool:
@@ -139,6 +131,7 @@ def test_progress_moves_within_an_epoch(stack):
     assert first["epoch"] == last["epoch"] == 1 and first["epochs"] == 1 and first["steps"] == last["steps"]
     assert first["step"] < last["step"] and first["iteration"] == first["step"]
     assert first["max_iters"] == first["steps"] and 0 < first["fraction"] < last["fraction"] < 1
+    assert at_submit == first["max_iters"]  # max_iters counts optimizer steps from the submit on, never epochs
     assert wait_done(client, job_id)["state"] == "cancelled"
 
 

@@ -18,14 +18,14 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.user_models import export
 from jobs import states
 from jobs.db import get_sessionmaker
 from jobs.layout import job_dir, write_atomic
 from jobs.queue import enqueue
 from jobs.settings import get_settings
 from tests import service_helpers as helpers
-from tests.service_helpers import Worker, service_env, unique_queue, wait_for
-from tests.user_models import export
+from tests.service_helpers import wait_for
 from worker.checkpoint_jobs import CHILD_POISON_ENV
 
 SIGNATURE = np.array([1.2345678, -0.87654321, 3.1415927, 2.7182817, 0.5772157, 1.4142135, -1.6021766, 0.4242424],
@@ -58,13 +58,10 @@ class Probe(nn.Module):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("child")
-    queue = unique_queue("child")
     poison = tmp / "poison.txt"
     poison.write_text("")
-    worker = Worker(service_env(tmp, queue=queue, **{CHILD_POISON_ENV: str(poison)}), queue, tmp / "worker.log")
-    with helpers.make_client(tmp, queue, max_upload_bytes=4_000_000) as client:
-        yield client, worker, poison
-    worker.stop()
+    with helpers.api_and_worker(tmp, "child", env={CHILD_POISON_ENV: str(poison)}, max_upload_bytes=4_000_000) as s:
+        yield s.client, s.worker, poison
 
 
 def npz(x: np.ndarray, y: np.ndarray) -> bytes:

@@ -6,27 +6,14 @@ No worker consumes this module's queue: jobs stay queued, which is what the 409 
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
-from jobs.settings import Settings, get_settings
-from service.main import create_app
-from tests.service_helpers import REDIS_URL, unique_queue
+from jobs.settings import Settings
+from tests.service_helpers import api_client
 
 GOOD = {"k": 2, "d": 3, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 100}
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("api")
-    queue = unique_queue("noworker")
-    settings = Settings(data_dir=tmp, broker_url=REDIS_URL, toy_queue=queue, max_iters_cap=50_000, sweep_cap=8)
-    app = create_app()
-    app.dependency_overrides[get_settings] = lambda: settings
-    with TestClient(app) as c:
-        yield c
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).delete(queue)
+API_SETTINGS = {"max_iters_cap": 50_000, "sweep_cap": 8}
 
 
 def expect(r, status: int, *words: str) -> None:
@@ -108,16 +95,8 @@ def test_failed_submissions_store_nothing(client):
 
 @pytest.fixture
 def keyed(tmp_path):
-    settings = Settings(
-        data_dir=tmp_path, broker_url=REDIS_URL, toy_queue=unique_queue("keys"), api_keys=["k-a", "k-b"]
-    )
-    app = create_app()
-    app.dependency_overrides[get_settings] = lambda: settings
-    with TestClient(app) as c:
+    with api_client(tmp_path, "keys", api_keys=["k-a", "k-b"]) as c:
         yield c
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).delete(settings.toy_queue)
 
 
 def test_api_keys(keyed):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["toy-float64", "toy-float32", "overhead", "worker", "tests"]
 BLOCKS = ["gpu toy float64", "gpu toy float32", "gpu overhead", "gpu worker", "gpu tests"]
 

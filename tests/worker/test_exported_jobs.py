@@ -10,21 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
-from tests import service_helpers as helpers
-from tests.service_helpers import Worker, service_env, submit_job, unique_queue, wait_done
-from tests.user_models import ResidualCNN, TabularMLP, digits_npz, export
+from benchmarks.user_models import ResidualCNN, TabularMLP, digits_npz, export
+from tests.service_helpers import submit_job, wait_done
 
 CAP = 4_000_000
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("exported")
-    queue = unique_queue("exp")
-    worker = Worker(service_env(tmp, queue=queue), queue, tmp / "worker.log")
-    with helpers.make_client(tmp, queue, max_upload_bytes=CAP) as client:
-        yield client, worker
-    worker.stop()
+API_SETTINGS = {"max_upload_bytes": CAP}
 
 
 def artifacts(client, job_id: str) -> dict[str, bytes]:
@@ -38,7 +30,7 @@ SPEC = {"kind": "checkpoint", "dataset": {"name": "upload"}, "algorithm": "rvsm"
 
 @pytest.mark.parametrize("make,flat", [(ResidualCNN, False), (TabularMLP, True)], ids=["cnn", "mlp"])
 def test_exported_model_to_target_sparsity(stack, make, flat):
-    client, worker = stack
+    client, worker, _ = stack
     torch.manual_seed(0)
     model = make()
     npz, x_val, y_val = digits_npz(flat=flat)
@@ -77,7 +69,7 @@ def test_exported_model_to_target_sparsity(stack, make, flat):
 
 
 def test_exported_model_input_checks(stack):
-    client, _ = stack
+    client = stack.client
     torch.manual_seed(0)
     npz, x_val, _ = digits_npz(flat=True)
     image_model = export(ResidualCNN(), torch.randn(4, 1, 8, 8))
@@ -106,7 +98,7 @@ def test_exported_model_input_checks(stack):
     ids=["lightning", "model", "model_state_dict", "ddp", "compile", "lightning+ddp"],
 )
 def test_state_dict_forms(stack, wrap, note):
-    client, worker = stack
+    client, worker, _ = stack
     from rvsm import models
 
     torch.manual_seed(0)
@@ -126,7 +118,7 @@ def test_state_dict_forms(stack, wrap, note):
 
 
 def test_a_whole_pickled_model_gets_a_short_plain_message(stack):
-    client, _ = stack
+    client = stack.client
     buf = io.BytesIO()
     torch.save(TabularMLP(), buf)  # the whole module, not its state_dict
     spec = {"kind": "checkpoint", "architecture": "mlp", "dataset": {"name": "digits"}, "epochs": 1}
@@ -151,7 +143,7 @@ def test_a_whole_pickled_model_gets_a_short_plain_message(stack):
     ],
 )
 def test_fields_an_algorithm_would_ignore_are_rejected(stack, patch, field):
-    client, _ = stack
+    client = stack.client
     spec = {"kind": "checkpoint", "architecture": "lenet5", "dataset": {"name": "digits"}, "epochs": 1} | patch
     r = client.post("/v1/jobs", json=spec)
     assert r.status_code == 422, r.text

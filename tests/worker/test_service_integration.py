@@ -31,19 +31,12 @@ LONG = {"kind": "toy", "k": 2, "d": 50, "lam": 1e-4, "beta": 4e-3, "eta": 0.05, 
 SHORT = LONG | {"d": 10, "max_iters": 300, "log_every": 10}
 
 
+API_SETTINGS = {"max_iters_cap": 1_000_000, "sweep_cap": 1000}  # the stack fixture's (conftest), and make_client's
+
+
 def make_client(tmp, queue: str, database_url: str | None = None) -> TestClient:
     extra = {"database_url": database_url} if database_url else {}
-    return helpers.make_client(tmp, queue, max_iters_cap=1_000_000, sweep_cap=1000, **extra)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stack")
-    queue = unique_queue()
-    worker = Worker(service_env(tmp, queue=queue), queue, tmp / "worker.log")
-    with make_client(tmp, queue) as client:
-        yield client, worker, tmp
-    worker.stop()
+    return helpers.make_client(tmp, queue, **API_SETTINGS, **extra)
 
 
 def wait_state(client: TestClient, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
@@ -153,7 +146,7 @@ def test_sweep_job_returns_every_run(stack):
     assert {p["group"] for p in pts} == {0, 1}  # l0 and l1 run as two batches
     assert [r["config"] for r in result["runs"]] == [{"penalty": p, "d": d} for p in ("l0", "l1") for d in (5, 8)]
     # traces and vectors are also columns in runs.safetensors, row i = runs[i]; a sweep this small keeps its
-    # runs whole in the JSON too (a large one keeps summaries: tests/test_sweep_artifacts.py)
+    # runs whole in the JSON too (a large one keeps summaries: tests/worker/test_sweep_artifacts.py)
     assert result["columns"]["inline"] is True and "trace" in result["runs"][0]
     assert result["columns"]["artifact"] == "runs.safetensors" and result["columns"]["rows"] == 4
     assert result["columns"]["tensors"]["w"] == {"dtype": "float64", "shape": [4, 8]}
