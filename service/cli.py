@@ -269,13 +269,15 @@ def _gates(args: argparse.Namespace, job: dict, report: Callable[[], dict] | Non
 
 
 def _wait(client: _Client, job_id: str, progress: _Progress, poll: float, timeout: float | None = None) -> dict:
+    from jobs.states import TERMINAL
+
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         job = client.call("GET", f"/v1/jobs/{job_id}").json()
         p = job["progress"]
         eta = f"{p['eta_s']:.0f}s" if p.get("eta_s") is not None else "?"
         progress.update(job_id, f"{job_id[:8]} {job['state']}", 1000, int(1000 * p["fraction"]), eta=eta)
-        if job["state"] in ("succeeded", "failed", "cancelled"):
+        if job["state"] in TERMINAL:
             progress.close()
             return job
         if deadline is not None and time.monotonic() >= deadline:
@@ -435,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     listing = sub.add_parser("list", help="jobs, newest first")
-    listing.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    listing.add_argument("--state", help="only jobs in this state (the API checks it against its job states)")
     listing.add_argument("--limit", type=int, default=50)
     client_flags(listing)
     listing.set_defaults(func=cmd_list)

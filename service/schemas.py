@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from jobs.states import JobState
 from rvsm.data import IGNORE_INDEX
 from rvsm.train import (
     BATCH_SIZES,
@@ -123,14 +124,14 @@ class Progress(BaseModel):
 
 class JobCreated(BaseModel):
     id: str
-    state: str
+    state: JobState
     url: str
 
 
 class JobPublic(BaseModel):
     id: str
     kind: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: JobState
     url: str
     queue: str
     created_at: UtcDatetime

@@ -153,6 +153,12 @@ def wait_done(client, job_id: str, timeout: float = 300) -> dict:  # noqa: ANN00
     return wait_for(check, timeout=timeout, what=f"job {job_id}")  # type: ignore[return-value]
 
 
+def artifacts(client, job_id: str) -> dict[str, bytes]:  # noqa: ANN001
+    """Every artifact of the job, by name."""
+    names = [a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()]
+    return {n: client.get(f"/v1/jobs/{job_id}/artifacts/{n}").content for n in names}
+
+
 def python() -> str:
     return sys.executable
 

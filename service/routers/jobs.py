@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -23,6 +23,7 @@ from jobs.db import Job
 from jobs.layout import MEDIA_TYPES, PLOT, input_name, inputs_dir, job_dir, write_atomic
 from jobs.queue import enqueue
 from jobs.settings import Settings
+from jobs.states import JobState
 from rvsm.errors import InputError
 from rvsm.prepare import check_isolated
 from rvsm.toy import SpecError, ToyLimits, validate_spec
@@ -46,7 +47,6 @@ from ..schemas import (
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(no_unknown_query)])
-StateFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 def job_url(request: Request, job_id: str) -> str:
@@ -339,7 +339,7 @@ def list_jobs(
     request: Request,
     session: SessionDep,
     owner: OwnerDep,
-    state: StateFilter | None = None,
+    state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, lt=2**63)] = 0,
 ):

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service_helpers import free_port, start_serve
+from tests.service_helpers import free_port, start_serve, wait_done
 
 crafted = pytest.importorskip("tests.crafted_pt2")
 
@@ -113,14 +113,6 @@ def submit(client: httpx.Client, blob: bytes) -> httpx.Response:
     """Upload ``blob`` as the checkpoint; with the MLP's data if the CNN's shape was the only complaint."""
     r = post(client, blob, "cnn")
     return post(client, blob, "mlp") if SHAPE_MISMATCH in r.text else r
-
-
-def wait_done(client: httpx.Client, job_id: str) -> dict:
-    deadline = time.monotonic() + 240
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
-    return job
 
 
 def test_crafted_archives_are_refused_fast_with_nothing_run(live, tmp_path):

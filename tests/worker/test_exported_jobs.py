@@ -11,17 +11,12 @@ import torch
 from safetensors.torch import load as st_load
 
 from benchmarks.user_models import ResidualCNN, TabularMLP, digits_npz, export
-from tests.service_helpers import submit_job, wait_done
+from tests.service_helpers import artifacts, submit_job, wait_done
 
 CAP = 4_000_000
 
 
 API_SETTINGS = {"max_upload_bytes": CAP}
-
-
-def artifacts(client, job_id: str) -> dict[str, bytes]:
-    names = [a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()]
-    return {n: client.get(f"/v1/jobs/{job_id}/artifacts/{n}").content for n in names}
 
 
 SPEC = {"kind": "checkpoint", "dataset": {"name": "upload"}, "algorithm": "rvsm", "target_sparsity": 0.9,

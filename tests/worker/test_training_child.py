@@ -25,7 +25,7 @@ from jobs.layout import job_dir, write_atomic
 from jobs.queue import enqueue
 from jobs.settings import get_settings
 from tests import service_helpers as helpers
-from tests.service_helpers import wait_for
+from tests.service_helpers import wait_done
 from worker.checkpoint_jobs import CHILD_POISON_ENV
 
 SIGNATURE = np.array([1.2345678, -0.87654321, 3.1415927, 2.7182817, 0.5772157, 1.4142135, -1.6021766, 0.4242424],
@@ -96,17 +96,8 @@ def put_job(client, spec: dict, checkpoint: bytes, dataset: bytes, poison: Path 
     return job_id
 
 
-def wait_done(client, job_id: str) -> dict:
-    def done():
-        j = client.get(f"/v1/jobs/{job_id}").json()
-        return j if j["state"] in ("succeeded", "failed", "cancelled") else None
-
-    return wait_for(done, timeout=240, what=f"job {job_id}")
-
-
 def all_artifacts(client, job_id: str) -> bytes:
-    names = [a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts").json()]
-    return b"".join(client.get(f"/v1/jobs/{job_id}/artifacts/{n}").content for n in names)
+    return b"".join(helpers.artifacts(client, job_id).values())
 
 
 def read_paths() -> dict[str, bytes]:
