@@ -44,8 +44,11 @@ class GradualMagnitude:
         self.pairs = [owner(model, n) for n in names]
         self.total = sum(params[n].numel() for n in names)
         pruned = {id(params[n]): owner(model, n) for n in names}
-        self.aliases = [(owner(model, n), pruned[id(p)]) for n, p in params.items()
-                        if id(p) in pruned and owner(model, n) != pruned[id(p)]]  # fmt: skip
+        self.aliases = [
+            (owner(model, n), pruned[id(p)])
+            for n, p in params.items()
+            if id(p) in pruned and owner(model, n) != pruned[id(p)]
+        ]
         prune.global_unstructured(self.pairs, pruning_method=prune.L1Unstructured, amount=0)
         for (m, a), _ in self.aliases:
             del m._parameters[a]
@@ -84,8 +87,15 @@ def optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.step_lr, momentum=cfg.momentum or 0.0, weight_decay=cfg.decay)
 
 
-def gmp_epoch(model: nn.Module, data: TensorData, opt: torch.optim.Optimizer, gmp: GradualMagnitude,
-              cfg: TrainConfig, epoch: int, step: int) -> int:  # fmt: skip
+def gmp_epoch(
+    model: nn.Module,
+    data: TensorData,
+    opt: torch.optim.Optimizer,
+    gmp: GradualMagnitude,
+    cfg: TrainConfig,
+    epoch: int,
+    step: int,
+) -> int:
     """One epoch of the peer's loop; the cubic schedule raises the pruning before every step of the ramp."""
     steps = math.ceil(rows(data.x_train) / cfg.batch)
     start, span, target = cfg.warmup * steps, cfg.ramp * steps, cfg.target or 0.0
@@ -95,8 +105,9 @@ def gmp_epoch(model: nn.Module, data: TensorData, opt: torch.optim.Optimizer, gm
         gmp.prune_to(ramped_target(target, step, start, span))
         idx = perm[i : i + cfg.batch]
         out, y = call(model, select(data.x_train, idx)), data.y_train[idx]
-        loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
-                                           ignore_index=data.ignore_index)  # fmt: skip
+        loss = nn.functional.cross_entropy(
+            out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=data.ignore_index
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

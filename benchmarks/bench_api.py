@@ -53,14 +53,36 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {
-            "RVSM_DATA_DIR": str(tmp), "RVSM_DATABASE_URL": database_url, "RVSM_ARTIFACT_DIR": str(tmp / "artifacts"),
-            "RVSM_BROKER_URL": redis_url, "RVSM_TOY_QUEUE": queue, "PYTHONPATH": str(ROOT),
-        }  # fmt: skip
-        self.workers = [subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--queues", queue,
-                                          "--loglevel", "warning"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL) for _ in range(workers)]  # fmt: skip
-        argv = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-                "--log-level", "warning", "--no-access-log"]  # fmt: skip
+            "RVSM_DATA_DIR": str(tmp),
+            "RVSM_DATABASE_URL": database_url,
+            "RVSM_ARTIFACT_DIR": str(tmp / "artifacts"),
+            "RVSM_BROKER_URL": redis_url,
+            "RVSM_TOY_QUEUE": queue,
+            "PYTHONPATH": str(ROOT),
+        }
+        self.workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "worker", "--queues", queue, "--loglevel", "warning"],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(workers)
+        ]
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
         self.log = open(tmp / f"uvicorn-{self.port}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -133,9 +155,17 @@ async def open_loop(url: str, rate: float, duration: float, request) -> dict:  #
         await asyncio.gather(*tasks)
         span = time.perf_counter() - t0
     q = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {"offered": rate, "requests": n, "achieved": n / span, "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * q[98], "max_ms": 1000 * max(latencies), "errors": len(errors),
-            "first_error": errors[0] if errors else None, "load1": os.getloadavg()[0]}  # fmt: skip
+    return {
+        "offered": rate,
+        "requests": n,
+        "achieved": n / span,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * q[98],
+        "max_ms": 1000 * max(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "load1": os.getloadavg()[0],
+    }
 
 
 def submit_request(client, i: int):  # noqa: ANN001, ANN201
@@ -192,9 +222,19 @@ def cleanup(database_url: str, redis_url: str, queue: str) -> None:
 
 def line(r: dict) -> str:
     backlog = "yes" if r["achieved"] < 0.95 * r["offered"] else "no"
-    cells = [r["store"], str(r["workers"]), r["endpoint"], f"{r['offered']:.0f}", f"{r['achieved']:.1f}", backlog,
-             f"{r['p50_ms']:.1f}",
-             f"{r['p99_ms']:.1f}", f"{r['max_ms']:.1f}", str(r["errors"]), f"{r['load1']:.2f}"]  # fmt: skip
+    cells = [
+        r["store"],
+        str(r["workers"]),
+        r["endpoint"],
+        f"{r['offered']:.0f}",
+        f"{r['achieved']:.1f}",
+        backlog,
+        f"{r['p50_ms']:.1f}",
+        f"{r['p99_ms']:.1f}",
+        f"{r['max_ms']:.1f}",
+        str(r["errors"]),
+        f"{r['load1']:.2f}",
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -216,8 +256,16 @@ def report(args: argparse.Namespace, rows: list[dict], wall: float) -> str:
             ok = all(r["p99_ms"] < 50 and r["errors"] == 0 for r in at)
             worst = max(r["p99_ms"] for r in at)
             verdict.append(f"{store}, {n} workers: **{'met' if ok else 'not met'}** (worst p99 {worst:.1f} ms)")
-    tail = (["", "Target p99 < 50 ms at 100 req/s, submit and status (set with no worker on the box): "
-             + "; ".join(verdict) + "."] if verdict else [])  # fmt: skip
+    tail = (
+        [
+            "",
+            "Target p99 < 50 ms at 100 req/s, submit and status (set with no worker on the box): "
+            + "; ".join(verdict)
+            + ".",
+        ]
+        if verdict
+        else []
+    )
     return "\n".join(head + [line(r) for r in rows] + tail)
 
 

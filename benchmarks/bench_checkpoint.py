@@ -84,9 +84,15 @@ def summary(runs: list[dict]) -> dict:
 
     acc, acc_sd = ms("accuracy")
     sp, sp_sd = ms("sparsity")
-    return {"accuracy": acc, "accuracy_sd": acc_sd, "sparsity": sp, "sparsity_sd": sp_sd,
-            "collapsed": len(runs) - len(ok), "runs": len(runs),
-            "per_seed": [(r["seed"], round(r["accuracy"], 4), round(r["sparsity"], 4)) for r in runs]}  # fmt: skip
+    return {
+        "accuracy": acc,
+        "accuracy_sd": acc_sd,
+        "sparsity": sp,
+        "sparsity_sd": sp_sd,
+        "collapsed": len(runs) - len(ok),
+        "runs": len(runs),
+        "per_seed": [(r["seed"], round(r["accuracy"], 4), round(r["sparsity"], 4)) for r in runs],
+    }
 
 
 def part_acceptance(data: rdata.TensorData, out: dict) -> list[str]:
@@ -115,7 +121,7 @@ def part_acceptance(data: rdata.TensorData, out: dict) -> list[str]:
         f"Accuracy lost: {drop:.2f} points at {100 * b['sparsity']:.1f}% sparsity (means). "
         f"Target (≥ 90% sparsity, ≤ 1 point lost, no collapse): **{'met' if passed else 'not met'}**.",
         "",
-    ]  # fmt: skip
+    ]
 
 
 def part_tradeoff(data: rdata.TensorData, out: dict) -> list[str]:
@@ -147,11 +153,21 @@ def part_tradeoff(data: rdata.TensorData, out: dict) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, ss in points.items():
         ok = [s for s in ss if s["sparsity"] == s["sparsity"]]
-        ax.errorbar([s["sparsity"] for s in ok], [s["accuracy"] for s in ok], xerr=[s["sparsity_sd"] for s in ok],
-                    yerr=[s["accuracy_sd"] for s in ok], marker="o", capsize=3, label=name)  # fmt: skip
+        ax.errorbar(
+            [s["sparsity"] for s in ok],
+            [s["accuracy"] for s in ok],
+            xerr=[s["sparsity_sd"] for s in ok],
+            yerr=[s["accuracy_sd"] for s in ok],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
     ax.axhline(sgd["accuracy"], color="k", ls="--", lw=1, label="SGD (dense)")
-    ax.set(xlabel="sparsity of the conv/linear weights", ylabel="validation accuracy",
-           title=f"lenet5 on digits, {EPOCHS} epochs, mean ± sd over 3 seeds")  # fmt: skip
+    ax.set(
+        xlabel="sparsity of the conv/linear weights",
+        ylabel="validation accuracy",
+        title=f"lenet5 on digits, {EPOCHS} epochs, mean ± sd over 3 seeds",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -168,8 +184,10 @@ def part_tradeoff(data: rdata.TensorData, out: dict) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for m, st, s in rows:
-        lines.append(f"| {m} | {st} | {s['accuracy']:.4f} ± {s['accuracy_sd']:.4f} | {s['sparsity']:.3f} ± "
-                     f"{s['sparsity_sd']:.3f} | {s['collapsed']}/{s['runs']} |")  # fmt: skip
+        lines.append(
+            f"| {m} | {st} | {s['accuracy']:.4f} ± {s['accuracy_sd']:.4f} | {s['sparsity']:.3f} ± "
+            f"{s['sparsity_sd']:.3f} | {s['collapsed']}/{s['runs']} |"
+        )
     lines += ["", "![accuracy against sparsity](figures/accuracy_vs_sparsity.png)", ""]
     return lines
 
@@ -225,8 +243,10 @@ def part_overhead(archs: list[str], dev: torch.device, out: dict) -> list[str]:
                     times["pull"].append(timed_pull(opt, steps, dev))
         a, b, pull = (statistics.median(times[k]) for k in ("sgd", "rvsm", "pull"))
         out["overhead"].append({"arch": arch, "sgd_ms": 1e3 * a, "rvsm_ms": 1e3 * b, "pull_ms": 1e3 * pull})
-        lines.append(f"| {arch} | {c}×{s}×{s} | {bs} | {1e3 * a:.3f} | {1e3 * b:.3f} | {100 * (b / a - 1):+.1f}% | "
-                     f"{1e3 * pull:.3f} | {100 * pull / a:.1f}% |")  # fmt: skip
+        lines.append(
+            f"| {arch} | {c}×{s}×{s} | {bs} | {1e3 * a:.3f} | {1e3 * b:.3f} | {100 * (b / a - 1):+.1f}% | "
+            f"{1e3 * pull:.3f} | {100 * pull / a:.1f}% |"
+        )
     lines.append("")
     return lines
 
@@ -244,8 +264,9 @@ def timed_pull(opt, steps: int, dev: torch.device) -> float:
 
 
 def part_size(out: dict, data: rdata.TensorData) -> list[str]:
-    states = out.get("_states") or {"rvsm_l0_seed0": run(0, data, algorithm="rvsm", penalty="l0",
-                                                         lam=lam_for("l0", 0.1), **RVSM)["state"]}  # fmt: skip
+    states = out.get("_states") or {
+        "rvsm_l0_seed0": run(0, data, algorithm="rvsm", penalty="l0", lam=lam_for("l0", 0.1), **RVSM)["state"]
+    }
     lines = [
         "### `model.sparse` size",
         "",
@@ -261,8 +282,10 @@ def part_size(out: dict, data: rdata.TensorData) -> list[str]:
         zeros = sum(int((v == 0).sum()) for v in st.values())
         total = sum(v.numel() for v in st.values())
         out["size"].append({"model": name, "dense": dense, "sparse": sparse, "limit": limit})
-        lines.append(f"| lenet5 {name} | {zeros / total:.3f} (all tensors) | {dense} B | {sparse} B | {limit} B | "
-                     f"{sparse / dense:.3f} | {sparse / limit:.3f} |")  # fmt: skip
+        lines.append(
+            f"| lenet5 {name} | {zeros / total:.3f} (all tensors) | {dense} B | {sparse} B | {limit} B | "
+            f"{sparse / dense:.3f} | {sparse / limit:.3f} |"
+        )
     lines.append("")
     return lines
 

@@ -43,8 +43,19 @@ def one_run(data: rdata.TensorData, epochs: int, *, flush: bool, count_every: in
     torch.manual_seed(0)
     model = models.build("lenet5", in_channels=1, input_size=8, num_classes=10)
     lam = BETA * THRESHOLD**2 / 2
-    cfg = TrainConfig(seed=0, epochs=epochs, algorithm="rvsm", penalty="l0", lam=lam, beta=BETA, beta_final=1.0,
-                      lr=0.05, weight_decay=1e-4, batch_size=64, layer_scale=False)  # fmt: skip
+    cfg = TrainConfig(
+        seed=0,
+        epochs=epochs,
+        algorithm="rvsm",
+        penalty="l0",
+        lam=lam,
+        beta=BETA,
+        beta_final=1.0,
+        lr=0.05,
+        weight_decay=1e-4,
+        batch_size=64,
+        layer_scale=False,
+    )
     seen = {"max": 0}
 
     def on_step(step: int, _per_epoch: int) -> None:
@@ -90,8 +101,11 @@ def main() -> None:
         for flush in (True, False):
             r = one_run(data, args.epochs, flush=flush, count_every=args.count_every)
             runs[flush].append(r)
-            print(f"repeat {rep} flush {'on' if flush else 'off'}: {r['wall_s']:.2f} s, accuracy {r['accuracy']:.4f}, "
-                  f"max denormals {r['max_subnormals']}", flush=True)  # fmt: skip
+            print(
+                f"repeat {rep} flush {'on' if flush else 'off'}: {r['wall_s']:.2f} s, accuracy {r['accuracy']:.4f}, "
+                f"max denormals {r['max_subnormals']}",
+                flush=True,
+            )
     on, off = runs[True], runs[False]
     ratios = [b["wall_s"] / a["wall_s"] for a, b in zip(on, off, strict=True)]
     ref = on[0]

@@ -176,36 +176,82 @@ def cmd_worker(args: argparse.Namespace) -> list[str]:
         env["RVSM_SANDBOX_SECCOMP"] = os.environ["RVSM_SANDBOX_SECCOMP"]
     rvsm = [sys.executable, "-m", "service.cli"]
     cmds = {
-        "redis": [redis_server(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                  "no", "--dir", str(tmp)],
-        "api": [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--host", "127.0.0.1",
-                "--port", str(api_port)],
+        "redis": [
+            redis_server(),
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        "api": [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "service.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+        ],
         "worker": [*rvsm, "worker", "--queues", "gpu"],
-    }  # fmt: skip
+    }
     procs: dict[str, subprocess.Popen] = {}
     logs = {name: open(tmp / f"{name}.log", "wb") for name in cmds}  # noqa: SIM115
     url = f"http://127.0.0.1:{api_port}"
     t0 = time.perf_counter()
     try:
         for name, argv in cmds.items():
-            procs[name] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=logs[name], stderr=subprocess.STDOUT,
-                                           start_new_session=True)  # fmt: skip
+            procs[name] = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True
+            )
             if name == "redis":
-                wait_until(lambda: socket.create_connection(("127.0.0.1", redis_port), timeout=1).close() or True,
-                           30, "redis", list(procs.values()))  # fmt: skip
+                wait_until(
+                    lambda: socket.create_connection(("127.0.0.1", redis_port), timeout=1).close() or True,
+                    30,
+                    "redis",
+                    list(procs.values()),
+                )
         client = httpx.Client(base_url=url, timeout=30)
-        wait_until(lambda: client.get("/readyz").status_code == 200, 120, "the API", list(procs.values()),
-                   (OSError, httpx.TransportError))  # fmt: skip
-        spec = {"kind": "checkpoint", "architecture": "lenet5", "dataset": {"name": "digits"},
-                "algorithm": "rvsm", "epochs": args.epochs, "seed": 0}  # fmt: skip
+        wait_until(
+            lambda: client.get("/readyz").status_code == 200,
+            120,
+            "the API",
+            list(procs.values()),
+            (OSError, httpx.TransportError),
+        )
+        spec = {
+            "kind": "checkpoint",
+            "architecture": "lenet5",
+            "dataset": {"name": "digits"},
+            "algorithm": "rvsm",
+            "epochs": args.epochs,
+            "seed": 0,
+        }
         status, report = run_job(client, args, data={"spec": json.dumps(spec)}, files=None)
         t_job = job_seconds(status)
         npz, x_val, y_val = digits_npz()
         pt2 = export_readme_cnn(x_val[:4])
-        exp_spec = {"kind": "checkpoint", "dataset": {"name": "upload"}, "algorithm": "rvsm",
-                    "target_sparsity": 0.5, "epochs": 2, "seed": 0}  # fmt: skip
-        exp_status, exp_report = run_job(client, args, data={"spec": json.dumps(exp_spec)},
-                                         files={"checkpoint": ("m.pt2", pt2), "dataset": ("d.npz", npz)})  # fmt: skip
+        exp_spec = {
+            "kind": "checkpoint",
+            "dataset": {"name": "upload"},
+            "algorithm": "rvsm",
+            "target_sparsity": 0.5,
+            "epochs": 2,
+            "seed": 0,
+        }
+        exp_status, exp_report = run_job(
+            client,
+            args,
+            data={"spec": json.dumps(exp_spec)},
+            files={"checkpoint": ("m.pt2", pt2), "dataset": ("d.npz", npz)},
+        )
         cpu_check = pt2_on_cpu(client, exp_status, exp_report, x_val, y_val)
     finally:
         for name in ("worker", "api", "redis"):
@@ -341,8 +387,9 @@ def train_in_process(spec: dict, device: str) -> float:
         s = spec | {"epochs": epochs}
         t = time.perf_counter()
         prep = prepare(s)
-        train(prep.model, prep.data, TrainConfig.from_spec(s | {"params": prep.sparse_names}),
-              device=torch.device(device))  # fmt: skip
+        train(
+            prep.model, prep.data, TrainConfig.from_spec(s | {"params": prep.sparse_names}), device=torch.device(device)
+        )
         sync(torch.device(device))
         times.append(time.perf_counter() - t)
     return times[-1]

@@ -63,16 +63,33 @@ class Stack:
         self.queue = f"bench-{uuid.uuid4().hex[:10]}"
         self.redis_url = redis_url
         db = f"sqlite:///{tmp / 'jobs.db'}"
-        self.settings = Settings(data_dir=tmp, database_url=db, artifact_dir=tmp / "artifacts", broker_url=redis_url,
-                                 toy_queue=self.queue, max_iters_cap=10**6, sweep_cap=10**6,
-                                 toy_elements_cap=10**9)  # fmt: skip
+        self.settings = Settings(
+            data_dir=tmp,
+            database_url=db,
+            artifact_dir=tmp / "artifacts",
+            broker_url=redis_url,
+            toy_queue=self.queue,
+            max_iters_cap=10**6,
+            sweep_cap=10**6,
+            toy_elements_cap=10**9,
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {
-            "RVSM_DATA_DIR": str(tmp), "RVSM_DATABASE_URL": db, "RVSM_ARTIFACT_DIR": str(tmp / "artifacts"),
-            "RVSM_BROKER_URL": redis_url, "RVSM_TOY_QUEUE": self.queue, "PYTHONPATH": str(ROOT),
-        }  # fmt: skip
+            "RVSM_DATA_DIR": str(tmp),
+            "RVSM_DATABASE_URL": db,
+            "RVSM_ARTIFACT_DIR": str(tmp / "artifacts"),
+            "RVSM_BROKER_URL": redis_url,
+            "RVSM_TOY_QUEUE": self.queue,
+            "PYTHONPATH": str(ROOT),
+        }
         self.log = open(tmp / "worker.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(worker_argv(self.queue, "warning"), env=env, cwd=ROOT, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            worker_argv(self.queue, "warning"),
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         app = create_app()
         app.dependency_overrides[get_settings] = lambda: self.settings
         self.client = TestClient(app)
@@ -124,8 +141,9 @@ class Stack:
             os.killpg(self.proc.pid, signal.SIGCONT)
         self.wait(ids, timeout)
         with get_sessionmaker(self.settings.resolved_database_url)() as s:
-            first, last = s.execute(select(func.min(Job.started_at), func.max(Job.finished_at))
-                                    .where(Job.id.in_(ids))).one()  # fmt: skip
+            first, last = s.execute(
+                select(func.min(Job.started_at), func.max(Job.finished_at)).where(Job.id.in_(ids))
+            ).one()
             self.batches = int(s.scalar(select(func.count(func.distinct(Job.worker))).where(Job.id.in_(ids))) or 0)
         return (last - first).total_seconds()
 
@@ -209,11 +227,18 @@ def overhead(stack: Stack, n: int, repeats: int) -> dict:
         submit.append(stack.submit_s)
         sweep.append(stack.run([one]))
         alone.append(one_at_a_time(n))
-    return {"backlog_jobs_s": queued, "backlog_sweep_s": queued_sweep, "backlog_runs": runs,
-            "backlog_ratio": [a / b for a, b in zip(queued, queued_sweep, strict=True)],
-            "jobs_s": jobs, "sweep_s": sweep, "submit_s": submit, "solver_alone_s": alone,
-            "ratio": [a / b for a, b in zip(jobs, sweep, strict=True)],
-            "ratio_to_floor": [a / b for a, b in zip(jobs, alone, strict=True)]}  # fmt: skip
+    return {
+        "backlog_jobs_s": queued,
+        "backlog_sweep_s": queued_sweep,
+        "backlog_runs": runs,
+        "backlog_ratio": [a / b for a, b in zip(queued, queued_sweep, strict=True)],
+        "jobs_s": jobs,
+        "sweep_s": sweep,
+        "submit_s": submit,
+        "solver_alone_s": alone,
+        "ratio": [a / b for a, b in zip(jobs, sweep, strict=True)],
+        "ratio_to_floor": [a / b for a, b in zip(jobs, alone, strict=True)],
+    }
 
 
 def rss(stack: Stack, total: int, every: int) -> dict:
@@ -244,64 +269,74 @@ def big(stack: Stack, n: int, iters: int, repeats: int) -> dict:
         span.append(s)
         inner.append(i)
     size = (stack.settings.resolved_artifact_dir).glob("*/result.json")
-    return {"configs": n, "iters": iters, "solver_s": solver, "job_s": job, "span_s": span, "inner_solver_s": inner,
-            "ratio": [a / b for a, b in zip(job, solver, strict=True)],
-            "inner_ratio": [a / b for a, b in zip(span, inner, strict=True)],
-            "largest_result_json_bytes": max(p.stat().st_size for p in size)}  # fmt: skip
+    return {
+        "configs": n,
+        "iters": iters,
+        "solver_s": solver,
+        "job_s": job,
+        "span_s": span,
+        "inner_solver_s": inner,
+        "ratio": [a / b for a, b in zip(job, solver, strict=True)],
+        "inner_ratio": [a / b for a, b in zip(span, inner, strict=True)],
+        "largest_result_json_bytes": max(p.stat().st_size for p in size),
+    }
 
 
 def report(args: argparse.Namespace, out: dict, wall: float) -> str:
     o, r, b = out["overhead"], out["rss"], out["big"]
     load = os.getloadavg()[0]
     series = ", ".join(f"{n}: {kib / 1024:.1f}" for n, kib in r["samples"])
-    return "\n".join([
-        f"Command: `python benchmarks/bench_jobs.py {' '.join(args.argv)}`  ",
-        f"Machine: {machine()}; 1-minute load average at the end {load:.2f}; {wall:.0f} s in all.",
-        "",
-        f"**Per-job overhead.** {args.jobs} trivial toy jobs (k=2, d=10, 100 iterations) through the API and one "
-        f"worker, against the same {args.jobs} configurations as one sweep job. *Backlog* (the target): all "
-        "submitted while the worker is stopped (SIGSTOP), then let go on, timed from its first claim to its last "
-        "finish (`started_at`, `finished_at` in the store): the worker's own time. *One by one*: one request per "
-        "job while the worker runs, from the first submission to the last job seen finished, which also holds "
-        "the API's time per request (the sweep is one request). The floor: `run_toy` on each configuration "
-        "alone in the benchmark's process, no service. "
-        f"{args.repeats} alternating repeats (backlog jobs, backlog sweep, jobs, sweep, floor, ...). "
-        "Median (min–max).",
-        "",
-        "| backlog: jobs s | backlog: sweep s | **backlog: jobs / sweep** | batches the worker ran "
-        "| one by one: jobs s | of it submitting s | one by one: sweep s | one by one: jobs / sweep "
-        "| floor, run_toy one by one: s |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {fmt(o['backlog_jobs_s'])} | {fmt(o['backlog_sweep_s'], '.3f')} "
-        f"| **{fmt(o['backlog_ratio'], '.1f', 'x')}** | {fmt(o['backlog_runs'], '.0f')} | {fmt(o['jobs_s'])} "
-        f"| {fmt(o['submit_s'])} | {fmt(o['sweep_s'], '.3f')} "
-        f"| {fmt(o['ratio'], '.1f', 'x')} | {fmt(o['solver_alone_s'])} |",
-        "",
-        f"Target jobs / sweep ≤ 10x through the worker (backlog): "
-        f"**{'met' if med(o['backlog_ratio'])[0] <= 10 else 'not met'}** (median). One by one, end to end: "
-        f"{med(o['ratio'])[0]:.1f}x, of which submitting took {1000 * med(o['submit_s'])[0] / args.jobs:.1f} ms "
-        "a request.",
-        "",
-        f"**Worker memory.** VmRSS of the worker process (MiB) after every {args.rss_every} of {args.rss_jobs} more "
-        f"trivial jobs (the worker had already run {1 + 2 * args.repeats * (args.jobs + 1)} jobs above): {series}. "
-        f"Growth from the first sample to the last: {r['growth_kib'] / 1024:+.1f} MiB.",
-        "",
-        f"**A {b['configs']:,}-configuration sweep.** k=2, d=20, {b['iters']} iterations, as one job, "
-        f"{args.big_repeats} repeats alternating with `rvsm.algorithms.run_toy` on the same configurations in the "
-        "benchmark's process. Inside each job: its span in the worker (claimed to finished, from the store: "
-        "validation, run, bounds, result assembly, `result.json` + `runs.safetensors` written) against the "
-        "solver's own time in that same span (`final.wall_time_s`), which a change of load on the machine hits "
-        "alike. Also: the job from submission to finished, against the solver alone in another process.",
-        "",
-        "| job span in the worker: s | solver inside it: s | **span / solver** | submit to finished: s "
-        "| solver alone: s | submit-to-finished / solver alone | largest result.json |",
-        "|---|---|---|---|---|---|---|",
-        f"| {fmt(b['span_s'])} | {fmt(b['inner_solver_s'])} | **{fmt(b['inner_ratio'], '.2f', 'x')}** "
-        f"| {fmt(b['job_s'])} | {fmt(b['solver_s'])} | {fmt(b['ratio'], '.2f', 'x')} "
-        f"| {b['largest_result_json_bytes'] / 2**20:.1f} MiB |",
-        "",
-        f"Target span / solver ≤ 2x: **{'met' if med(b['inner_ratio'])[0] <= 2 else 'not met'}** (median).",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"Command: `python benchmarks/bench_jobs.py {' '.join(args.argv)}`  ",
+            f"Machine: {machine()}; 1-minute load average at the end {load:.2f}; {wall:.0f} s in all.",
+            "",
+            f"**Per-job overhead.** {args.jobs} trivial toy jobs (k=2, d=10, 100 iterations) through the API and one "
+            f"worker, against the same {args.jobs} configurations as one sweep job. *Backlog* (the target): all "
+            "submitted while the worker is stopped (SIGSTOP), then let go on, timed from its first claim to its last "
+            "finish (`started_at`, `finished_at` in the store): the worker's own time. *One by one*: one request per "
+            "job while the worker runs, from the first submission to the last job seen finished, which also holds "
+            "the API's time per request (the sweep is one request). The floor: `run_toy` on each configuration "
+            "alone in the benchmark's process, no service. "
+            f"{args.repeats} alternating repeats (backlog jobs, backlog sweep, jobs, sweep, floor, ...). "
+            "Median (min–max).",
+            "",
+            "| backlog: jobs s | backlog: sweep s | **backlog: jobs / sweep** | batches the worker ran "
+            "| one by one: jobs s | of it submitting s | one by one: sweep s | one by one: jobs / sweep "
+            "| floor, run_toy one by one: s |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {fmt(o['backlog_jobs_s'])} | {fmt(o['backlog_sweep_s'], '.3f')} "
+            f"| **{fmt(o['backlog_ratio'], '.1f', 'x')}** | {fmt(o['backlog_runs'], '.0f')} | {fmt(o['jobs_s'])} "
+            f"| {fmt(o['submit_s'])} | {fmt(o['sweep_s'], '.3f')} "
+            f"| {fmt(o['ratio'], '.1f', 'x')} | {fmt(o['solver_alone_s'])} |",
+            "",
+            f"Target jobs / sweep ≤ 10x through the worker (backlog): "
+            f"**{'met' if med(o['backlog_ratio'])[0] <= 10 else 'not met'}** (median). One by one, end to end: "
+            f"{med(o['ratio'])[0]:.1f}x, of which submitting took {1000 * med(o['submit_s'])[0] / args.jobs:.1f} ms "
+            "a request.",
+            "",
+            f"**Worker memory.** VmRSS of the worker process (MiB) after every {args.rss_every} of {args.rss_jobs} "
+            f"more trivial jobs (the worker had already run {1 + 2 * args.repeats * (args.jobs + 1)} jobs above): "
+            f"{series}. "
+            f"Growth from the first sample to the last: {r['growth_kib'] / 1024:+.1f} MiB.",
+            "",
+            f"**A {b['configs']:,}-configuration sweep.** k=2, d=20, {b['iters']} iterations, as one job, "
+            f"{args.big_repeats} repeats alternating with `rvsm.algorithms.run_toy` on the same configurations in the "
+            "benchmark's process. Inside each job: its span in the worker (claimed to finished, from the store: "
+            "validation, run, bounds, result assembly, `result.json` + `runs.safetensors` written) against the "
+            "solver's own time in that same span (`final.wall_time_s`), which a change of load on the machine hits "
+            "alike. Also: the job from submission to finished, against the solver alone in another process.",
+            "",
+            "| job span in the worker: s | solver inside it: s | **span / solver** | submit to finished: s "
+            "| solver alone: s | submit-to-finished / solver alone | largest result.json |",
+            "|---|---|---|---|---|---|---|",
+            f"| {fmt(b['span_s'])} | {fmt(b['inner_solver_s'])} | **{fmt(b['inner_ratio'], '.2f', 'x')}** "
+            f"| {fmt(b['job_s'])} | {fmt(b['solver_s'])} | {fmt(b['ratio'], '.2f', 'x')} "
+            f"| {b['largest_result_json_bytes'] / 2**20:.1f} MiB |",
+            "",
+            f"Target span / solver ≤ 2x: **{'met' if med(b['inner_ratio'])[0] <= 2 else 'not met'}** (median).",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

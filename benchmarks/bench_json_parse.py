@@ -43,8 +43,10 @@ def main() -> None:
                 outcome = f"refused ({type(e).__name__})"
             times.append(time.perf_counter() - start)
         ms = [t * 1e3 for t in times]
-        print(f"{name:48s} {len(text):>8d} bytes  {outcome:36s} median {statistics.median(ms):6.1f} ms  "
-              f"range {min(ms):.1f}-{max(ms):.1f} ms")  # fmt: skip
+        print(
+            f"{name:48s} {len(text):>8d} bytes  {outcome:36s} median {statistics.median(ms):6.1f} ms  "
+            f"range {min(ms):.1f}-{max(ms):.1f} ms"
+        )
 
 
 if __name__ == "__main__":

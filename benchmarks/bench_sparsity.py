@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
-def one_run(model_name: str, seed: int, method: str, target: float | None, epochs: int, tmp: Path,
-            extra: dict | None = None) -> dict:
+def one_run(
+    model_name: str, seed: int, method: str, target: float | None, epochs: int, tmp: Path, extra: dict | None = None
+) -> dict:
     torch.manual_seed(seed)
     spec: dict = {"kind": "checkpoint", "seed": seed, "epochs": epochs}
     blob = None
@@ -64,16 +65,24 @@ def one_run(model_name: str, seed: int, method: str, target: float | None, epoch
         "magnitude": {"algorithm": "magnitude", "target_sparsity": target},
         "admm": {"algorithm": "admm", "target_sparsity": target, "epochs": half, "finetune_epochs": half},
         "gmp": {"algorithm": "sgd"},  # only prepared by the service; trained by gmp_train below
-    }[method] | (extra or {})  # fmt: skip
+    }[method] | (extra or {})
     prep = prepare(spec, checkpoint=blob, dataset_file=tmp / f"{'flat' if model_name == 'custom MLP' else 'img'}.npz")
     t0 = time.perf_counter()
     if method == "gmp":
         acc, sp = gmp_train(prep, TrainConfig.from_spec(spec | {"algorithm": "rvsm", "target_sparsity": target}))
-        return {"accuracy": acc, "sparsity": sp, "collapsed": is_collapsed(acc, prep.data),
-                "seconds": time.perf_counter() - t0}  # fmt: skip
+        return {
+            "accuracy": acc,
+            "sparsity": sp,
+            "collapsed": is_collapsed(acc, prep.data),
+            "seconds": time.perf_counter() - t0,
+        }
     r = train(prep.model, prep.data, TrainConfig.from_spec(spec | {"params": prep.sparse_names}))
-    return {"accuracy": r.score_after, "sparsity": r.sparsity["prunable"], "collapsed": r.collapsed,
-            "seconds": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "accuracy": r.score_after,
+        "sparsity": r.sparsity["prunable"],
+        "collapsed": r.collapsed,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 METHODS = ("rvsm", "gmp", "magnitude", "admm")
@@ -110,7 +119,8 @@ def variant_table(args: argparse.Namespace, results: dict, seconds: float) -> st
     lines = [
         f"`python benchmarks/bench_sparsity.py --seeds {' '.join(map(str, args.seeds))} --targets "
         f"{' '.join(map(str, args.targets))} --epochs {args.epochs} --workers {args.workers} --variants "
-        + " ".join(f"'{v}'" for v in args.variants) + f"` on {machine()} (one per worker); {seconds:.0f} s in all.",
+        + " ".join(f"'{v}'" for v in args.variants)
+        + f"` on {machine()} (one per worker); {seconds:.0f} s in all.",
         "",
         f"RVSM's target mode with each variant's fields over the service's defaults, against GMP: validation accuracy, "
         f"mean over seeds {args.seeds}, and in brackets the difference from GMP in accuracy points.",
@@ -121,8 +131,10 @@ def variant_table(args: argparse.Namespace, results: dict, seconds: float) -> st
     for m in args.models:
         for t in args.targets:
             gmp = results[(m, "gmp", t)]
-            cells = [f"{statistics.mean(r['accuracy'] for r in results[(m, v, t)]):.4f} "
-                     f"({gap(results[(m, v, t)], gmp)})" for v in args.variants]  # fmt: skip
+            cells = [
+                f"{statistics.mean(r['accuracy'] for r in results[(m, v, t)]):.4f} ({gap(results[(m, v, t)], gmp)})"
+                for v in args.variants
+            ]
             mean = statistics.mean(r["accuracy"] for r in gmp)
             lines.append(f"| {m} | {t} | {mean:.4f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -141,8 +153,14 @@ def seed_runs(job: tuple[int, argparse.Namespace]) -> dict:
             for method, target in plan:
                 r = one_run(model_name, seed, method, target, args.epochs, Path(tmp))
                 out[(model_name, method, target)] = r
-                print(model_name, seed, method, target, f"{r['accuracy']:.4f} sp {r['sparsity']:.4f} "
-                      f"{r['seconds']:.1f}s", flush=True)  # fmt: skip
+                print(
+                    model_name,
+                    seed,
+                    method,
+                    target,
+                    f"{r['accuracy']:.4f} sp {r['sparsity']:.4f} {r['seconds']:.1f}s",
+                    flush=True,
+                )
             for lam in args.lambdas:
                 r = one_run(model_name, seed, "lambda", lam, args.epochs, Path(tmp))
                 out[(model_name, "lambda", lam)] = r
@@ -174,8 +192,13 @@ def table(args: argparse.Namespace, results: dict, seconds: float) -> str:
         dense = cell(results[(model_name, "sgd", None)])
         for target in args.targets:
             runs = {m: results[(model_name, m, target)] for m in METHODS}
-            row = [cell(runs["rvsm"]), cell(runs["gmp"]), gap(runs["rvsm"], runs["gmp"]), cell(runs["magnitude"]),
-                   cell(runs["admm"])]  # fmt: skip
+            row = [
+                cell(runs["rvsm"]),
+                cell(runs["gmp"]),
+                gap(runs["rvsm"], runs["gmp"]),
+                cell(runs["magnitude"]),
+                cell(runs["admm"]),
+            ]
             lines.append(f"| {model_name} | {dense} | {target} | " + " | ".join(row) + " |")
     batch = TrainConfig(algorithm="sgd", epochs=args.short_epochs).resolved(len(digits(seed=0).y_train)).batch
     short = {m: results[("short", m, None if m == "sgd" else SHORT_TARGET)] for m in ("sgd", "rvsm", "gmp")}
@@ -198,9 +221,14 @@ def lambda_table(args: argparse.Namespace, results: dict) -> list[str]:
     """Lambda mode at its defaults (l0, beta 0.1, thresholds in units of each layer's RMS, the min_keep floor):
     accuracy and the sparsity it reaches, per lam."""
     head = " | ".join(args.models)
-    lines = ["", f"Lambda mode (`lam`, no target) at its defaults, {args.epochs} epochs: validation accuracy, mean "
-             "(range), and the sparsity reached (mean).", "", f"| lam | {head} |",
-             "|---|" + "---|" * len(args.models)]  # fmt: skip
+    lines = [
+        "",
+        f"Lambda mode (`lam`, no target) at its defaults, {args.epochs} epochs: validation accuracy, mean "
+        "(range), and the sparsity reached (mean).",
+        "",
+        f"| lam | {head} |",
+        "|---|" + "---|" * len(args.models),
+    ]
     for lam in args.lambdas:
         cells = []
         for m in args.models:
@@ -216,12 +244,22 @@ def main() -> None:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.9, 0.95, 0.98])
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--models", nargs="+", default=["lenet5", "custom CNN", "custom MLP"])
-    ap.add_argument("--lambdas", type=float, nargs="*", default=[0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2],
-                    help="lambda mode's lam values (none: skip the table)")
+    ap.add_argument(
+        "--lambdas",
+        type=float,
+        nargs="*",
+        default=[0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2],
+        help="lambda mode's lam values (none: skip the table)",
+    )
     ap.add_argument("--short-epochs", type=int, default=5, help="the short lenet5 job's epochs")
     ap.add_argument("--workers", type=int, default=1, help="processes, one seed each at a time (one torch thread)")
-    ap.add_argument("--variants", nargs="*", default=[], help="JSON objects of RVSM fields: compare each with GMP "
-                    "only (how the defaults were chosen; written into the 'sparsity-variants' block)")
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="JSON objects of RVSM fields: compare each with GMP "
+        "only (how the defaults were chosen; written into the 'sparsity-variants' block)",
+    )
     ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
     t0 = time.perf_counter()

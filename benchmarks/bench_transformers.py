@@ -79,22 +79,44 @@ class VitPixels(Classifier):
 
 
 def bert() -> nn.Module:
-    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=SEQ, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0)  # fmt: skip
+    cfg = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=SEQ,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     cfg.num_labels = 2
     return BertIds(transformers.BertForSequenceClassification(cfg))
 
 
 def gpt2() -> nn.Module:
-    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=SEQ,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    cfg = transformers.GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=SEQ,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return Gpt2Ids(transformers.GPT2LMHeadModel(cfg))
 
 
 def vit() -> nn.Module:
-    cfg = transformers.ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    cfg = transformers.ViTConfig(
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     cfg.num_labels = 10
     return VitPixels(transformers.ViTForImageClassification(cfg))
 
@@ -156,18 +178,18 @@ class Case:
 
 CASES = {
     "bert": Case(bert, lambda: order_task(4, torch.Generator().manual_seed(1))[0], lambda: token_npz(order_task)),
-    "gpt2": Case(gpt2, lambda: counting_task(4, torch.Generator().manual_seed(1))[0],
-                 lambda: token_npz(counting_task)),
+    "gpt2": Case(gpt2, lambda: counting_task(4, torch.Generator().manual_seed(1))[0], lambda: token_npz(counting_task)),
     "vit": Case(vit, lambda: {"pixel_values": torch.rand(4, 1, 8, 8)}, digits_npz),
-}  # fmt: skip
+}
 
 
 def export(module: nn.Module, example: dict[str, Tensor]) -> bytes:
     """``torch.export`` in eval mode with one dynamic batch dimension shared by every input, as a user would."""
     module.eval()
     batch = torch.export.Dim("batch", min=2)
-    program = torch.export.export(module, tuple(example.values()), dynamic_shapes={k: {0: batch} for k in example},
-                                  strict=False)  # fmt: skip
+    program = torch.export.export(
+        module, tuple(example.values()), dynamic_shapes={k: {0: batch} for k in example}, strict=False
+    )
     buf = io.BytesIO()
     torch.export.save(program, buf)
     return buf.getvalue()
@@ -175,14 +197,19 @@ def export(module: nn.Module, example: dict[str, Tensor]) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- the service's runs
 def spec_for(method: str, target: float | None, epochs: int, seed: int) -> dict:
-    spec: dict = {"kind": "checkpoint", "seed": seed, "epochs": epochs, "optimizer": "adamw",
-            "dataset": {"name": "upload", "ignore_index": IGNORE}}  # fmt: skip
+    spec: dict = {
+        "kind": "checkpoint",
+        "seed": seed,
+        "epochs": epochs,
+        "optimizer": "adamw",
+        "dataset": {"name": "upload", "ignore_index": IGNORE},
+    }
     per_method: dict[str, dict] = {
         "dense": {"algorithm": "sgd"},
         "gmp": {"algorithm": "sgd"},  # only prepared by the service; trained by gmp_train below
         "rvsm": {"algorithm": "rvsm", "target_sparsity": target},
         "magnitude": {"algorithm": "magnitude", "target_sparsity": target},
-    }  # fmt: skip
+    }
     return spec | per_method[method]
 
 
@@ -202,9 +229,15 @@ def one_run(blob: bytes, npz: Path, seed: int, method: str, target: float | None
     else:
         r = train(prep.model, prep.data, TrainConfig.from_spec(spec | {"params": prep.sparse_names}))
         acc, sparsity = r.score_after, r.sparsity["prunable"]
-    return {"accuracy": acc, "sparsity": sparsity, "seconds": time.perf_counter() - t0,
-            "pruned": (len(prep.sparse_names), sparsity_report(prep.model.state_dict(), prep.sparse_names)
-                       ["prunable_parameters"])}  # fmt: skip
+    return {
+        "accuracy": acc,
+        "sparsity": sparsity,
+        "seconds": time.perf_counter() - t0,
+        "pruned": (
+            len(prep.sparse_names),
+            sparsity_report(prep.model.state_dict(), prep.sparse_names)["prunable_parameters"],
+        ),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -248,10 +281,16 @@ def table(args: argparse.Namespace, results: dict, info: dict, seconds: float) -
             accs = " | ".join(cell(r) for r in runs)
             sp = " / ".join(sparsities(results[(name, m, t)]) for m in METHODS)
             lines.append(f"| {name} | {dense} | {t} | {accs} | {sp} |")
-    lines += ["", "Pruned set (`prepared.sparse_names`, the same tensors for every method) and the majority-label "
-              "accuracy of each validation set: " + "; ".join(
-                  f"{n}: {info[n]['pruned'][0]} tensors, {info[n]['pruned'][1]:,} weights, majority "
-                  f"{info[n]['majority']:.4f}" for n in args.models) + "."]  # fmt: skip
+    lines += [
+        "",
+        "Pruned set (`prepared.sparse_names`, the same tensors for every method) and the majority-label "
+        "accuracy of each validation set: "
+        + "; ".join(
+            f"{n}: {info[n]['pruned'][0]} tensors, {info[n]['pruned'][1]:,} weights, majority {info[n]['majority']:.4f}"
+            for n in args.models
+        )
+        + ".",
+    ]
     return "\n".join(lines)
 
 
@@ -270,8 +309,14 @@ def run_all(args: argparse.Namespace, tmp: Path) -> tuple[dict, dict]:
                 r = one_run(blob, tmp / f"{name}.npz", seed, method, target, args.epochs)
                 results.setdefault((name, method, target), []).append(r)
                 info[name]["pruned"] = r["pruned"]
-                print(name, seed, method, target, f"{r['accuracy']:.4f} sp "
-                      f"{r['sparsity']:.4f} {r['seconds']:.1f}s", flush=True)  # fmt: skip
+                print(
+                    name,
+                    seed,
+                    method,
+                    target,
+                    f"{r['accuracy']:.4f} sp {r['sparsity']:.4f} {r['seconds']:.1f}s",
+                    flush=True,
+                )
     return results, info
 
 

@@ -65,8 +65,9 @@ class Redis:
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+        )
         _wait(lambda: _pong(self.port), 10, "redis")
 
     def restart_empty(self) -> None:
@@ -109,8 +110,14 @@ class Workers:
     def _spawn(self) -> None:
         log = self.logs / f"worker-{len(self.runs):03d}.log"
         f = open(log, "wb")  # noqa: SIM115
-        p = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--queues", "cpu"], env=self.env, cwd=ROOT,
-                             stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        p = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker", "--queues", "cpu"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         p.log_index = len(self.runs)  # type: ignore[attr-defined]
         self.runs.append((log, time.time(), None))
         self.procs.append(p)
@@ -227,9 +234,11 @@ class Recovery:
 
     def report(self, spans: list[tuple[int, float, float]]) -> dict:
         live = [t - k["at"] for k in self.kills if (t := first_live(spans, k["at"], k["index"])) is not None]
-        return {"requeue_s": _stats([k["requeued"] - k["at"] for k in self.kills if "requeued" in k]),
-                "live_worker_s": _stats(live),
-                "rerun_s": _stats([k["rerun"] - k["at"] for k in self.kills if "rerun" in k])}  # fmt: skip
+        return {
+            "requeue_s": _stats([k["requeued"] - k["at"] for k in self.kills if "requeued" in k]),
+            "live_worker_s": _stats(live),
+            "rerun_s": _stats([k["rerun"] - k["at"] for k in self.kills if "rerun" in k]),
+        }
 
 
 def running_pids(sessions, pids: set[int]) -> dict[int, str]:  # noqa: ANN001
@@ -263,22 +272,42 @@ def main() -> None:
     poison_file = tmp / "poison.txt"
     poison_file.write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {
-        "RVSM_DATA_DIR": str(tmp), "RVSM_DATABASE_URL": db, "RVSM_ARTIFACT_DIR": str(tmp / "artifacts"),
-        "RVSM_BROKER_URL": redis.url, "RVSM_LEASE_S": str(args.lease), "RVSM_REAPER_INTERVAL_S": str(args.reaper),
-        "RVSM_DISPATCH_TIMEOUT_S": "5", "RVSM_TEST_POISON_FILE": str(poison_file), "PYTHONUNBUFFERED": "1",
-    }  # fmt: skip
+        "RVSM_DATA_DIR": str(tmp),
+        "RVSM_DATABASE_URL": db,
+        "RVSM_ARTIFACT_DIR": str(tmp / "artifacts"),
+        "RVSM_BROKER_URL": redis.url,
+        "RVSM_LEASE_S": str(args.lease),
+        "RVSM_REAPER_INTERVAL_S": str(args.reaper),
+        "RVSM_DISPATCH_TIMEOUT_S": "5",
+        "RVSM_TEST_POISON_FILE": str(poison_file),
+        "PYTHONUNBUFFERED": "1",
+    }
     port = free_port()
     api_log = open(tmp / "api.log", "wb")  # noqa: SIM115
-    api = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--loglevel", "warning"],
-                           env=env, cwd=ROOT, stdout=api_log, stderr=subprocess.STDOUT)  # fmt: skip
+    api = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--loglevel", "warning"],
+        env=env,
+        cwd=ROOT,
+        stdout=api_log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, timeout=30)
     _wait(lambda: _ready(http), 90, "the API")
     sessions = get_sessionmaker(db)
     workers = Workers(args.workers, env, tmp)
     t0 = time.time()
-    spec = {"kind": "toy", "k": 2, "d": 20, "lam": 1e-4, "beta": 4e-3, "eta": 0.05, "penalty": "l1",
-            "max_iters": args.iters, "log_every": 50}  # fmt: skip
+    spec = {
+        "kind": "toy",
+        "k": 2,
+        "d": 20,
+        "lam": 1e-4,
+        "beta": 4e-3,
+        "eta": 0.05,
+        "penalty": "l1",
+        "max_iters": args.iters,
+        "log_every": 50,
+    }
     poison = http.post("/v1/jobs", json=spec).json()["id"]
     poison_file.write_text(poison + "\n")
     ids = [poison] + [http.post("/v1/jobs", json=spec | {"init": {"seed": i}}).json()["id"] for i in range(args.jobs)]
@@ -373,8 +402,7 @@ def _check_artifacts(http: httpx.Client, ids: list[str]) -> int:
 def _stats(xs: list[float]) -> dict:
     if not xs:
         return {"n": 0}
-    return {"n": len(xs), "median": round(statistics.median(xs), 2), "min": round(min(xs), 2),
-            "max": round(max(xs), 2)}  # fmt: skip
+    return {"n": len(xs), "median": round(statistics.median(xs), 2), "min": round(min(xs), 2), "max": round(max(xs), 2)}
 
 
 if __name__ == "__main__":

@@ -118,8 +118,17 @@ def theta_max_at_fixed_point(k: int, beta: float, relu: bool) -> float:
 
 
 def seed000(lines: list[str]) -> None:
-    base = {"k": 2, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "a": 1.0, "max_iters": 200_000, "tol": 1e-14,
-            "log_every": 100, "d": 10}  # fmt: skip
+    base = {
+        "k": 2,
+        "lam": 1e-4,
+        "beta": 4e-3,
+        "eta": 0.1,
+        "a": 1.0,
+        "max_iters": 200_000,
+        "tol": 1e-14,
+        "log_every": 100,
+        "d": 10,
+    }
     spec = base | {"sweep": {"penalty": ["l0", "tl1", "l1"], "d": DS, "teacher.seed": SEEDS}}
     t = time.perf_counter()
     runs = run_spec(spec)["runs"]
@@ -188,16 +197,25 @@ def seed000(lines: list[str]) -> None:
 
 
 def seed003(lines: list[str]) -> None:
-    base = {"network": "binary", "algorithm": "rvscgd", "k": 20, "d": 50, "beta": 1e-3, "lam": 1e-4,
-            "penalty": "l0", "teacher": {"seed": 0, "sparsity": 2, "values": "equal"}}  # fmt: skip
+    base = {
+        "network": "binary",
+        "algorithm": "rvscgd",
+        "k": 20,
+        "d": 50,
+        "beta": 1e-3,
+        "lam": 1e-4,
+        "penalty": "l0",
+        "teacher": {"seed": 0, "sparsity": 2, "values": "equal"},
+    }
     sweep = {"teacher.sparsity": SS, "init.seed": SEEDS[:5]}
     runs_paper_eta = run_spec(base | {"eta": 1e-5, "max_iters": 200_000, "log_every": 1000, "sweep": sweep})["runs"]
     runs_limit = run_spec(base | {"eta": 0.05, "max_iters": 200_000, "tol": 1e-14, "log_every": 100, "sweep": sweep})[
         "runs"
     ]
     # the paper's l0 threshold, if it thresholded at lam/beta = 0.1 instead of sqrt(2 lam/beta): lam' = 5e-6
-    runs_mu = run_spec(base | {"eta": 0.05, "lam": 5e-6, "max_iters": 200_000, "tol": 1e-14, "log_every": 100,
-                               "sweep": sweep})["runs"]  # fmt: skip
+    runs_mu = run_spec(
+        base | {"eta": 0.05, "lam": 5e-6, "max_iters": 200_000, "tol": 1e-14, "log_every": 100, "sweep": sweep}
+    )["runs"]
     # seed 001 section 6 runs the same toy with beta = 4e-3 (and lam = 1e-4): l0 threshold sqrt(2 lam/beta) = 0.224
     to_limit = {"eta": 0.05, "max_iters": 200_000, "tol": 1e-14, "log_every": 100}
     runs_beta = run_spec(base | to_limit | {"beta": BETA_001, "sweep": sweep})["runs"]
@@ -294,8 +312,18 @@ def seed003(lines: list[str]) -> None:
 
 def figure(lines: list[str]) -> None:
     FIG.mkdir(parents=True, exist_ok=True)
-    spec = {"k": 2, "d": 30, "lam": 1e-4, "beta": 4e-3, "eta": 0.01, "max_iters": 6000, "log_every": 10,
-            "teacher": {"seed": 3}, "init": {"seed": 7}, "sweep": {"penalty": ["l0", "tl1", "l1"]}}  # fmt: skip
+    spec = {
+        "k": 2,
+        "d": 30,
+        "lam": 1e-4,
+        "beta": 4e-3,
+        "eta": 0.01,
+        "max_iters": 6000,
+        "log_every": 10,
+        "teacher": {"seed": 3},
+        "init": {"seed": 7},
+        "sweep": {"penalty": ["l0", "tl1", "l1"]},
+    }
     runs = run_spec(spec)["runs"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in runs:

@@ -98,5 +98,11 @@ def record(root: Path, job_id: str, name: str, data: bytes) -> Artifact:
     """Write ``data`` as artifact ``name`` of ``job_id`` (atomically); its row, not yet added to a session."""
     path = job_dir(root, job_id) / name
     digest = write_atomic(path, data)
-    return Artifact(job_id=job_id, name=name, path=str(path.relative_to(root)), sha256=digest, size=len(data),
-                    media_type=media_type(name))  # fmt: skip
+    return Artifact(
+        job_id=job_id,
+        name=name,
+        path=str(path.relative_to(root)),
+        sha256=digest,
+        size=len(data),
+        media_type=media_type(name),
+    )

@@ -90,8 +90,9 @@ def run(settings: Settings, stop: threading.Event, before: Callable[[], None] | 
         stop.wait(settings.reaper_interval_s)
 
 
-def start(settings: Settings, stop: threading.Event, before: Callable[[], None] | None = None,
-          name: str = "rvsm-reconciler") -> threading.Thread:  # fmt: skip
+def start(
+    settings: Settings, stop: threading.Event, before: Callable[[], None] | None = None, name: str = "rvsm-reconciler"
+) -> threading.Thread:
     """:func:`run` in a daemon thread."""
     t = threading.Thread(target=run, args=(settings, stop, before), name=name, daemon=True)
     t.start()

@@ -123,27 +123,41 @@ class Settings(BaseSettings):
         from rvsm.prepare import CheckpointLimits
 
         return CheckpointLimits(
-            samples=self.checkpoint_samples_cap, classes=self.checkpoint_classes_cap,
-            features=self.checkpoint_features_cap, parameters=self.checkpoint_parameters_cap,
-            activations=self.checkpoint_activations_cap, traffic=self.checkpoint_traffic_cap,
-            flops=self.checkpoint_flops_cap, nodes=self.checkpoint_nodes_cap, epochs=self.max_epochs_cap,
-        )  # fmt: skip
+            samples=self.checkpoint_samples_cap,
+            classes=self.checkpoint_classes_cap,
+            features=self.checkpoint_features_cap,
+            parameters=self.checkpoint_parameters_cap,
+            activations=self.checkpoint_activations_cap,
+            traffic=self.checkpoint_traffic_cap,
+            flops=self.checkpoint_flops_cap,
+            nodes=self.checkpoint_nodes_cap,
+            epochs=self.max_epochs_cap,
+        )
 
     def check_child(self):  # -> rvsm.sandbox.ChildLimits
         """Limits of the child process that runs a submit-time check."""
         from rvsm.sandbox import ChildLimits
 
         timeout = int(self.check_timeout_s) + 1
-        return ChildLimits(memory_bytes=self.check_memory_bytes, cpu_s=timeout, wall_s=self.check_timeout_s,
-                           seccomp=self.sandbox_seccomp)  # fmt: skip
+        return ChildLimits(
+            memory_bytes=self.check_memory_bytes,
+            cpu_s=timeout,
+            wall_s=self.check_timeout_s,
+            seccomp=self.sandbox_seccomp,
+        )
 
     def job_child(self):  # -> rvsm.sandbox.ChildLimits
         """Limits of the child process that trains a checkpoint job (no wall-clock limit: jobs may be long)."""
         from rvsm.sandbox import ChildLimits
 
         threads = os.cpu_count() or 1  # what torch uses in the worker itself
-        return ChildLimits(memory_bytes=self.job_memory_bytes, cpu_s=self.job_cpu_s, wall_s=None, threads=threads,
-                           seccomp=self.sandbox_seccomp)  # fmt: skip
+        return ChildLimits(
+            memory_bytes=self.job_memory_bytes,
+            cpu_s=self.job_cpu_s,
+            wall_s=None,
+            threads=threads,
+            seccomp=self.sandbox_seccomp,
+        )
 
 
 @lru_cache

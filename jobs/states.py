@@ -143,8 +143,16 @@ def request_cancel(session: Session, job: Job) -> Job:
     """cancel: a queued job ends at once; a running one is asked to stop (its worker checks between
     steps; if that worker is gone, the reconciler ends it when the lease runs out)."""
     now = utcnow()
-    if not _move(session, "cancel", job.id, Job.state == str(Q),
-                 state=str(C), cancel_requested=True, finished_at=now, lease_until=None):  # fmt: skip
+    if not _move(
+        session,
+        "cancel",
+        job.id,
+        Job.state == str(Q),
+        state=str(C),
+        cancel_requested=True,
+        finished_at=now,
+        lease_until=None,
+    ):
         _move(session, "cancel", job.id, Job.state == str(R), cancel_requested=True)
     session.commit()
     session.refresh(job)
@@ -178,10 +186,17 @@ def claim_all(session: Session, ids: list[str], worker: str, lease_s: float) -> 
     """claim every job of ``ids`` that is still queued (one UPDATE, one commit); the ids this worker now holds."""
     now = utcnow()
     moved = _move_all(
-        session, "claim", ids, Job.cancel_requested.is_(False),
-        state=str(R), worker=worker, lease_until=now + dt.timedelta(seconds=lease_s),
-        attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now), error=None,
-    )  # fmt: skip
+        session,
+        "claim",
+        ids,
+        Job.cancel_requested.is_(False),
+        state=str(R),
+        worker=worker,
+        lease_until=now + dt.timedelta(seconds=lease_s),
+        attempts=Job.attempts + 1,
+        started_at=func.coalesce(Job.started_at, now),
+        error=None,
+    )
     session.commit()
     if moved in (0, len(ids)):
         return list(ids) if moved else []
@@ -200,10 +215,19 @@ def in_batch(worker: str | None) -> bool:
 def batch_candidates(session: Session, *, queue: str, max_iters: int, limit: int) -> list[tuple[str, dict]]:
     """Queued toy jobs on ``queue`` with this ``max_iters`` that were never started (a job whose worker was
     lost, or that was handed back, runs alone), oldest first: ``(id, spec)`` for a worker to pick batch-mates from."""
-    q = (select(Job.id, Job.spec)
-         .where(Job.state == str(Q), Job.queue == queue, Job.kind == "toy", Job.max_iters == max_iters,
-                Job.started_at.is_(None), Job.cancel_requested.is_(False))
-         .order_by(Job.created_at).limit(limit))  # fmt: skip
+    q = (
+        select(Job.id, Job.spec)
+        .where(
+            Job.state == str(Q),
+            Job.queue == queue,
+            Job.kind == "toy",
+            Job.max_iters == max_iters,
+            Job.started_at.is_(None),
+            Job.cancel_requested.is_(False),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
     return [(i, spec) for i, spec in session.execute(q).all()]
 
 
@@ -234,10 +258,19 @@ def report_progress(
     several jobs as one batch writes them all in one transaction)."""
     with session.no_autoflush:
         row = _move_returning(
-            session, "progress", job_id, _held_by(worker), Job.cancel_requested.is_(False),
-            progress=progress, iteration=iteration, max_iters=max_iters, eta_s=eta_s,
-            lease_until=_after(lease_s), metrics_seq=Job.metrics_seq + len(points), returning=(Job.metrics_seq,),
-        )  # fmt: skip
+            session,
+            "progress",
+            job_id,
+            _held_by(worker),
+            Job.cancel_requested.is_(False),
+            progress=progress,
+            iteration=iteration,
+            max_iters=max_iters,
+            eta_s=eta_s,
+            lease_until=_after(lease_s),
+            metrics_seq=Job.metrics_seq + len(points),
+            returning=(Job.metrics_seq,),
+        )
         if row is not None:
             _add_points(session, job_id, row.metrics_seq, points)
     if commit:
@@ -284,19 +317,32 @@ def finish(
     if state not in TERMINAL:
         raise ValueError(f"state must be one of {sorted(TERMINAL)}, got {state!r}")
     points = points or []
-    values: dict = dict(error=error, result_path=result_path, summary=summary, finished_at=utcnow(), lease_until=None,
-                        metrics_seq=Job.metrics_seq + len(points))  # fmt: skip
+    values: dict = dict(
+        error=error,
+        result_path=result_path,
+        summary=summary,
+        finished_at=utcnow(),
+        lease_until=None,
+        metrics_seq=Job.metrics_seq + len(points),
+    )
     values["state"] = case((Job.cancel_requested.is_(True), str(C)), else_=state) if state == S else state
     if state == S:
         values.update(progress=1.0, eta_s=0.0)
         if summary and "iters" in summary:
             values["iteration"] = summary["iters"]
     with session.no_autoflush:
-        row = _move_returning(session, "finish", job_id, _held_by(worker), **values,
-                              returning=(Job.kind, Job.state, Job.started_at, Job.finished_at, Job.metrics_seq))
+        row = _move_returning(
+            session,
+            "finish",
+            job_id,
+            _held_by(worker),
+            **values,
+            returning=(Job.kind, Job.state, Job.started_at, Job.finished_at, Job.metrics_seq),
+        )
         if row is not None:
-            session.execute(delete(Artifact).where(Artifact.job_id == job_id)
-                            .execution_options(synchronize_session=False))  # fmt: skip
+            session.execute(
+                delete(Artifact).where(Artifact.job_id == job_id).execution_options(synchronize_session=False)
+            )
             session.add_all(artifacts or [])
             _add_points(session, job_id, row.metrics_seq, points)
             counters.observe_run(session, row.kind, row.state, row.started_at, row.finished_at)
@@ -314,8 +360,17 @@ def release(session: Session, job_id: str, worker: str) -> bool:
 
 def release_all(session: Session, ids: list[str], worker: str) -> int:
     """:func:`release` for every job of ``ids`` (one UPDATE, one commit); how many were handed back."""
-    n = _move_all(session, "release", ids, _held_by(worker), Job.cancel_requested.is_(False),
-                  state=str(Q), worker=None, lease_until=utcnow(), attempts=Job.attempts - 1)  # fmt: skip
+    n = _move_all(
+        session,
+        "release",
+        ids,
+        _held_by(worker),
+        Job.cancel_requested.is_(False),
+        state=str(Q),
+        worker=None,
+        lease_until=utcnow(),
+        attempts=Job.attempts - 1,
+    )
     session.commit()
     return n
 
@@ -338,11 +393,17 @@ def recover(session: Session, job: Job, *, max_attempts: int, dispatch_s: float)
     if job.cancel_requested:
         event, values = "reap", dict(state=str(C), finished_at=now, lease_until=None)
     elif in_batch(job.worker):  # not charged, whatever the cap (who killed the batch is unknown); alone from now on
-        event, values = "requeue", dict(state=str(Q), worker=None, lease_until=now + dt.timedelta(seconds=dispatch_s),
-                                        attempts=Job.attempts - 1)  # fmt: skip
+        event, values = (
+            "requeue",
+            dict(
+                state=str(Q), worker=None, lease_until=now + dt.timedelta(seconds=dispatch_s), attempts=Job.attempts - 1
+            ),
+        )
     elif job.attempts >= max_attempts:
-        error = (f"the worker running this job was lost {job.attempts} times (killed, out of memory or "
-                 f"crashed); gave up after RVSM_MAX_ATTEMPTS={max_attempts} attempts")  # fmt: skip
+        error = (
+            f"the worker running this job was lost {job.attempts} times (killed, out of memory or "
+            f"crashed); gave up after RVSM_MAX_ATTEMPTS={max_attempts} attempts"
+        )
         event, values = "give_up", dict(state=str(F), finished_at=now, lease_until=None, error=error)
     else:
         event, values = "requeue", dict(state=str(Q), worker=None, lease_until=now + dt.timedelta(seconds=dispatch_s))

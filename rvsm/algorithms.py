@@ -112,9 +112,14 @@ class ToyConfig:
             if v.shape != (self.d,):
                 raise ValueError(f"{name} must have shape ({self.d},), got {tuple(v.shape)}")
         bad = number_rule(
-            dtype=self.dtype, k=self.k, lam=self.lam, beta=self.beta, eta=self.eta, a=self.a,
+            dtype=self.dtype,
+            k=self.k,
+            lam=self.lam,
+            beta=self.beta,
+            eta=self.eta,
+            a=self.a,
             w0_norm=math.hypot(*self.w0.tolist()),
-        )  # fmt: skip
+        )
         if bad is not None:
             raise ValueError(f"{bad[0]} {bad[1]}")
         if self.algorithm == "rvscgd" and self.network != "binary":
@@ -518,8 +523,18 @@ def _run_group(
             )
     wall = time.perf_counter() - t_start
     with gc_paused():
-        return _runs(group, state, book, snaps=snaps, snap_iters=snap_iters, snap_steps=snap_steps,
-                     timed_out=timed_out, wall=wall, keep_every=keep_every, max_points=max_points)  # fmt: skip
+        return _runs(
+            group,
+            state,
+            book,
+            snaps=snaps,
+            snap_iters=snap_iters,
+            snap_steps=snap_steps,
+            timed_out=timed_out,
+            wall=wall,
+            keep_every=keep_every,
+            max_points=max_points,
+        )
 
 
 def _runs(

@@ -39,8 +39,17 @@ PROGRAM = "models/model.json"
 WEIGHTS = "data/weights/model_weights_config.json"
 CONSTANTS = "data/constants/model_constants_config.json"
 SAMPLE_INPUTS = "data/sample_inputs/model.pt"
-KNOWN_FILES = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id", PROGRAM,
-               WEIGHTS, CONSTANTS, SAMPLE_INPUTS}  # fmt: skip
+KNOWN_FILES = {
+    "archive_format",
+    "archive_version",
+    "byteorder",
+    ".data/version",
+    ".data/serialization_id",
+    PROGRAM,
+    WEIGHTS,
+    CONSTANTS,
+    SAMPLE_INPUTS,
+}
 PAYLOAD_FILE = re.compile(r"data/(weights/weight|constants/tensor)_\d{1,7}")
 ROOT = re.compile(r"[A-Za-z0-9_]{1,64}/")
 NAME = re.compile(r"[A-Za-z0-9_]{1,128}(\.[A-Za-z0-9_]{1,128}){0,32}")  # a module path, parameter or node name
@@ -56,13 +65,33 @@ DROPPED = {"metadata", "guards_code"}  # never read: stack traces, module stacks
 ATEN_TARGET = re.compile(r"torch\.ops\.aten\.([A-Za-z0-9_]{1,64})\.([A-Za-z0-9_]{1,64})")
 OPERATOR_TARGETS = {
     f"_operator.{n}"
-    for n in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq", "ne", "lt", "le",
-              "gt", "ge", "and_", "or_", "not_", "abs")
-}  # fmt: skip
+    for n in (
+        "getitem",
+        "add",
+        "sub",
+        "mul",
+        "floordiv",
+        "truediv",
+        "mod",
+        "neg",
+        "pow",
+        "eq",
+        "ne",
+        "lt",
+        "le",
+        "gt",
+        "ge",
+        "and_",
+        "or_",
+        "not_",
+        "abs",
+    )
+}
 SYM_TARGETS = {f"torch.{n}" for n in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sqrt")}
 # ATen operators a model's forward may call. Views here all check their bounds against the storage; factory
 # operators all initialise what they allocate; none reads or writes files, storages or other tensors' memory.
-ALLOWED_ATEN = frozenset("""
+ALLOWED_ATEN = frozenset(
+    """
 __and__ __invert__ __or__ __xor__ abs add add_ addcmul addmm alias all amax amin any arange argmax argmin avg_pool1d
 avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d
 adaptive_max_pool2d baddbmm batch_norm bernoulli bitwise_and bitwise_not bitwise_or bitwise_xor bmm cat ceil chunk
@@ -80,16 +109,67 @@ sqrt square squeeze std sub sub_ sum sym_numel sym_size t tanh tanh_ transpose t
 unflatten unsqueeze upsample_bilinear2d upsample_nearest2d var view view_as where zero_ zeros zeros_like
 _assert_scalar _assert_tensor_metadata _log_softmax _native_batch_norm_legit _native_batch_norm_legit_functional
 _native_batch_norm_legit_no_training _softmax _to_copy _unsafe_view sym_constrain_range_for_size to
-""".split())  # fmt: skip
+""".split()
+)
 OUT_OVERLOAD = re.compile(r"(.*_)?out(_.*)?|.*grad_input.*")  # out= and resizing forms write into a given tensor
 SYMPY_NAMES = {
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt",
-    "Ge", "And", "Or", "Not", "oo", "zoo", "nan", "True", "False", "integer", "positive", "nonnegative", "real",
-    "finite", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt", "FloorToInt",
-    "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv", "TruncToFloat",
-    "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity", "OpaqueUnaryFn_sqrt", "floor", "ceiling",
-    "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or", "IsNonOverlappingAndDenseIndicator",
-}  # fmt: skip
+    "Symbol",
+    "Integer",
+    "Rational",
+    "Float",
+    "Add",
+    "Mul",
+    "Pow",
+    "Max",
+    "Min",
+    "Abs",
+    "Eq",
+    "Ne",
+    "Lt",
+    "Le",
+    "Gt",
+    "Ge",
+    "And",
+    "Or",
+    "Not",
+    "oo",
+    "zoo",
+    "nan",
+    "True",
+    "False",
+    "integer",
+    "positive",
+    "nonnegative",
+    "real",
+    "finite",
+    "FloorDiv",
+    "ModularIndexing",
+    "Where",
+    "PythonMod",
+    "Mod",
+    "CleanDiv",
+    "CeilToInt",
+    "FloorToInt",
+    "CeilDiv",
+    "LShift",
+    "RShift",
+    "PowByNatural",
+    "FloatPow",
+    "FloatTrueDiv",
+    "IntTrueDiv",
+    "TruncToFloat",
+    "TruncToInt",
+    "RoundToInt",
+    "RoundDecimal",
+    "ToFloat",
+    "Identity",
+    "OpaqueUnaryFn_sqrt",
+    "floor",
+    "ceiling",
+    "BitwiseFn_bitwise_and",
+    "BitwiseFn_bitwise_or",
+    "IsNonOverlappingAndDenseIndicator",
+}
 SYMBOL_NAME = re.compile(r"[a-z]{1,3}\d{1,9}")
 SYMPY_OPS = {"+", "-", "*", "/", "//", "%", "**", "(", ")", ",", "=", "<", ">", "<=", ">=", "==", "!=", "&", "|", "~"}
 # serialized ScalarType -> bytes per element (torch._export.serde.schema.ScalarType)
@@ -145,8 +225,10 @@ def _infos(z: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, zipfile.ZipIn
     for info in infos:
         rel = info.filename.removeprefix(root.group())
         if not info.filename.startswith(root.group()) or not (rel in KNOWN_FILES or PAYLOAD_FILE.fullmatch(rel)):
-            raise _refuse(f"unexpected file {info.filename[:100]!r} in the archive (only one exported program with "
-                          "tensor weights is accepted)")  # fmt: skip
+            raise _refuse(
+                f"unexpected file {info.filename[:100]!r} in the archive (only one exported program with "
+                "tensor weights is accepted)"
+            )
         if rel in out:
             raise _refuse(f"the archive holds {info.filename[:100]!r} twice")
         if info.flag_bits & 0x1:
@@ -156,8 +238,10 @@ def _infos(z: zipfile.ZipFile, limits: ArchiveLimits) -> dict[str, zipfile.ZipIn
         if info.file_size > limits.member_bytes:
             raise _refuse(f"{rel} unpacks to {info.file_size} bytes, over the cap of {limits.member_bytes}")
         if info.file_size > 2**20 and info.file_size > limits.ratio * max(info.compress_size, 1):
-            raise _refuse(f"{rel} expands {info.file_size // max(info.compress_size, 1)} times, over the cap of "
-                          f"{limits.ratio} (a compression bomb?)")  # fmt: skip
+            raise _refuse(
+                f"{rel} expands {info.file_size // max(info.compress_size, 1)} times, over the cap of "
+                f"{limits.ratio} (a compression bomb?)"
+            )
         total += info.file_size
         out[rel] = info
     if total > limits.bytes:
@@ -177,8 +261,14 @@ def _read(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 
 
 def _json(blob: bytes, what: str, limits: ArchiveLimits) -> dict:
-    obj = load_json(blob, field=FIELD, what=what, max_bytes=limits.json_bytes, max_depth=limits.json_depth,
-                    max_elements=limits.json_elements)  # fmt: skip
+    obj = load_json(
+        blob,
+        field=FIELD,
+        what=what,
+        max_bytes=limits.json_bytes,
+        max_depth=limits.json_depth,
+        max_elements=limits.json_elements,
+    )
     if not isinstance(obj, dict):
         raise InputError(FIELD, f"not a readable .pt2 archive: {what} is not a JSON object")
     return obj
@@ -206,8 +296,11 @@ def read_members(data: bytes, limits: ArchiveLimits) -> Members:
         infos = _infos(z, limits)
         for need in (PROGRAM, WEIGHTS):
             if need not in infos:
-                raise InputError(FIELD, f"not a torch.export archive of this torch version: no {need} "
-                                        "(save it with torch.export.save on torch >= 2.8)")  # fmt: skip
+                raise InputError(
+                    FIELD,
+                    f"not a torch.export archive of this torch version: no {need} "
+                    "(save it with torch.export.save on torch >= 2.8)",
+                )
         tables = {m: _json(_read(z, infos[m]), m, limits) for m in (PROGRAM, WEIGHTS, CONSTANTS) if m in infos}
         weights, constants = tables[WEIGHTS], tables.get(CONSTANTS, {"config": {}})
         wanted = [f"data/weights/{p}" for p in _payload_paths(weights, "weight")]
@@ -267,8 +360,10 @@ def _payload_paths(table: dict, what: str) -> list[str]:
 def check_name(value: object, what: str) -> str:
     """``value`` is a name that may reach generated code: a dotted path of ``[A-Za-z0-9_]`` parts."""
     if not isinstance(value, str) or not NAME.fullmatch(value):
-        raise _refuse(f"the {what} {str(value)[:80]!r} is not a plain name (letters, digits, '_', '.'); names "
-                      "reach generated code")  # fmt: skip
+        raise _refuse(
+            f"the {what} {str(value)[:80]!r} is not a plain name (letters, digits, '_', '.'); names "
+            "reach generated code"
+        )
     return value
 
 
@@ -296,8 +391,10 @@ def check_expression(expr: str) -> None:
             or (tok.type == tokenize.OP and tok.string in SYMPY_OPS)
         )
         if not ok:
-            raise _refuse(f"the symbolic shape expression {expr[:80]!r} holds {tok.string!r}, which is not a symbol, "
-                          "a number or arithmetic (it would be evaluated)")  # fmt: skip
+            raise _refuse(
+                f"the symbolic shape expression {expr[:80]!r} holds {tok.string!r}, which is not a symbol, "
+                "a number or arithmetic (it would be evaluated)"
+            )
 
 
 def check_target(target: str) -> None:
@@ -309,8 +406,10 @@ def check_target(target: str) -> None:
         raise _refuse(f"the graph calls {target[:100]!r}; only ATen operators are accepted")
     op, overload = m.groups()
     if op not in ALLOWED_ATEN:
-        raise _refuse(f"the graph calls aten.{op}, which is not on the list of operators a model may use "
-                      "(views must check their bounds; no storage, file or uninitialised-memory operators)")
+        raise _refuse(
+            f"the graph calls aten.{op}, which is not on the list of operators a model may use "
+            "(views must check their bounds; no storage, file or uninitialised-memory operators)"
+        )
     if OUT_OVERLOAD.fullmatch(overload):
         raise _refuse(f"the graph calls aten.{op}.{overload}, a form that writes into (and resizes) a given tensor")
 
@@ -319,8 +418,9 @@ def check_treespec(text: object) -> None:
     """A pytree spec (``in_spec`` / ``out_spec``): JSON of tuples, lists, dicts with identifier keys, leaves."""
     if not isinstance(text, str) or len(text) > 100_000:
         raise _refuse("a pytree spec that is not a short string")
-    spec = load_json(text.encode(), field=FIELD, what="a pytree spec", max_bytes=100_000, max_depth=24,
-                     max_elements=20_000)  # fmt: skip
+    spec = load_json(
+        text.encode(), field=FIELD, what="a pytree spec", max_bytes=100_000, max_depth=24, max_elements=20_000
+    )
     if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], dict)):
         raise _refuse("a pytree spec that is not [version, spec]")
     stack = [spec[1]]
@@ -352,8 +452,10 @@ def _strings(obj: object, key: str = "") -> Iterator[tuple[str, str, bool]]:
                 yield from _strings(v, k)
     elif isinstance(obj, list):
         if len(obj) > MAX_ARG_LIST and (key.startswith("as_") or key in ("sizes", "strides")):
-            raise _refuse(f"a list of {len(obj)} values in {key}, over the cap of {MAX_ARG_LIST} (a tensor has at most "
-                          "a few dozen dimensions)")  # fmt: skip
+            raise _refuse(
+                f"a list of {len(obj)} values in {key}, over the cap of {MAX_ARG_LIST} (a tensor has at most "
+                "a few dozen dimensions)"
+            )
         for v in obj:
             yield from _strings(v, key)
     elif isinstance(obj, str):

@@ -126,10 +126,17 @@ def batch_numbers(runs: list[ToyRun], traces: dict[str, Tensor] | None = None) -
         c12, r12 = _parallel(ws, w, u, const, beta)
         c3, r3 = _parallel(ws, w, u, 2 * math.pi / k, beta)
         cols = {
-            "theta0": problems.angle(w0, ws), "theta": theta, "gamma": problems.angle(w, u),
-            "norm_u": torch.linalg.vector_norm(u, dim=-1), "err_w": torch.linalg.vector_norm(ws - w, dim=-1),
-            "err_u": torch.linalg.vector_norm(ws - u, dim=-1), "C12": c12, "resid12": r12, "C3": c3, "resid3": r3,
-        }  # fmt: skip
+            "theta0": problems.angle(w0, ws),
+            "theta": theta,
+            "gamma": problems.angle(w, u),
+            "norm_u": torch.linalg.vector_norm(u, dim=-1),
+            "err_w": torch.linalg.vector_norm(ws - w, dim=-1),
+            "err_u": torch.linalg.vector_norm(ws - u, dim=-1),
+            "C12": c12,
+            "resid12": r12,
+            "C3": c3,
+            "resid3": r3,
+        }
         values = {name: col.tolist() for name, col in cols.items()}
         for j, i in enumerate(idx):
             out[i] = {name: vals[j] for name, vals in values.items()}

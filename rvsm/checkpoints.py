@@ -62,9 +62,10 @@ def _load_pt(data: bytes) -> object:
             raise InputError("checkpoint", WHOLE_MODEL) from None
         shown = f" ({', '.join(names[:5])})" if names else ""
         raise InputError(
-            "checkpoint", f"refused: the pickle holds more than tensors{shown}; only a state_dict is accepted, "
+            "checkpoint",
+            f"refused: the pickle holds more than tensors{shown}; only a state_dict is accepted, "
             "and the pickle was not run",
-        ) from None  # fmt: skip
+        ) from None
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file
         raise InputError(
             "checkpoint", f"not a readable .pt state_dict (truncated or corrupt?): {_first_line(e)}"
@@ -93,10 +94,20 @@ def unwrap(obj: object) -> StateDict:
 
 
 TORCH_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "C64": torch.complex64,
-}  # fmt: skip
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "C64": torch.complex64,
+}
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -139,8 +150,11 @@ def read_state_dict(data: bytes) -> StateDict:
 
 def _plain(sd: StateDict) -> StateDict:
     """Refuse tensors that hold no data (``meta``) or are not dense (sparse, quantized layouts)."""
-    odd = [f"{k} ({v.device.type if v.is_meta else v.layout})" for k, v in sd.tensors.items()
-           if v.is_meta or v.layout != torch.strided or v.is_quantized]  # fmt: skip
+    odd = [
+        f"{k} ({v.device.type if v.is_meta else v.layout})"
+        for k, v in sd.tensors.items()
+        if v.is_meta or v.layout != torch.strided or v.is_quantized
+    ]
     if odd:
         raise InputError("checkpoint", f"tensors that hold no dense data (meta, sparse or quantized): {odd[:10]}")
     return sd

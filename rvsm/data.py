@@ -80,16 +80,24 @@ def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if n < 2:
-        raise InputError("dataset", f"a data set needs at least 2 samples to split into train and validation "
-                                    f"(or give x_val and y_val), got {n}")  # fmt: skip
+        raise InputError(
+            "dataset",
+            f"a data set needs at least 2 samples to split into train and validation "
+            f"(or give x_val and y_val), got {n}",
+        )
     n_val = min(n - 1, max(1, int(round(val_fraction * n))))
     return n - n_val, n_val
 
 
 def split(
-    x: Inputs, y: Tensor, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification",
+    x: Inputs,
+    y: Tensor,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    task: str = "classification",
     ignore_index: int = IGNORE_INDEX,
-) -> TensorData:  # fmt: skip
+) -> TensorData:
     """A seeded random train/validation split."""
     _, n_val = split_sizes(rows(x), val_fraction)
     perm = torch.randperm(rows(x), generator=torch.Generator().manual_seed(seed))
@@ -108,8 +116,10 @@ def _check_x(x: Inputs, what: str) -> Inputs:
     if isinstance(x, dict):
         n = {rows(v) if v.dim() else 0 for v in x.values()}
         if len(n) != 1:
-            raise InputError("dataset", f"{what}: every input needs the same number of rows, got "
-                             f"{ {k: tuple(v.shape) for k, v in x.items()} }")  # fmt: skip
+            raise InputError(
+                "dataset",
+                f"{what}: every input needs the same number of rows, got { {k: tuple(v.shape) for k, v in x.items()} }",
+            )
         return {k: _check_x(v, f"{what} input {k!r}") for k, v in x.items()}  # type: ignore[misc]
     if x.dim() < 2 or x.shape[0] == 0:
         raise InputError("dataset", f"{what}: x must have shape (N, ...) with N >= 1 samples, got {tuple(x.shape)}")
@@ -128,19 +138,26 @@ def _check_y(y: Tensor, n: int, what: str, task: str, max_classes: int, ignore_i
         raise InputError("dataset", f"{what}: y must have {n} rows like x, got shape {tuple(y.shape)}")
     if task == "classification":
         if y.dim() not in (1, 2) or y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-            raise InputError("dataset", f"{what}: y must be integer class labels of shape ({n},) or per token "
-                             f"({n}, T) (or set task to 'regression'), got {y.dtype} of shape {tuple(y.shape)}")
+            raise InputError(
+                "dataset",
+                f"{what}: y must be integer class labels of shape ({n},) or per token "
+                f"({n}, T) (or set task to 'regression'), got {y.dtype} of shape {tuple(y.shape)}",
+            )
         kept = y[y != ignore_index]
         if kept.numel() == 0:
             raise InputError("dataset", f"{what}: every label equals ignore_index {ignore_index}: nothing to learn")
         lo, hi = int(kept.min()), int(kept.max())
         if lo < 0 or hi >= max_classes:
-            raise InputError("dataset", f"{what}: class labels must be in [0, {max_classes}) (the classes cap) or "
-                                        f"equal ignore_index {ignore_index}, got {lo}..{hi}")  # fmt: skip
+            raise InputError(
+                "dataset",
+                f"{what}: class labels must be in [0, {max_classes}) (the classes cap) or "
+                f"equal ignore_index {ignore_index}, got {lo}..{hi}",
+            )
         return y.long()
     if y.dim() not in (1, 2) or not (y.is_floating_point() or y.dtype in (torch.int32, torch.int64)):
-        raise InputError("dataset", f"{what}: regression targets must be numbers of shape (N,) or (N, T), "
-                                    f"got {tuple(y.shape)}")  # fmt: skip
+        raise InputError(
+            "dataset", f"{what}: regression targets must be numbers of shape (N,) or (N, T), got {tuple(y.shape)}"
+        )
     y = y.float()
     if not torch.isfinite(y).all():
         raise InputError("dataset", f"{what}: y must be finite (it holds NaN or Inf)")
@@ -170,8 +187,11 @@ def from_tensors(
     xv = _check_x(x_val, "validation")
     yv = _check_y(y_val, rows(xv), "validation", task, max_classes, ignore_index)
     if sample_shapes(xv) != sample_shapes(x) or yv.shape[1:] != y.shape[1:]:
-        raise InputError("dataset", f"x_val / y_val have per-sample shapes {sample_shapes(xv)} / "
-                         f"{tuple(yv.shape[1:])}, x / y have {sample_shapes(x)} / {tuple(y.shape[1:])}")  # fmt: skip
+        raise InputError(
+            "dataset",
+            f"x_val / y_val have per-sample shapes {sample_shapes(xv)} / "
+            f"{tuple(yv.shape[1:])}, x / y have {sample_shapes(x)} / {tuple(y.shape[1:])}",
+        )
     return TensorData(x, y, xv, yv, task, ignore_index=ignore_index)
 
 
@@ -186,9 +206,14 @@ def digits(*, val_fraction: float = 0.2, seed: int = 0) -> TensorData:
 
 
 def load_tensor_file(
-    path: str | Path, *, val_fraction: float = 0.2, seed: int = 0, task: str = "classification",
-    max_classes: int = MAX_CLASSES, ignore_index: int = IGNORE_INDEX,
-) -> TensorData:  # fmt: skip
+    path: str | Path,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    task: str = "classification",
+    max_classes: int = MAX_CLASSES,
+    ignore_index: int = IGNORE_INDEX,
+) -> TensorData:
     """``.safetensors`` or ``.npz`` (no pickles) with ``x`` (or ``x.<input>`` for each input), ``y`` and
     optionally ``x_val`` (``x_val.<input>``), ``y_val``."""
     path = Path(path)
@@ -205,8 +230,17 @@ def load_tensor_file(
     missing = [k for k, v in (("x", x), ("y", arrays.get("y"))) if v is None]
     if missing or x is None:
         raise ValueError(f"the data file needs arrays {missing} (has {sorted(arrays)[:20]})")
-    return from_tensors(x, arrays["y"], x_val, arrays.get("y_val"), val_fraction=val_fraction, seed=seed, task=task,
-                        max_classes=max_classes, ignore_index=ignore_index)  # fmt: skip
+    return from_tensors(
+        x,
+        arrays["y"],
+        x_val,
+        arrays.get("y_val"),
+        val_fraction=val_fraction,
+        seed=seed,
+        task=task,
+        max_classes=max_classes,
+        ignore_index=ignore_index,
+    )
 
 
 def input_arrays(arrays: dict[str, T], prefix: str) -> T | dict[str, T] | None:
@@ -214,15 +248,23 @@ def input_arrays(arrays: dict[str, T], prefix: str) -> T | dict[str, T] | None:
     an ``InputError`` for both at once. ``arrays`` may hold tensors or header records alike."""
     keyed = {k.removeprefix(prefix + "."): v for k, v in arrays.items() if k.startswith(prefix + ".")}
     if keyed and prefix in arrays:
-        raise InputError("dataset", f"the data file has {prefix!r} and {sorted(keyed)[:5]} keyed inputs: give one "
-                                    f"input as {prefix!r} or every input as '{prefix}.<name>'")  # fmt: skip
+        raise InputError(
+            "dataset",
+            f"the data file has {prefix!r} and {sorted(keyed)[:5]} keyed inputs: give one "
+            f"input as {prefix!r} or every input as '{prefix}.<name>'",
+        )
     return keyed or arrays.get(prefix)
 
 
 def image_folder(
-    root: str | Path, *, input_size: int, grayscale: bool = True, val_fraction: float = 0.2, seed: int = 0,
+    root: str | Path,
+    *,
+    input_size: int,
+    grayscale: bool = True,
+    val_fraction: float = 0.2,
+    seed: int = 0,
     within: str | Path | None = None,
-) -> TensorData:  # fmt: skip
+) -> TensorData:
     """Images under ``root/<class>/``; classes are the sorted sub-directory names. With ``within``, every
     directory and file must resolve inside it (symbolic links included); messages name paths relative to it."""
     from PIL import Image
@@ -253,9 +295,14 @@ def image_folder(
 
 
 def synthetic(
-    n: int = 2000, *, in_channels: int = 1, input_size: int = 8, num_classes: int = 4, seed: int = 0,
+    n: int = 2000,
+    *,
+    in_channels: int = 1,
+    input_size: int = 8,
+    num_classes: int = 4,
+    seed: int = 0,
     val_fraction: float = 0.2,
-) -> TensorData:  # fmt: skip
+) -> TensorData:
     """Gaussian inputs labelled by the argmax of a random two-layer teacher network; the model's output
     width is ``num_classes`` even when the teacher never picks a class."""
     g = torch.Generator().manual_seed(seed)
@@ -270,9 +317,13 @@ def synthetic(
 
 
 def load_dataset(
-    spec: dict, *, task: str = "classification", upload: Path | None = None, datasets_dir: Path | None = None,
+    spec: dict,
+    *,
+    task: str = "classification",
+    upload: Path | None = None,
+    datasets_dir: Path | None = None,
     max_classes: int = MAX_CLASSES,
-) -> TensorData:  # fmt: skip
+) -> TensorData:
     """A checkpoint job's ``dataset`` spec (``name``: ``digits``, ``synthetic``, ``upload`` with the uploaded
     file, ``folder`` under ``datasets_dir``) as tensors; ``InputError`` naming the field otherwise."""
     name = spec.get("name", "digits")
@@ -283,13 +334,20 @@ def load_dataset(
         if name == "digits":
             return digits(val_fraction=vf, seed=seed)
         if name == "synthetic":
-            return synthetic(spec.get("samples", 2000), num_classes=spec.get("num_classes", 4), seed=seed,
-                             val_fraction=vf)  # fmt: skip
+            return synthetic(
+                spec.get("samples", 2000), num_classes=spec.get("num_classes", 4), seed=seed, val_fraction=vf
+            )
         if name == "upload":
             if upload is None:
                 raise InputError("dataset", "name 'upload' needs a multipart 'dataset' file (.safetensors or .npz)")
-            return load_tensor_file(upload, val_fraction=vf, seed=seed, task=task, max_classes=max_classes,
-                                    ignore_index=spec.get("ignore_index", IGNORE_INDEX))  # fmt: skip
+            return load_tensor_file(
+                upload,
+                val_fraction=vf,
+                seed=seed,
+                task=task,
+                max_classes=max_classes,
+                ignore_index=spec.get("ignore_index", IGNORE_INDEX),
+            )
         if name == "folder":
             return _folder(spec, datasets_dir, vf, seed)
     except InputError:
@@ -325,8 +383,9 @@ def _folder(spec: dict, root: Path | None, vf: float, seed: int) -> TensorData:
     base = datasets_root(root)
     path = folder_path(spec, base)
     size = spec.get("input_size") or 32
-    return image_folder(path, input_size=size, grayscale=spec.get("grayscale", True), val_fraction=vf, seed=seed,
-                        within=base)  # fmt: skip
+    return image_folder(
+        path, input_size=size, grayscale=spec.get("grayscale", True), val_fraction=vf, seed=seed, within=base
+    )
 
 
 @torch.no_grad()
@@ -340,9 +399,14 @@ EVAL_BATCH = 1024  # samples per forward pass when scoring (the submit-time chec
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: Inputs, y: Tensor, *, task: str = "classification", batch_size: int = EVAL_BATCH,
+    model: nn.Module,
+    x: Inputs,
+    y: Tensor,
+    *,
+    task: str = "classification",
+    batch_size: int = EVAL_BATCH,
     ignore_index: int = IGNORE_INDEX,
-) -> float:  # fmt: skip
+) -> float:
     """Top-1 accuracy (classification: over samples, or over tokens for ``(N, T)`` labels, entries equal to
     ``ignore_index`` left out) or mean squared error (regression) of ``model`` in eval mode."""
     was_training = model.training
@@ -393,8 +457,13 @@ def fit_inputs(data: TensorData, sig: Signature) -> TensorData:
     its name): floats for a float input, an integer input's own dtype for integers. ``InputError`` naming the
     input when its name, shape or dtype does not fit."""
     shapes = sample_shapes(data.x_train)
-    check_inputs({k: InputInfo(shapes[k], str(v.dtype).removeprefix("torch."), v.is_floating_point())
-                  for k, v in named(data.x_train).items()}, sig)  # fmt: skip
+    check_inputs(
+        {
+            k: InputInfo(shapes[k], str(v.dtype).removeprefix("torch."), v.is_floating_point())
+            for k, v in named(data.x_train).items()
+        },
+        sig,
+    )
     return replace(data, x_train=_cast(data.x_train, sig), x_val=_cast(data.x_val, sig))
 
 
@@ -418,18 +487,27 @@ def check_inputs(data: dict[str, InputInfo], sig: Signature) -> None:
     if list(data) == ["x"] and len(sig) == 1:
         data = {next(iter(sig)): data["x"]}
     if set(data) != set(sig):
-        raise InputError("dataset", f"the data's inputs are {sorted(data)}, the model takes {list(sig)} (give them "
-                                    "as 'x.<name>' and 'x_val.<name>' arrays)")  # fmt: skip
+        raise InputError(
+            "dataset",
+            f"the data's inputs are {sorted(data)}, the model takes {list(sig)} (give them "
+            "as 'x.<name>' and 'x_val.<name>' arrays)",
+        )
     for name, (shape, dtype) in sig.items():
         got = data[name]
         want = str(dtype).removeprefix("torch.")
         if tuple(got.shape) != tuple(shape):
-            raise InputError("dataset", f"input {name!r}: the data's samples have shape {tuple(got.shape)} "
-                             f"({got.dtype}), the model takes {tuple(shape)} ({want}) per sample, the batch "
-                             "dimension left out")  # fmt: skip
+            raise InputError(
+                "dataset",
+                f"input {name!r}: the data's samples have shape {tuple(got.shape)} "
+                f"({got.dtype}), the model takes {tuple(shape)} ({want}) per sample, the batch "
+                "dimension left out",
+            )
         if not dtype.is_floating_point and got.is_float:
-            raise InputError("dataset", f"input {name!r}: the data holds {got.dtype}, the model takes {want} "
-                             f"(integers, such as token ids); give integers, shape {tuple(shape)} per sample")
+            raise InputError(
+                "dataset",
+                f"input {name!r}: the data holds {got.dtype}, the model takes {want} "
+                f"(integers, such as token ids); give integers, shape {tuple(shape)} per sample",
+            )
 
 
 def output_width(shape: tuple[int, ...]) -> int:

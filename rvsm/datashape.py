@@ -85,8 +85,11 @@ def describe_upload(path: Path, *, task: str, val_fraction: float) -> DataShape:
         yv = arrays["y_val"]
         _check_set(xv, yv, "x_val", "y_val", task)
         if _per_sample(xv) != _per_sample(x) or yv.shape[1:] != y.shape[1:]:
-            raise InputError("dataset", f"x_val / y_val have per-sample shapes {_per_sample(xv)} / {yv.shape[1:]}, "
-                                        f"x / y have {_per_sample(x)} / {y.shape[1:]}")  # fmt: skip
+            raise InputError(
+                "dataset",
+                f"x_val / y_val have per-sample shapes {_per_sample(xv)} / {yv.shape[1:]}, "
+                f"x / y have {_per_sample(x)} / {y.shape[1:]}",
+            )
     n = next(iter(x.values())).shape[0]
     rows, train = (n + next(iter(xv.values())).shape[0], n) if xv else (n, split_sizes(n, val_fraction)[0])
     outputs = None if task == "classification" else (y.shape[1] if len(y.shape) == 2 else 1)
@@ -109,8 +112,11 @@ def _check_dtype(name: str, a: ArrayInfo, task: str) -> None:
     ok = ("i",) if labels else ("f", "i")
     if a.kind not in ok:
         what = "integer class labels" if labels else "float or integer numbers"
-        raise InputError("dataset", f"{name} must hold {what}; it is {a.dtype} ({a.kind}), which is not accepted"
-                         + (" (set task to 'regression' for float targets)" if labels and a.kind == "f" else ""))
+        raise InputError(
+            "dataset",
+            f"{name} must hold {what}; it is {a.dtype} ({a.kind}), which is not accepted"
+            + (" (set task to 'regression' for float targets)" if labels and a.kind == "f" else ""),
+        )
 
 
 def _check_set(x: dict[str, ArrayInfo], y: ArrayInfo, xn: str, yn: str, task: str) -> None:
@@ -138,5 +144,6 @@ def _describe_folder(spec: dict, root: Path | None, vf: float) -> DataShape:
     if not classes or not rows:
         raise InputError("dataset.path", f"{spec.get('path')}: expected one sub-directory of images per class")
     size = spec.get("input_size") or 32
-    return DataShape(rows, split_sizes(rows, vf)[0], (1 if spec.get("grayscale", True) else 3, size, size),
-                     len(classes))  # fmt: skip
+    return DataShape(
+        rows, split_sizes(rows, vf)[0], (1 if spec.get("grayscale", True) else 3, size, size), len(classes)
+    )

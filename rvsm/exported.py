@@ -42,11 +42,40 @@ from .inputs import NAMES_ATTR, Signature, arguments, empty, signature
 
 BN_TARGETS = {"batch_norm", "_native_batch_norm_legit", "native_batch_norm", "cudnn_batch_norm"}
 DROPOUT_TARGETS = {"dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "native_dropout"}
-WEIGHT_CONSUMERS = {"conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
-                    "conv_transpose3d", "linear", "matmul", "mm", "bmm", "addmm", "einsum"}  # fmt: skip
+WEIGHT_CONSUMERS = {
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "convolution",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "linear",
+    "matmul",
+    "mm",
+    "bmm",
+    "addmm",
+    "einsum",
+}
 RECURRENT = {"lstm", "gru", "rnn_tanh", "rnn_relu"}  # their weights come as one list argument
-IN_PLACE = {"add_", "clamp_", "copy_", "detach_", "div_", "dropout_", "fill_", "hardtanh_", "leaky_relu_",
-            "masked_fill_", "mul_", "relu_", "silu_", "sub_", "tanh_", "zero_"}  # fmt: skip
+IN_PLACE = {
+    "add_",
+    "clamp_",
+    "copy_",
+    "detach_",
+    "div_",
+    "dropout_",
+    "fill_",
+    "hardtanh_",
+    "leaky_relu_",
+    "masked_fill_",
+    "mul_",
+    "relu_",
+    "silu_",
+    "sub_",
+    "tanh_",
+    "zero_",
+}
 MAX_INPUTS = 16  # tensors an exported model may take
 _load_lock = threading.Lock()  # torch's deserialiser keeps a process-wide global while it reads
 
@@ -73,8 +102,12 @@ def rebuild(members: Members) -> bytes:
     torch.save(((), {}), sample)
     tables = {archive.PROGRAM: members.program, archive.WEIGHTS: members.weights, archive.CONSTANTS: members.constants}
     files = {name: json.dumps(obj).encode() for name, obj in tables.items()} | {
-        archive.SAMPLE_INPUTS: sample.getvalue(), "archive_format": b"pt2", "archive_version": b"0",
-        "byteorder": b"little", **members.payloads}  # fmt: skip
+        archive.SAMPLE_INPUTS: sample.getvalue(),
+        "archive_format": b"pt2",
+        "archive_version": b"0",
+        "byteorder": b"little",
+        **members.payloads,
+    }
     out = io.BytesIO()
     with PT2ArchiveWriter(out) as writer:
         for rel, blob in files.items():
@@ -128,10 +161,11 @@ def _shape(val: object, what: str) -> tuple[int, ...]:
     dims = list(val.shape)
     if not dims or isinstance(dims[0], int):
         raise InputError(
-            FIELD, f"the exported model's {what} has a fixed batch size ({dims[0] if dims else 'none'}); export it "
+            FIELD,
+            f"the exported model's {what} has a fixed batch size ({dims[0] if dims else 'none'}); export it "
             "with a dynamic batch dimension: torch.export.export(model, (x,), "
             "dynamic_shapes={'x': {0: torch.export.Dim('batch')}})",
-        )  # fmt: skip
+        )
     rest = dims[1:]
     if not all(isinstance(d, int) for d in rest):
         raise InputError(FIELD, f"the exported model's {what} may be dynamic only in the batch dimension")
@@ -143,8 +177,11 @@ def _signature(ep: torch.export.ExportedProgram) -> tuple[Signature, tuple[int, 
     per-sample shape."""
     ins, outs = _user_io(ep)
     if not 1 <= len(ins) <= MAX_INPUTS or len(outs) != 1:
-        raise InputError(FIELD, f"the exported model must take 1 to {MAX_INPUTS} tensors and return one (it takes "
-                                f"{len(ins)} inputs and returns {len(outs)} outputs)")  # fmt: skip
+        raise InputError(
+            FIELD,
+            f"the exported model must take 1 to {MAX_INPUTS} tensors and return one (it takes "
+            f"{len(ins)} inputs and returns {len(outs)} outputs)",
+        )
     sig = {name: (_shape(val, f"input {name!r}"), cast(Tensor, val).dtype) for name, val in ins.items()}
     return sig, _shape(outs[0], "output")
 
@@ -208,8 +245,9 @@ def _allowed_callables() -> set[object]:
 
     names = [t.split(".", 1)[1] for t in archive.OPERATOR_TARGETS]
     syms = {getattr(torch, t.split(".")[1]) for t in archive.SYM_TARGETS}
-    return {getattr(operator, n) for n in names} | syms | {
-        fx_pytree.tree_flatten_spec, pytree.tree_unflatten}  # the unlifted module's input / output plumbing
+    return (
+        {getattr(operator, n) for n in names} | syms | {fx_pytree.tree_flatten_spec, pytree.tree_unflatten}
+    )  # the unlifted module's input / output plumbing
 
 
 def check_module(module: nn.Module) -> None:
@@ -225,8 +263,13 @@ def check_module(module: nn.Module) -> None:
         if isinstance(t, torch._ops.OpOverload):
             name = t._schema.name.split("::")[-1]
             writes = any(a.alias_info is not None and a.alias_info.is_write for a in t._schema.arguments)
-            if (t.namespace != "aten" or name not in ALLOWED_ATEN or OUT_OVERLOAD.fullmatch(t._overloadname)
-                    or (writes and name not in IN_PLACE) or any(a.is_out for a in t._schema.arguments)):
+            if (
+                t.namespace != "aten"
+                or name not in ALLOWED_ATEN
+                or OUT_OVERLOAD.fullmatch(t._overloadname)
+                or (writes and name not in IN_PLACE)
+                or any(a.is_out for a in t._schema.arguments)
+            ):
                 raise InputError(FIELD, f"refused: the graph calls {t}")
         elif t not in allowed:
             raise InputError(FIELD, f"refused: the graph calls {t!r}")
@@ -397,8 +440,10 @@ def fake_cost(model: nn.Module, sample: tuple[int, ...] | Signature, batch: int,
     counter, flops = _CostCounter(), FlopCounterMode(display=False)
     try:
         with mode:
-            state = {k: torch.empty_strided(v.shape, v.stride(), dtype=v.dtype).requires_grad_(v.requires_grad)
-                     for k, v in _tensors(model).items()}  # fmt: skip
+            state = {
+                k: torch.empty_strided(v.shape, v.stride(), dtype=v.dtype).requires_grad_(v.requires_grad)
+                for k, v in _tensors(model).items()
+            }
             x = empty(sig, batch, keyed=hasattr(model, NAMES_ATTR))
             args, kwargs = arguments(model, x)
             with flops, counter:
@@ -407,8 +452,9 @@ def fake_cost(model: nn.Module, sample: tuple[int, ...] | Signature, batch: int,
         raise
     except Exception as e:  # noqa: BLE001 - a model that cannot take these inputs: say why
         text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise InputError("architecture", f"the model cannot run on samples of {_shown(sig)} in batches of "
-                                         f"{batch}: {text}") from None  # fmt: skip
+        raise InputError(
+            "architecture", f"the model cannot run on samples of {_shown(sig)} in batches of {batch}: {text}"
+        ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != batch:

@@ -23,11 +23,24 @@ MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
 MAX_ARRAYS = 1000
 # dtype -> (kind, bytes per element); kind "f" float, "i" integer, anything else is refused by the callers
 SAFETENSORS_DTYPES = {
-    "F64": ("f", 8), "F32": ("f", 4), "F16": ("f", 2), "BF16": ("f", 2), "I64": ("i", 8), "I32": ("i", 4),
-    "I16": ("i", 2), "I8": ("i", 1), "U8": ("i", 1), "BOOL": ("bool", 1), "F8_E4M3": ("float8", 1),
-    "F8_E5M2": ("float8", 1), "U16": ("unsigned", 2), "U32": ("unsigned", 4), "U64": ("unsigned", 8),
-    "C64": ("complex", 8), "C128": ("complex", 16),
-}  # fmt: skip
+    "F64": ("f", 8),
+    "F32": ("f", 4),
+    "F16": ("f", 2),
+    "BF16": ("f", 2),
+    "I64": ("i", 8),
+    "I32": ("i", 4),
+    "I16": ("i", 2),
+    "I8": ("i", 1),
+    "U8": ("i", 1),
+    "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8", 1),
+    "F8_E5M2": ("float8", 1),
+    "U16": ("unsigned", 2),
+    "U32": ("unsigned", 4),
+    "U64": ("unsigned", 8),
+    "C64": ("complex", 8),
+    "C128": ("complex", 16),
+}
 
 
 @dataclass(frozen=True)
@@ -57,8 +70,9 @@ def safetensors_headers(f: BinaryIO, *, size: int, field: str = "checkpoint") ->
     head = f.read(8)
     n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
     if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
-        raise InputError(field, f"not a safetensors file: the 8-byte header length {n} does not fit the file's "
-                                f"{size} bytes")  # fmt: skip
+        raise InputError(
+            field, f"not a safetensors file: the 8-byte header length {n} does not fit the file's {size} bytes"
+        )
     try:
         header = json.loads(f.read(n))
     except (ValueError, UnicodeDecodeError) as e:
@@ -69,16 +83,23 @@ def safetensors_headers(f: BinaryIO, *, size: int, field: str = "checkpoint") ->
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        if not (isinstance(meta, dict) and isinstance(meta.get("shape"), list) and isinstance(meta.get("dtype"), str)
-                and all(isinstance(d, int) and d >= 0 for d in meta["shape"])):  # fmt: skip
+        if not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("shape"), list)
+            and isinstance(meta.get("dtype"), str)
+            and all(isinstance(d, int) and d >= 0 for d in meta["shape"])
+        ):
             raise InputError(field, f"not a safetensors file: tensor {name!r} has no valid dtype and shape")
         kind, size_ = SAFETENSORS_DTYPES.get(meta["dtype"], ("unknown", 1))
         shape = tuple(meta["shape"])
         out[name] = ArrayInfo(shape, meta["dtype"], kind, math.prod(shape) * size_)
     declared = sum(a.nbytes for a in out.values())
     if declared > size - 8 - n:  # safetensors stores raw bytes: the shapes must fit in the file
-        raise InputError(field, f"not a safetensors file (truncated?): its header declares {declared} bytes of "
-                                f"tensors, the file holds {size - 8 - n}")  # fmt: skip
+        raise InputError(
+            field,
+            f"not a safetensors file (truncated?): its header declares {declared} bytes of "
+            f"tensors, the file holds {size - 8 - n}",
+        )
     return _bounded(out, field)
 
 
@@ -104,8 +125,9 @@ def npz_headers(path: str | Path, *, field: str = "dataset") -> dict[str, ArrayI
                     shape, _, dtype = read[version](member)
             except (ValueError, OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as e:
                 raise InputError(field, f"not a readable .npz: member {info.filename[:100]!r}: {e}") from None
-            out[info.filename[: -len(".npy")]] = ArrayInfo(tuple(shape), str(dtype), _numpy_kind(dtype),
-                                                            math.prod(shape) * dtype.itemsize)  # fmt: skip
+            out[info.filename[: -len(".npy")]] = ArrayInfo(
+                tuple(shape), str(dtype), _numpy_kind(dtype), math.prod(shape) * dtype.itemsize
+            )
     return _bounded(out, field)
 
 

@@ -49,9 +49,7 @@ class BinaryActivation(nn.Module):
 MLP_HIDDEN = (128, 128)
 
 
-def mlp(
-    *, in_features: int, num_classes: int = 10, hidden: list[int] | tuple[int, ...] = MLP_HIDDEN
-) -> nn.Sequential:
+def mlp(*, in_features: int, num_classes: int = 10, hidden: list[int] | tuple[int, ...] = MLP_HIDDEN) -> nn.Sequential:
     """Flatten, then ``Linear -> ReLU`` for each size in ``hidden``, then a linear output layer. Takes any
     input shape whose elements number ``in_features`` (flat features or images)."""
     if in_features < 1 or any(h < 1 for h in hidden):
@@ -165,7 +163,8 @@ class ResNet18(nn.Module):
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda *, in_channels, input_size, num_classes, in_features=None, hidden=None: mlp(
-        in_features=in_features or in_channels * input_size * input_size, num_classes=num_classes,
+        in_features=in_features or in_channels * input_size * input_size,
+        num_classes=num_classes,
         hidden=MLP_HIDDEN if hidden is None else hidden,
     ),
     "lenet5": lambda **kw: LeNet5(**kw),
@@ -194,8 +193,13 @@ def build(
         if v < 1:
             raise ValueError(f"{field} must be >= 1, got {v}")
     if name == "mlp":
-        return ARCHITECTURES[name](in_channels=in_channels, input_size=input_size, num_classes=num_classes,
-                                   in_features=in_features, hidden=hidden)  # fmt: skip
+        return ARCHITECTURES[name](
+            in_channels=in_channels,
+            input_size=input_size,
+            num_classes=num_classes,
+            in_features=in_features,
+            hidden=hidden,
+        )
     return ARCHITECTURES[name](in_channels=in_channels, input_size=input_size, num_classes=num_classes)
 
 

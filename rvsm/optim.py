@@ -218,8 +218,12 @@ class RVSM:
             ps = [p for p in g["params"] if p.grad is not None]
             starved = self._starved(ps, g)
             if starved:
-                hard_pull_(list(starved), [p.grad for p in starved if p.grad is not None], list(starved.values()),
-                           beta=g["beta"])  # fmt: skip
+                hard_pull_(
+                    list(starved),
+                    [p.grad for p in starved if p.grad is not None],
+                    list(starved.values()),
+                    beta=g["beta"],
+                )
             pairs = [(p, p.grad) for p in ps if p not in starved]
             if pairs:
                 ws, gs = zip(*pairs, strict=True)
@@ -260,8 +264,11 @@ class RVSM:
             starved = self._starved(g["params"], g)
             for p in g["params"]:
                 tau = starved.get(p)
-                out[p] = threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"]) \
-                    if tau is None else torch.nn.functional.hardshrink(p, tau)  # fmt: skip
+                out[p] = (
+                    threshold_param(p, lam=g["lam"], beta=g["beta"], penalty=g["penalty"], a=g["a"])
+                    if tau is None
+                    else torch.nn.functional.hardshrink(p, tau)
+                )
         return out
 
     @torch.no_grad()

@@ -125,9 +125,12 @@ def _check_outputs(out: tuple[int, ...], shape: DataShape, task: str, what: str)
     at least the classes (classification) or exactly the targets (regression) in all."""
     if task == "classification" and shape.label_shape:
         if tuple(out[:-1]) != tuple(shape.label_shape) or out[-1] < _width(shape):
-            raise InputError("dataset", f"{what} gives outputs of shape {tuple(out)} per sample; per-token labels y "
-                             f"of shape {tuple(shape.label_shape)} with {shape.outputs} classes need "
-                             f"{(*shape.label_shape, shape.outputs)} or more classes (logits last)")  # fmt: skip
+            raise InputError(
+                "dataset",
+                f"{what} gives outputs of shape {tuple(out)} per sample; per-token labels y "
+                f"of shape {tuple(shape.label_shape)} with {shape.outputs} classes need "
+                f"{(*shape.label_shape, shape.outputs)} or more classes (logits last)",
+            )
         return
     width = output_width(out)
     if task == "classification" and width < _width(shape):
@@ -150,18 +153,22 @@ def meta_forward(model: nn.Module, sample_shape: tuple[int, ...], batch: int) ->
 
 def _data_caps(spec: dict, shape: DataShape, task: str, limits: CheckpointLimits, max_bytes: int) -> None:
     synthetic = spec.get("name") == "synthetic"
-    _cap("dataset.samples" if synthetic else "dataset", "the data set's samples (train + validation)", shape.rows,
-         limits.samples)  # fmt: skip
+    _cap(
+        "dataset.samples" if synthetic else "dataset",
+        "the data set's samples (train + validation)",
+        shape.rows,
+        limits.samples,
+    )
     shown = f"shape {shape.sample_shape}" if shape.sample_shape else f"inputs {_input_shapes(shape)}"
     _cap("dataset", f"one sample's elements (features, {shown})", shape.features, limits.features)
     _cap("dataset", "the bytes of the uploaded arrays once read", shape.nbytes, max_bytes)
     if task == "classification" and shape.outputs is not None:
-        _cap("dataset.num_classes" if synthetic else "dataset", "the number of classes", shape.outputs,
-             limits.classes)  # fmt: skip
+        _cap("dataset.num_classes" if synthetic else "dataset", "the number of classes", shape.outputs, limits.classes)
 
 
-def _model_caps(model: nn.Module, sample_shape: tuple[int, ...], shape: DataShape, cfg: TrainConfig,
-                limits: CheckpointLimits) -> tuple[int, tuple[int, ...], int]:  # fmt: skip
+def _model_caps(
+    model: nn.Module, sample_shape: tuple[int, ...], shape: DataShape, cfg: TrainConfig, limits: CheckpointLimits
+) -> tuple[int, tuple[int, ...], int]:
     """Parameters (capped), then the output shape and the activations of the first batch (capped); the last
     batch too when it is smaller (a batch of one fails in batch norm)."""
     params = sum(p.numel() for p in model.parameters())
@@ -175,9 +182,12 @@ def _model_caps(model: nn.Module, sample_shape: tuple[int, ...], shape: DataShap
             meta_forward(model, sample_shape, last)
         except InputError as e:
             why = e.rule.split(": ", 1)[-1]
-            raise InputError("batch_size", f"each epoch ends with a batch of {last} (train samples {shape.train_rows} "
-                             f"% batch_size {cfg.batch}), on which the model fails ({why}); choose another "
-                             "batch_size") from None  # fmt: skip
+            raise InputError(
+                "batch_size",
+                f"each epoch ends with a batch of {last} (train samples {shape.train_rows} "
+                f"% batch_size {cfg.batch}), on which the model fails ({why}); choose another "
+                "batch_size",
+            ) from None
     return params, out, elements
 
 
@@ -186,8 +196,11 @@ def _builtin(spec: dict, blob: bytes | None, shape: DataShape, cfg: TrainConfig,
     if spec.get("hidden") is not None and arch != "mlp":
         raise InputError("hidden", f"sets the mlp's layer widths; architecture {arch!r} has none")
     if shape.inputs is not None and list(shape.inputs) != ["x"]:
-        raise InputError("dataset", f"architecture {arch!r} takes one input 'x'; the data has {list(shape.inputs)} "
-                                    "(several inputs need an exported model that takes them)")  # fmt: skip
+        raise InputError(
+            "dataset",
+            f"architecture {arch!r} takes one input 'x'; the data has {list(shape.inputs)} "
+            "(several inputs need an exported model that takes them)",
+        )
     notes, sample_shape = [], shape.sample_shape
     if arch != "mlp" and len(sample_shape) == 2:
         sample_shape = (1, *sample_shape)
@@ -206,8 +219,14 @@ def _builtin(spec: dict, blob: bytes | None, shape: DataShape, cfg: TrainConfig,
     return Plan(shape, model, arch, names, params, elements, state=state, normalised=notes)
 
 
-def build(arch: str, sample_shape: tuple[int, ...], outputs: int, *, hidden: list[int] | None,
-          device: str | torch.device = "cpu") -> nn.Module:  # fmt: skip
+def build(
+    arch: str,
+    sample_shape: tuple[int, ...],
+    outputs: int,
+    *,
+    hidden: list[int] | None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
     """Built-in ``arch`` for samples of ``sample_shape`` on ``device`` (``meta``: shapes only, no memory)."""
     try:
         with torch.device(device):
@@ -216,8 +235,9 @@ def build(arch: str, sample_shape: tuple[int, ...], outputs: int, *, hidden: lis
         raise InputError("architecture", f"cannot be built for this data set: {e}") from None
 
 
-def _exported_caps(model: nn.Module, sample: Signature, shape: DataShape, cfg: TrainConfig,
-                   limits: CheckpointLimits) -> tuple[int, tuple[int, ...], int]:  # fmt: skip
+def _exported_caps(
+    model: nn.Module, sample: Signature, shape: DataShape, cfg: TrainConfig, limits: CheckpointLimits
+) -> tuple[int, tuple[int, ...], int]:
     """:func:`_model_caps` for an untrusted graph: every pass counted under ``FakeTensorMode``
     (:func:`rvsm.exported.fake_cost`), at the training batch, the evaluation batch and an epoch's last batch."""
     params = sum(p.numel() for p in model.parameters())
@@ -238,18 +258,25 @@ def _exported_caps(model: nn.Module, sample: Signature, shape: DataShape, cfg: T
             rexported.fake_cost(model, sample, last)
         except InputError as e:
             why = e.rule.split(": ", 1)[-1]
-            raise InputError("batch_size", f"each epoch ends with a batch of {last} (train samples {shape.train_rows} "
-                             f"% batch_size {cfg.batch}), on which the model fails ({why}); choose another "
-                             "batch_size") from None  # fmt: skip
+            raise InputError(
+                "batch_size",
+                f"each epoch ends with a batch of {last} (train samples {shape.train_rows} "
+                f"% batch_size {cfg.batch}), on which the model fails ({why}); choose another "
+                "batch_size",
+            ) from None
     assert cost is not None
     return params, cost.output_shape, cost.allocated
 
 
-def _exported(blob: bytes, shape: DataShape, spec: dict, cfg: TrainConfig, limits: CheckpointLimits,
-              max_bytes: int) -> Plan:  # fmt: skip
+def _exported(
+    blob: bytes, shape: DataShape, spec: dict, cfg: TrainConfig, limits: CheckpointLimits, max_bytes: int
+) -> Plan:
     if spec.get("architecture") not in (None, EXPORTED):
-        raise InputError("architecture", f"a .pt2 checkpoint carries its own architecture: leave architecture "
-                                         f"out or set it to 'exported' (got {spec['architecture']!r})")  # fmt: skip
+        raise InputError(
+            "architecture",
+            f"a .pt2 checkpoint carries its own architecture: leave architecture "
+            f"out or set it to 'exported' (got {spec['architecture']!r})",
+        )
     archive_limits = ArchiveLimits(bytes=max_bytes, member_bytes=max_bytes, nodes=limits.nodes or 2**31)
     exp = rexported.load(blob, limits=archive_limits)
     check_inputs(shape.inputs or {"x": InputInfo(shape.sample_shape, "float32", True)}, exp.inputs)
@@ -259,8 +286,13 @@ def _exported(blob: bytes, shape: DataShape, spec: dict, cfg: TrainConfig, limit
     return Plan(shape, exp.module, EXPORTED, names, params, elements, exported=exp)
 
 
-def _read_upload(spec: dict, shape: DataShape, task: str, upload: Path | None, limits: CheckpointLimits,
-                 ) -> tuple[DataShape, TensorData | None]:  # fmt: skip
+def _read_upload(
+    spec: dict,
+    shape: DataShape,
+    task: str,
+    upload: Path | None,
+    limits: CheckpointLimits,
+) -> tuple[DataShape, TensorData | None]:
     """An uploaded data set, read in full once its header shapes passed the caps (NaN and labels need the
     data); classes are capped by the label check itself, before any model is built."""
     if spec.get("name") != "upload":
@@ -291,8 +323,9 @@ def check(
     if checkpoint is not None and rexported.is_pt2(checkpoint):
         plan = _exported(checkpoint, shape, spec, cfg, limits, max_bytes)
     elif arch in (None, EXPORTED):
-        raise InputError("architecture", "is required (one of the built-ins) unless the checkpoint is a "
-                                         "torch.export .pt2 archive")  # fmt: skip
+        raise InputError(
+            "architecture", "is required (one of the built-ins) unless the checkpoint is a torch.export .pt2 archive"
+        )
     else:
         plan = _builtin(spec, checkpoint, shape, cfg, limits)
     plan.data = data
@@ -316,20 +349,26 @@ def prepare(
     max_bytes: int = 2**31,
 ) -> Prepared:
     """:func:`check`, then the real data set and model (the worker's half; see the module docstring)."""
-    plan = check(spec, limits=limits, checkpoint=checkpoint, dataset_file=dataset_file, datasets_dir=datasets_dir,
-                 max_bytes=max_bytes)  # fmt: skip
+    plan = check(
+        spec,
+        limits=limits,
+        checkpoint=checkpoint,
+        dataset_file=dataset_file,
+        datasets_dir=datasets_dir,
+        max_bytes=max_bytes,
+    )
     task = TrainConfig.from_spec(spec).task
     data = plan.data or load_dataset(spec.get("dataset", {}), task=task, datasets_dir=datasets_dir)
     if plan.exported is not None:
-        return Prepared(plan.model, fit_inputs(data, plan.exported.inputs), plan.sparse_names, EXPORTED,
-                        plan.exported)  # fmt: skip
+        return Prepared(plan.model, fit_inputs(data, plan.exported.inputs), plan.sparse_names, EXPORTED, plan.exported)
     data = fit_inputs(data, signature(data.sample_shape))  # a built-in takes floats
     if plan.architecture != "mlp" and len(data.sample_shape) == 2:
         for name in ("x_train", "x_val"):
             setattr(data, name, getattr(data, name).unsqueeze(1))
     if math.prod(data.sample_shape) != plan.shape.features or data.num_outputs > (plan.shape.outputs or 0):
-        raise InputError("dataset", f"changed since it was checked: samples {data.sample_shape}, "
-                                    f"{data.num_outputs} outputs")  # fmt: skip
+        raise InputError(
+            "dataset", f"changed since it was checked: samples {data.sample_shape}, {data.num_outputs} outputs"
+        )
     model = build(plan.architecture, data.sample_shape, _width(plan.shape), hidden=spec.get("hidden"))
     if plan.state is not None:
         model.load_state_dict(plan.state.tensors)
@@ -351,17 +390,37 @@ def check_isolated(
     activations, the weights to sparsify); ``InputError`` as :func:`check`, and for a check that crashed,
     ran out of its memory or overran its time (``checkpoint`` named when a file was uploaded)."""
     try:
-        out = sandbox.run(_check_in_child, spec, limits, checkpoint, dataset_file, datasets_dir, max_bytes,
-                          limits=child)  # fmt: skip
+        out = sandbox.run(
+            _check_in_child, spec, limits, checkpoint, dataset_file, datasets_dir, max_bytes, limits=child
+        )
     except sandbox.ChildFailed as e:
         field = "checkpoint" if checkpoint is not None else "dataset" if dataset_file is not None else "architecture"
         raise InputError(field, f"the model could not be checked: {e}") from None
     return dict(out)
 
 
-def _check_in_child(spec: dict, limits: CheckpointLimits, checkpoint: bytes | None, dataset_file: Path | None,
-                    datasets_dir: Path | None, max_bytes: int, *, send: object) -> dict:  # fmt: skip
-    plan = check(spec, limits=limits, checkpoint=checkpoint, dataset_file=dataset_file, datasets_dir=datasets_dir,
-                 max_bytes=max_bytes)  # fmt: skip
-    return {"architecture": plan.architecture, "parameters": plan.parameters, "activations": plan.activations,
-            "sparse_names": plan.sparse_names, "steps": plan.steps}  # fmt: skip
+def _check_in_child(
+    spec: dict,
+    limits: CheckpointLimits,
+    checkpoint: bytes | None,
+    dataset_file: Path | None,
+    datasets_dir: Path | None,
+    max_bytes: int,
+    *,
+    send: object,
+) -> dict:
+    plan = check(
+        spec,
+        limits=limits,
+        checkpoint=checkpoint,
+        dataset_file=dataset_file,
+        datasets_dir=datasets_dir,
+        max_bytes=max_bytes,
+    )
+    return {
+        "architecture": plan.architecture,
+        "parameters": plan.parameters,
+        "activations": plan.activations,
+        "sparse_names": plan.sparse_names,
+        "steps": plan.steps,
+    }

@@ -82,7 +82,7 @@ def relu_grad(w: Tensor, w_star: Tensor, k: Number) -> Tensor:
     theta = torch.nan_to_num(angle(w, w_star), nan=0.0)
     nw_safe = torch.where(zero, torch.ones_like(nw), nw)
     kk = k * k - k
-    coef_w = (k + kk / math.pi - (k * ns / (math.pi * nw_safe)) * torch.sin(theta) - (kk / math.pi) * (ns / nw_safe))
+    coef_w = k + kk / math.pi - (k * ns / (math.pi * nw_safe)) * torch.sin(theta) - (kk / math.pi) * (ns / nw_safe)
     coef_w = coef_w / (k * k)
     coef_s = (k / math.pi) * (math.pi - theta) / (k * k)
     grad = coef_w.unsqueeze(-1) * w - coef_s.unsqueeze(-1) * w_star

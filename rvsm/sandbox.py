@@ -41,8 +41,18 @@ from typing import Any
 
 from .errors import InputError
 
-PRELOAD = ["torch", "torch.export", "torch._export.serde.serialize", "torch._subclasses.fake_tensor", "sympy",
-           "torch.utils.flop_counter", "rvsm.exported", "rvsm.prepare", "rvsm.train", "rvsm._warm"]  # and preload()
+PRELOAD = [
+    "torch",
+    "torch.export",
+    "torch._export.serde.serialize",
+    "torch._subclasses.fake_tensor",
+    "sympy",
+    "torch.utils.flop_counter",
+    "rvsm.exported",
+    "rvsm.prepare",
+    "rvsm.train",
+    "rvsm._warm",
+]  # and preload()
 MAX_MESSAGE = 2**31
 _lock = threading.Lock()
 _ctx: Any = None
@@ -87,10 +97,40 @@ def _seccomp() -> None:
 
     f = sc.SyscallFilter(defaction=sc.ALLOW)
     deny = sc.ERRNO(errno.EPERM)
-    for call in ("execve", "execveat", "ptrace", "process_vm_readv", "process_vm_writev", "socket", "socketpair",
-                 "connect", "bind", "listen", "kill", "tkill", "creat", "mknod", "mknodat", "link", "linkat",
-                 "symlink", "symlinkat", "unlink", "unlinkat", "rename", "renameat", "renameat2", "truncate",
-                 "chmod", "fchmodat", "chown", "fchownat", "mount", "setuid", "setgid"):  # fmt: skip
+    for call in (
+        "execve",
+        "execveat",
+        "ptrace",
+        "process_vm_readv",
+        "process_vm_writev",
+        "socket",
+        "socketpair",
+        "connect",
+        "bind",
+        "listen",
+        "kill",
+        "tkill",
+        "creat",
+        "mknod",
+        "mknodat",
+        "link",
+        "linkat",
+        "symlink",
+        "symlinkat",
+        "unlink",
+        "unlinkat",
+        "rename",
+        "renameat",
+        "renameat2",
+        "truncate",
+        "chmod",
+        "fchmodat",
+        "chown",
+        "fchownat",
+        "mount",
+        "setuid",
+        "setgid",
+    ):
         f.add_rule(deny, call)
     f.add_rule(deny, "tgkill", sc.Arg(0, sc.NE, os.getpid()))
     for flag in (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC):
@@ -182,8 +222,13 @@ def _noop(*, send: Callable[..., None]) -> None:
     return None
 
 
-def run(target: Callable[..., Any], *args: Any, limits: ChildLimits, cuda: bool = False,
-        on_message: Callable[[str, Any, dict[str, bytes]], None] | None = None) -> Any:  # fmt: skip
+def run(
+    target: Callable[..., Any],
+    *args: Any,
+    limits: ChildLimits,
+    cuda: bool = False,
+    on_message: Callable[[str, Any, dict[str, bytes]], None] | None = None,
+) -> Any:
     """``target(*args, send=...)`` in a confined child; its JSON result. ``send(kind, value, blobs)`` in the
     child reaches ``on_message(kind, value, blobs)`` here (which may raise to stop the child)."""
     with _lock:
@@ -202,8 +247,9 @@ def run(target: Callable[..., Any], *args: Any, limits: ChildLimits, cuda: bool 
         proc.join(5)
 
 
-def _receive(conn: Connection, proc: Any, limits: ChildLimits,
-             on_message: Callable[[str, Any, dict[str, bytes]], None] | None) -> Any:  # fmt: skip
+def _receive(
+    conn: Connection, proc: Any, limits: ChildLimits, on_message: Callable[[str, Any, dict[str, bytes]], None] | None
+) -> Any:
     deadline = time.monotonic() + limits.wall_s if limits.wall_s is not None else None
     while True:
         left = None if deadline is None else deadline - time.monotonic()

@@ -26,9 +26,21 @@ from torch import Tensor
 MAGIC = b"RVSMSPRS"
 VERSION = 1
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_DTYPES = {str(t).removeprefix("torch."): t for t in (
-    torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-    torch.int8, torch.uint8, torch.bool)}  # fmt: skip
+_DTYPES = {
+    str(t).removeprefix("torch."): t
+    for t in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
+}
 
 
 def _nonzero_mask(t: Tensor) -> Tensor:
@@ -95,9 +107,16 @@ def dumps(state_dict: dict[str, Tensor]) -> bytes:
             raise ValueError(f"{name}: dtype {t.dtype} is not supported")
         enc, blob = encode_tensor(t)
         header["tensors"].append(
-            {"name": name, "dtype": dtype, "shape": list(t.shape), "encoding": enc, "offset": offset,
-             "length": len(blob), "nnz": int(_nonzero_mask(t.detach().cpu().contiguous()).sum())}
-        )  # fmt: skip
+            {
+                "name": name,
+                "dtype": dtype,
+                "shape": list(t.shape),
+                "encoding": enc,
+                "offset": offset,
+                "length": len(blob),
+                "nnz": int(_nonzero_mask(t.detach().cpu().contiguous()).sum()),
+            }
+        )
         blobs.append(blob)
         offset += len(blob)
     head = json.dumps(header, separators=(",", ":")).encode()

@@ -47,10 +47,31 @@ from .errors import InputError
 from .prox import PENALTIES
 
 TOP_FIELDS = {
-    "kind", "network", "k", "d", "teacher", "init", "algorithm", "normalize", "penalty", "a", "lam",
-    "beta", "eta", "max_iters", "tol", "gradient", "samples", "batch_size", "data_seed", "s",
-    "log_every", "dtype", "time_budget_s", "sweep",
-}  # fmt: skip
+    "kind",
+    "network",
+    "k",
+    "d",
+    "teacher",
+    "init",
+    "algorithm",
+    "normalize",
+    "penalty",
+    "a",
+    "lam",
+    "beta",
+    "eta",
+    "max_iters",
+    "tol",
+    "gradient",
+    "samples",
+    "batch_size",
+    "data_seed",
+    "s",
+    "log_every",
+    "dtype",
+    "time_budget_s",
+    "sweep",
+}
 TEACHER_FIELDS = {"seed", "w_star", "sparsity", "values"}
 INIT_FIELDS = {"seed", "w0"}
 REQUIRED = ("k", "d", "lam", "beta", "eta")
@@ -97,9 +118,14 @@ def _is_int(v: object) -> bool:
 
 
 def _int(
-    spec: dict, name: str, *, minimum: int | None = None, maximum: int | None = None, default: Any = None,
+    spec: dict,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    default: Any = None,
     path: str = "",
-) -> Any:  # fmt: skip
+) -> Any:
     v = _given(spec, name, default, path)
     where = path + name
     if v is None:
@@ -240,8 +266,13 @@ def check_limits(spec: dict, limits: ToyLimits) -> None:
     checked here. Each error names the field, the value and the cap.
     """
     n = check_sweep(spec, max_configs=limits.sweep)
-    for name, cap in (("max_iters", limits.max_iters), ("d", limits.d), ("k", limits.k),
-                      ("samples", limits.samples), ("batch_size", limits.samples)):  # fmt: skip
+    for name, cap in (
+        ("max_iters", limits.max_iters),
+        ("d", limits.d),
+        ("k", limits.k),
+        ("samples", limits.samples),
+        ("batch_size", limits.samples),
+    ):
         if cap is None:
             continue
         for v in _values(spec, name):
@@ -375,14 +406,26 @@ def _resolve(spec: dict) -> dict:
     if algorithm == "rvscgd" and network != "binary":
         raise SpecError("algorithm", "'rvscgd' needs network 'binary' (use 'rvsm' for the ReLU network)")
     out = dict(
-        network=network, k=k, d=d, algorithm=algorithm, normalize=normalize, penalty=penalty,
-        a=_float(spec, "a", rule="> 0", default=1.0), lam=_float(spec, "lam", rule=">= 0"),
-        beta=_float(spec, "beta", rule="> 0"), eta=_float(spec, "eta", rule="> 0"),
-        max_iters=_int(spec, "max_iters", minimum=1, default=20000), tol=_float(spec, "tol", rule=">= 0", default=0.0),
-        gradient=gradient, samples=samples, batch_size=batch_size,
-        data_seed=_int(spec, "data_seed", minimum=0, maximum=SEED_MAX, default=0), s=s,
-        log_every=_int(spec, "log_every", minimum=1, default=10), dtype=dtype,
-    )  # fmt: skip
+        network=network,
+        k=k,
+        d=d,
+        algorithm=algorithm,
+        normalize=normalize,
+        penalty=penalty,
+        a=_float(spec, "a", rule="> 0", default=1.0),
+        lam=_float(spec, "lam", rule=">= 0"),
+        beta=_float(spec, "beta", rule="> 0"),
+        eta=_float(spec, "eta", rule="> 0"),
+        max_iters=_int(spec, "max_iters", minimum=1, default=20000),
+        tol=_float(spec, "tol", rule=">= 0", default=0.0),
+        gradient=gradient,
+        samples=samples,
+        batch_size=batch_size,
+        data_seed=_int(spec, "data_seed", minimum=0, maximum=SEED_MAX, default=0),
+        s=s,
+        log_every=_int(spec, "log_every", minimum=1, default=10),
+        dtype=dtype,
+    )
     bad_number = number_rule(
         dtype=dtype, k=k, lam=out["lam"], beta=out["beta"], eta=out["eta"], a=out["a"], w0_norm=w0_norm
     )
@@ -627,8 +670,10 @@ def merge_columns(result: dict, columns: dict[str, Any]) -> dict:
         for name in TRACE_FIELDS:
             vals = columns[f"trace.{name}"][i][:length].tolist()
             trace[name] = [int(x) for x in vals] if name == "nnz_u" else [_none(float(x)) for x in vals]
-        runs.append({"config": r["config"], "final": vecs | final, "trace": trace} |
-                    {k: v for k, v in r.items() if k not in ("config", "final")})  # fmt: skip
+        runs.append(
+            {"config": r["config"], "final": vecs | final, "trace": trace}
+            | {k: v for k, v in r.items() if k not in ("config", "final")}
+        )
     return {"runs": runs}
 
 

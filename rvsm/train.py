@@ -118,8 +118,14 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, allowed in (("algorithm", TRAIN_ALGORITHMS), ("penalty", PENALTIES), ("schedule", SCHEDULES),
-                              ("sparsity_scope", SCOPES), ("task", TASKS), ("optimizer", OPTIMIZERS)):  # fmt: skip
+        for name, allowed in (
+            ("algorithm", TRAIN_ALGORITHMS),
+            ("penalty", PENALTIES),
+            ("schedule", SCHEDULES),
+            ("sparsity_scope", SCOPES),
+            ("task", TASKS),
+            ("optimizer", OPTIMIZERS),
+        ):
             if getattr(self, name) not in allowed:
                 raise InputError(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
         if self.optimizer == "adamw" and self.momentum is not None:
@@ -154,11 +160,17 @@ class TrainConfig:
         if self.finetune_epochs and self.algorithm == "sgd":
             raise InputError("finetune_epochs", "fine-tunes a pruned network; algorithm 'sgd' prunes nothing")
         if self.pruning is not None and (self.algorithm != "magnitude" or self.pruning not in PRUNING):
-            raise InputError("pruning", f"is magnitude pruning's schedule, one of {PRUNING}; got {self.pruning!r} "
-                             f"with algorithm {self.algorithm!r}")  # fmt: skip
+            raise InputError(
+                "pruning",
+                f"is magnitude pruning's schedule, one of {PRUNING}; got {self.pruning!r} "
+                f"with algorithm {self.algorithm!r}",
+            )
         if self.sparsity is not None and self.algorithm not in ("admm", "magnitude"):
-            raise InputError("sparsity", f"is not used by algorithm {self.algorithm!r}; use target_sparsity "
-                             "(rvsm, rvscgd, admm, magnitude) or lam/beta")  # fmt: skip
+            raise InputError(
+                "sparsity",
+                f"is not used by algorithm {self.algorithm!r}; use target_sparsity "
+                "(rvsm, rvscgd, admm, magnitude) or lam/beta",
+            )
         if self.sparsity is not None and self.target_sparsity not in (None, self.sparsity):
             raise InputError("sparsity", "give target_sparsity or sparsity, not both")
         if self.target_sparsity is not None and self.algorithm not in TARGET_ALGORITHMS:
@@ -169,12 +181,16 @@ class TrainConfig:
         if p is None and self.algorithm in ("admm", "magnitude"):
             raise InputError("target_sparsity", f"algorithm {self.algorithm!r} needs a target sparsity in (0, 1)")
         if p is not None and self.algorithm in ("rvsm", "rvscgd") and self.penalty != "l0":
-            raise InputError("penalty", "target_sparsity is the l0 splitting with an adaptive threshold; "
-                             f"penalty must be 'l0', got {self.penalty!r}")  # fmt: skip
+            raise InputError(
+                "penalty",
+                "target_sparsity is the l0 splitting with an adaptive threshold; "
+                f"penalty must be 'l0', got {self.penalty!r}",
+            )
         if (self.ramp_epochs is not None or self.warmup_epochs is not None) and not self.ramps:
-            raise InputError("ramp_epochs" if self.ramp_epochs is not None else "warmup_epochs",
-                             "applies only to a ramped target: target_sparsity with rvsm, rvscgd or gradual "
-                             "magnitude pruning")  # fmt: skip
+            raise InputError(
+                "ramp_epochs" if self.ramp_epochs is not None else "warmup_epochs",
+                "applies only to a ramped target: target_sparsity with rvsm, rvscgd or gradual magnitude pruning",
+            )
         if self.min_keep is not None and (self.algorithm not in ("rvsm", "rvscgd") or self.target is not None):
             raise InputError("min_keep", "is lambda mode's floor (rvsm / rvscgd without target_sparsity)")
         if self.min_keep is not None and not 0 <= self.min_keep < 1:
@@ -182,9 +198,11 @@ class TrainConfig:
         if self.tail_epochs is not None and (self.target is None or self.algorithm not in ("rvsm", "rvscgd")):
             raise InputError("tail_epochs", "is RVSM's masked tail; applies only to rvsm / rvscgd with target_sparsity")
         if self.warmup + self.ramp + self.tail > self.epochs:
-            raise InputError("ramp_epochs" if self.tail_epochs is None else "tail_epochs",
-                             f"warmup_epochs + ramp_epochs + tail_epochs must be <= epochs = {self.epochs}, got "
-                             f"{self.warmup} + {self.ramp} + {self.tail}")  # fmt: skip
+            raise InputError(
+                "ramp_epochs" if self.tail_epochs is None else "tail_epochs",
+                f"warmup_epochs + ramp_epochs + tail_epochs must be <= epochs = {self.epochs}, got "
+                f"{self.warmup} + {self.ramp} + {self.tail}",
+            )
 
     @classmethod
     def from_spec(cls, spec: dict) -> TrainConfig:
@@ -303,8 +321,13 @@ def sparsity_report(state_dict: dict[str, Tensor], prunable: list[str]) -> dict:
         if not t.is_floating_point():
             continue
         zeros = int((t == 0).sum())
-        layers[name] = {"numel": t.numel(), "zeros": zeros, "sparsity": zeros / max(t.numel(), 1),
-                        "pruned": t.data_ptr() in chosen, "matrix": t.dim() >= 2}  # fmt: skip
+        layers[name] = {
+            "numel": t.numel(),
+            "zeros": zeros,
+            "sparsity": zeros / max(t.numel(), 1),
+            "pruned": t.data_ptr() in chosen,
+            "matrix": t.dim() >= 2,
+        }
     pr = [layers[n] for n in prunable if n in layers]
     mats = [v for v in layers.values() if v["matrix"]]
     tot_n = sum(v["numel"] for v in layers.values())
@@ -340,13 +363,17 @@ def check_result(sparsity: dict, cfg: TrainConfig) -> None:
     pruned = pruned_layers(sparsity)
     zeros, total = sum(v["zeros"] for v in pruned), sum(v["numel"] for v in pruned)
     if total and zeros == total:
-        raise ResultRejected(f"every one of the {total} sparsified weights is zero: the network computes nothing "
-                             "(lower lam, or use target_sparsity)")  # fmt: skip
+        raise ResultRejected(
+            f"every one of the {total} sparsified weights is zero: the network computes nothing "
+            "(lower lam, or use target_sparsity)"
+        )
     if cfg.target is not None:
         want = target_zeros([v["numel"] for v in pruned], cfg.target, scope=cfg.sparsity_scope)
         if zeros < want - len(pruned):
-            raise ResultRejected(f"the sparsified tensors end with {zeros} zeros of {total}, short of the "
-                                 f"{want} that target_sparsity {cfg.target} asks")  # fmt: skip
+            raise ResultRejected(
+                f"the sparsified tensors end with {zeros} zeros of {total}, short of the "
+                f"{want} that target_sparsity {cfg.target} asks"
+            )
 
 
 def lam_warnings(cfg: TrainConfig) -> list[str]:
@@ -357,9 +384,11 @@ def lam_warnings(cfg: TrainConfig) -> list[str]:
     mu = cfg.lam / cfg.coupling
     if mu < CLIFF_MU:
         return []
-    return [f"lam {cfg.lam} with beta {cfg.coupling} puts mu = lam/beta = {mu:.3g} at or past {CLIFF_MU}, where "
-            "accuracy fell off a cliff on a benchmark model, and past it on all three (docs/benchmarks.md, 'Lambda "
-            "mode'); lower lam, or name the sparsity you want with target_sparsity"]  # fmt: skip
+    return [
+        f"lam {cfg.lam} with beta {cfg.coupling} puts mu = lam/beta = {mu:.3g} at or past {CLIFF_MU}, where "
+        "accuracy fell off a cliff on a benchmark model, and past it on all three (docs/benchmarks.md, 'Lambda "
+        "mode'); lower lam, or name the sparsity you want with target_sparsity"
+    ]
 
 
 def layer_scales(params: Sequence[Tensor], penalty: str, *, enabled: bool) -> list[float]:
@@ -419,15 +448,24 @@ def _loss_fn(task: str, ignore_index: int) -> Callable[[Tensor, Tensor], Tensor]
     """Cross-entropy over samples, or over tokens (logits ``(B, T, C)`` against labels ``(B, T)``), labels equal
     to ``ignore_index`` left out; mean squared error for regression."""
     if task == "classification":
-        return lambda out, y: nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
-                                                          ignore_index=ignore_index)  # fmt: skip
+        return lambda out, y: nn.functional.cross_entropy(
+            out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=ignore_index
+        )
     return lambda out, y: nn.functional.mse_loss(out.reshape(y.shape), y)
 
 
 def _main_optimizer(cfg: TrainConfig, base: torch.optim.Optimizer, chosen: list[nn.Parameter]) -> Stepper:
     if cfg.algorithm in ("rvsm", "rvscgd"):
-        opt = RVSM(base, lam=cfg.lam, beta=cfg.coupling, penalty=cfg.penalty, a=cfg.a, scope=cfg.sparsity_scope,
-                   target_sparsity=0.0 if cfg.target is not None else None, min_keep=cfg.keep_floor)  # fmt: skip
+        opt = RVSM(
+            base,
+            lam=cfg.lam,
+            beta=cfg.coupling,
+            penalty=cfg.penalty,
+            a=cfg.a,
+            scope=cfg.sparsity_scope,
+            target_sparsity=0.0 if cfg.target is not None else None,
+            min_keep=cfg.keep_floor,
+        )
         set_beta(opt, cfg, cfg.coupling)
         return opt
     if cfg.algorithm == "admm":
@@ -453,8 +491,14 @@ def _prune_(opt: object, cfg: TrainConfig, chosen: list[nn.Parameter]) -> list[T
 
 
 @torch.no_grad()
-def _ramp_step(opt: Stepper, cfg: TrainConfig, chosen: list[nn.Parameter], masks: list[Tensor] | None, step: int,
-               steps_per_epoch: int) -> list[Tensor] | None:  # fmt: skip
+def _ramp_step(
+    opt: Stepper,
+    cfg: TrainConfig,
+    chosen: list[nn.Parameter],
+    masks: list[Tensor] | None,
+    step: int,
+    steps_per_epoch: int,
+) -> list[Tensor] | None:
     """Before a step of the main phase, the target ramped to this step: RVSM's adaptive threshold, or gradual
     magnitude pruning's masks (recomputed on the masked weights, so the zeros only grow, and applied). Returns
     the masks in force."""
@@ -611,8 +655,12 @@ def _train(
         sched.step()
         if not math.isfinite(total):
             raise FloatingPointError(f"training diverged: the loss is {total / max(count, 1)} in epoch {epoch + 1}")
-        point = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
-                 f"val_{metric}": _score(model, data), "lr": lr_now}  # fmt: skip
+        point = {
+            "epoch": epoch + 1,
+            "train_loss": total / max(count, 1),
+            f"val_{metric}": _score(model, data),
+            "lr": lr_now,
+        }
         if isinstance(opt, RVSM):
             point |= _u_point(opt, model, data, metric)
         elif masks is not None:

@@ -47,12 +47,32 @@ PENALTIES = {"l1": 0, "l0": 1, "tl1": 2, "group_l1": 3}
 
 # Cephes atan (double): P, Q of its rational approximation on |x| <= 0.66, and the constants that float32
 # cannot hold. Index = position in the constant tensor handed to the kernel.
-_ATAN_P = (-8.750608600031904122785e-01, -1.615753718733365076637e01, -7.500855792314704667340e01,
-           -1.228866684490136173410e02, -6.485021904942025371773e01)  # fmt: skip
-_ATAN_Q = (2.485846490142306297962e01, 1.650270098316988542046e02, 4.328810604912902668951e02,
-           4.853903996359136964868e02, 1.945506571482613964425e02)  # fmt: skip
-CONSTANTS = (math.pi, math.pi / 2, math.pi / 4, 6.123233995736765886130e-17, 2.0 / 3.0, 2 * math.pi,
-             2.41421356237309504880, 0.66, *_ATAN_P, *_ATAN_Q)  # fmt: skip
+_ATAN_P = (
+    -8.750608600031904122785e-01,
+    -1.615753718733365076637e01,
+    -7.500855792314704667340e01,
+    -1.228866684490136173410e02,
+    -6.485021904942025371773e01,
+)
+_ATAN_Q = (
+    2.485846490142306297962e01,
+    1.650270098316988542046e02,
+    4.328810604912902668951e02,
+    4.853903996359136964868e02,
+    1.945506571482613964425e02,
+)
+CONSTANTS = (
+    math.pi,
+    math.pi / 2,
+    math.pi / 4,
+    6.123233995736765886130e-17,
+    2.0 / 3.0,
+    2 * math.pi,
+    2.41421356237309504880,
+    0.66,
+    *_ATAN_P,
+    *_ATAN_Q,
+)
 
 
 def available() -> bool:
@@ -161,12 +181,32 @@ if HAVE_TRITON:
 
     @triton.jit
     def _rvsm_steps(
-        w_ptr, ws_ptr, k_ptr, mu_ptr, eta_ptr, beta_ptr, a_ptr, tol_ptr, max_iters_ptr,
-        active_ptr, iters_ptr, converged_ptr, diverged_ptr, last_step_ptr, max_delta_ptr, c_ptr,
-        n_rows, d, stride, n_steps,
-        NETWORK: tl.constexpr, PENALTY: tl.constexpr, NORMALIZE: tl.constexpr,
-        ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):  # fmt: skip
+        w_ptr,
+        ws_ptr,
+        k_ptr,
+        mu_ptr,
+        eta_ptr,
+        beta_ptr,
+        a_ptr,
+        tol_ptr,
+        max_iters_ptr,
+        active_ptr,
+        iters_ptr,
+        converged_ptr,
+        diverged_ptr,
+        last_step_ptr,
+        max_delta_ptr,
+        c_ptr,
+        n_rows,
+        d,
+        stride,
+        n_steps,
+        NETWORK: tl.constexpr,
+        PENALTY: tl.constexpr,
+        NORMALIZE: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
         pid = tl.program_id(0)
         rows = pid * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK_D)
@@ -284,10 +324,30 @@ class TritonStepper:
         b = w.shape[0]
         grid = (triton.cdiv(b, self.rows),)
         _rvsm_steps[grid](
-            w, self.w_star, self.k, self.mu, self.eta, self.beta, self.a, self.tol, self.max_iters,
-            book["active"].view(torch.int8), book["iters"], book["converged"].view(torch.int8),
-            book["diverged"].view(torch.int8), book["last_step"], book["max_delta"], self.consts,
-            b, g.dmax, w.stride(0), n,
-            NETWORK=NETWORKS[g.network], PENALTY=PENALTIES[g.penalty], NORMALIZE=bool(g.normalize),
-            ROWS=self.rows, BLOCK_D=self.block_d, num_warps=self.warps,
-        )  # fmt: skip
+            w,
+            self.w_star,
+            self.k,
+            self.mu,
+            self.eta,
+            self.beta,
+            self.a,
+            self.tol,
+            self.max_iters,
+            book["active"].view(torch.int8),
+            book["iters"],
+            book["converged"].view(torch.int8),
+            book["diverged"].view(torch.int8),
+            book["last_step"],
+            book["max_delta"],
+            self.consts,
+            b,
+            g.dmax,
+            w.stride(0),
+            n,
+            NETWORK=NETWORKS[g.network],
+            PENALTY=PENALTIES[g.penalty],
+            NORMALIZE=bool(g.normalize),
+            ROWS=self.rows,
+            BLOCK_D=self.block_d,
+            num_warps=self.warps,
+        )

@@ -29,13 +29,39 @@ OUT = ROOT / "docs" / "screenshots"
 CHROMIUM = os.environ.get("RVSM_CHROMIUM", "/usr/bin/chromium")
 MAX_HEIGHT = 1500  # px: a long page is cut here
 JOBS = {
-    "toy": {"kind": "toy", "k": 2, "d": 10, "teacher": {"seed": 0}, "init": {"seed": 1}, "lam": 1e-4, "beta": 4e-3,
-            "eta": 0.1, "max_iters": 20000, "tol": 0},
-    "sweep": {"kind": "toy", "k": 2, "d": 8, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 1000, "tol": 0,
-              "sweep": {"teacher.seed": list(range(1000))}},
-    "checkpoint": {"kind": "checkpoint", "architecture": "mlp", "hidden": [64, 32], "algorithm": "rvsm",
-                   "target_sparsity": 0.8, "epochs": 8, "batch_size": 64},
-}  # fmt: skip
+    "toy": {
+        "kind": "toy",
+        "k": 2,
+        "d": 10,
+        "teacher": {"seed": 0},
+        "init": {"seed": 1},
+        "lam": 1e-4,
+        "beta": 4e-3,
+        "eta": 0.1,
+        "max_iters": 20000,
+        "tol": 0,
+    },
+    "sweep": {
+        "kind": "toy",
+        "k": 2,
+        "d": 8,
+        "lam": 1e-4,
+        "beta": 4e-3,
+        "eta": 0.1,
+        "max_iters": 1000,
+        "tol": 0,
+        "sweep": {"teacher.seed": list(range(1000))},
+    },
+    "checkpoint": {
+        "kind": "checkpoint",
+        "architecture": "mlp",
+        "hidden": [64, 32],
+        "algorithm": "rvsm",
+        "target_sparsity": 0.8,
+        "epochs": 8,
+        "batch_size": 64,
+    },
+}
 
 
 def serve(tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -44,8 +70,13 @@ def serve(tmp: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {"PYTHONPATH": str(ROOT)}
     log = open(tmp / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=tmp, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        cwd=tmp,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:

@@ -55,8 +55,12 @@ class EmbeddedBroker:
         return f"redis+socket://{self.socket}"
 
     def config(self) -> str:
-        quoted = {"unixsocket": self.socket, "dir": self.data_dir, "logfile": self.data_dir / "broker.log",
-                  "pidfile": self.pidfile}  # fmt: skip
+        quoted = {
+            "unixsocket": self.socket,
+            "dir": self.data_dir,
+            "logfile": self.data_dir / "broker.log",
+            "pidfile": self.pidfile,
+        }
         lines = [f'{k} "{v}"' for k, v in quoted.items()]
         lines += ["port 0", "unixsocketperm 700", "dbfilename broker.rdb", "save 60 1", "daemonize no"]
         return "\n".join(lines) + "\n"
@@ -69,8 +73,13 @@ class EmbeddedBroker:
         conf.write_text(self.config())
         # its own session: a terminal's Ctrl-C reaches serve, which stops the worker first and the broker last;
         # and a SIGTERM when serve dies any other way (SIGKILL included), so no broker outlives it
-        self.proc = subprocess.Popen([redis_server(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [redis_server(), str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         deadline = time.monotonic() + self.start_timeout_s
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -57,8 +57,11 @@ class _Progress:
             if key != self.key or time.monotonic() - self.last >= self.every_s:
                 self.key, self.last = key, time.monotonic()
                 extra = " ".join(f"{k}={v}" for k, v in postfix.items())
-                print(f"{desc}: {n}/{total} ({100 * n / max(total, 1):.0f}%) {extra}".rstrip(), file=sys.stderr,
-                      flush=True)  # fmt: skip
+                print(
+                    f"{desc}: {n}/{total} ({100 * n / max(total, 1):.0f}%) {extra}".rstrip(),
+                    file=sys.stderr,
+                    flush=True,
+                )
             return
         if self.mode != "bar":
             return
@@ -251,8 +254,12 @@ def _gates(args: argparse.Namespace, job: dict, report: Callable[[], dict] | Non
     if args.min_zeros is not None and s.get("min_zeros", -1) < args.min_zeros:
         failed.append(f"zeros in u {s.get('min_zeros')} < --min-zeros {args.min_zeros}")
     if args.min_sparsity is not None and (s.get("sparsity") is None or s["sparsity"] < args.min_sparsity):
-        if not (s.get("sparsity") is not None and report is not None and job.get("kind") == "checkpoint"
-                and reaches_sparsity(report(), args.min_sparsity)):  # fmt: skip
+        if not (
+            s.get("sparsity") is not None
+            and report is not None
+            and job.get("kind") == "checkpoint"
+            and reaches_sparsity(report(), args.min_sparsity)
+        ):
             failed.append(f"sparsity {s.get('sparsity')} < --min-sparsity {args.min_sparsity}")
     if args.max_accuracy_drop is not None and (
         s.get("accuracy_drop") is None or s["accuracy_drop"] > args.max_accuracy_drop
@@ -263,8 +270,9 @@ def _gates(args: argparse.Namespace, job: dict, report: Callable[[], dict] | Non
     ):
         failed.append(f"loss increase {s.get('loss_increase')} > --max-loss-increase {args.max_loss_increase}")
     if s.get("collapsed"):
-        failed.append("the network collapsed (near chance: under a quarter of the way from the majority label to "
-                      "a perfect score)")
+        failed.append(
+            "the network collapsed (near chance: under a quarter of the way from the majority label to a perfect score)"
+        )
     return failed
 
 
@@ -282,8 +290,11 @@ def _wait(client: _Client, job_id: str, progress: _Progress, poll: float, timeou
             return job
         if deadline is not None and time.monotonic() >= deadline:
             progress.close()
-            raise _Exit(EXIT_TIMEOUT, f"job {job_id} is still {job['state']} after --timeout {timeout}s "
-                                      f"(it goes on; `rvsm cancel {job_id}` stops it)")  # fmt: skip
+            raise _Exit(
+                EXIT_TIMEOUT,
+                f"job {job_id} is still {job['state']} after --timeout {timeout}s "
+                f"(it goes on; `rvsm cancel {job_id}` stops it)",
+            )
         time.sleep(poll)
 
 
@@ -315,8 +326,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             report["final"] = {k: v for k, v in result["final"].items() if k not in ("w", "u", "w_star", "w0")}
     if job["state"] == "succeeded" and args.download:
         report["downloaded"] = _download_all(client, job_id, Path(args.download))
-    failed = (_gates(args, job, lambda: client.call("GET", f"/v1/jobs/{job_id}/result").json())
-              if job["state"] == "succeeded" else [])  # fmt: skip
+    failed = (
+        _gates(args, job, lambda: client.call("GET", f"/v1/jobs/{job_id}/result").json())
+        if job["state"] == "succeeded"
+        else []
+    )
     report["gates_failed"] = failed
     print(json.dumps(report, indent=2))
     if job["state"] != "succeeded":
@@ -413,18 +427,32 @@ def build_parser() -> argparse.ArgumentParser:
     client_flags(submit)
     submit.add_argument("--wait", action="store_true", help="follow the job and print its report")
     submit.add_argument("--poll", type=float, default=1.0, help="seconds between status checks")
-    submit.add_argument("--timeout", type=float, default=None, help="with --wait: give up waiting after this many "
-                        "seconds (exit code 5; the job goes on)")  # fmt: skip
+    submit.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="with --wait: give up waiting after this many seconds (exit code 5; the job goes on)",
+    )
     submit.add_argument("--max-theta-w", type=float, default=None, help="gate: fail when theta(w, w*) is larger")
     submit.add_argument("--min-zeros", type=int, default=None, help="gate: fail when u has fewer zeros")
     submit.add_argument("--checkpoint", help="a .pt2 (torch.export, any model) or a .safetensors / .pt state_dict")
     submit.add_argument("--dataset", help="data file (.safetensors or .npz) for dataset.name 'upload'")
-    submit.add_argument("--min-sparsity", type=float, default=None, help="gate: fraction of zeros in the pruned "
-                        "tensors, in whole entries (target_sparsity p: floor(p n) zeros, which passes p)")  # fmt: skip
-    submit.add_argument("--max-accuracy-drop", type=float, default=None,
-                        help="gate: accuracy before - after, as a fraction (0.01 = one point)")  # fmt: skip
-    submit.add_argument("--max-loss-increase", type=float, default=None,
-                        help="gate (regression): validation MSE after - before")  # fmt: skip
+    submit.add_argument(
+        "--min-sparsity",
+        type=float,
+        default=None,
+        help="gate: fraction of zeros in the pruned "
+        "tensors, in whole entries (target_sparsity p: floor(p n) zeros, which passes p)",
+    )
+    submit.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=None,
+        help="gate: accuracy before - after, as a fraction (0.01 = one point)",
+    )
+    submit.add_argument(
+        "--max-loss-increase", type=float, default=None, help="gate (regression): validation MSE after - before"
+    )
     submit.add_argument(
         "--download", metavar="DIR", help="after success, download every artifact here (sha256 checked)"
     )

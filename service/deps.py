@@ -91,6 +91,12 @@ def no_unknown_query(request: Request) -> None:
     if unknown:
         allowed = ", ".join(sorted(known)) or "none"
         raise RequestValidationError(
-            [{"loc": ("query", name), "msg": f"unknown query parameter (allowed: {allowed})", "type": "extra_forbidden"}
-             for name in unknown]
-        )  # fmt: skip
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": f"unknown query parameter (allowed: {allowed})",
+                    "type": "extra_forbidden",
+                }
+                for name in unknown
+            ]
+        )

@@ -38,8 +38,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except SQLAlchemyError as e:  # not cached: the first request that reaches the database creates them
         if not errors.database_unreachable(e):
             raise
-        log.warning("the job database is unreachable at startup (%s); /readyz says so and requests that need it "
-                    "get 503 until it answers", type(e).__name__)  # fmt: skip
+        log.warning(
+            "the job database is unreachable at startup (%s); /readyz says so and requests that need it "
+            "get 503 until it answers",
+            type(e).__name__,
+        )
     # the submit-time check's fork server imports torch once, in the background, before the first upload
     threading.Thread(target=sandbox.warm, name="rvsm-sandbox-warm", daemon=True).start()
     stop = threading.Event()

@@ -182,9 +182,12 @@ class DatasetSpec(BaseModel):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0)
     ignore_index: int = Field(
-        IGNORE_INDEX, ge=-(2**31), lt=2**31, description="upload, classification: labels equal to this count in "
+        IGNORE_INDEX,
+        ge=-(2**31),
+        lt=2**31,
+        description="upload, classification: labels equal to this count in "
         "neither loss nor accuracy (per-token labels: padding, a causal LM's last position)",
-    )  # fmt: skip
+    )
 
 
 CKPT = TrainConfig()  # the training defaults, from their one source
@@ -209,28 +212,46 @@ class CheckpointSpecCreate(BaseModel):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     algorithm: Literal["sgd", "rvsm", "rvscgd", "admm", "magnitude"] = CKPT.algorithm  # type: ignore[assignment]
     target_sparsity: float | None = Field(
-        None, gt=0, lt=1, description="the fraction of zeros the sparsified tensors end with (rvsm, rvscgd, admm, "
-        "magnitude)",
-    )  # fmt: skip
+        None,
+        gt=0,
+        lt=1,
+        description="the fraction of zeros the sparsified tensors end with (rvsm, rvscgd, admm, magnitude)",
+    )
     sparsity_scope: Literal["global", "layer"] = Field(
         CKPT.sparsity_scope,  # type: ignore[arg-type]
         description="target over all sparsified tensors together, or per tensor",
     )
-    warmup_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target and gradual magnitude: "
-                                      "dense epochs before pruning starts (default a tenth, rounded up)")  # fmt: skip
-    ramp_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target and gradual magnitude: "
-                                    "epochs over which the target ramps up (default 40%)")  # fmt: skip
+    warmup_epochs: int | None = Field(
+        None,
+        ge=0,
+        description="rvsm/rvscgd target and gradual magnitude: "
+        "dense epochs before pruning starts (default a tenth, rounded up)",
+    )
+    ramp_epochs: int | None = Field(
+        None,
+        ge=0,
+        description="rvsm/rvscgd target and gradual magnitude: epochs over which the target ramps up (default 40%)",
+    )
     penalty: Literal["l0", "l1", "tl1", "group_l1"] = CKPT.penalty  # type: ignore[assignment]
     lam: float = Field(CKPT.lam, ge=0, description="lambda mode: the penalty weight (thresholds mu = lam/beta)")
-    beta: float | None = Field(None, gt=0, description="the splitting's coupling; admm's rho. Default: "
-                               f"{DEFAULT_BETA['lambda']} with lam, {DEFAULT_BETA['target']} with target_sparsity, "
-                               f"{DEFAULT_BETA['admm']} for admm")  # fmt: skip
-    tail_epochs: int | None = Field(None, ge=0, description="rvsm/rvscgd target: the last epochs train the pruned "
-                                    "network (w <- u) with its zeros held (default a fifth)")  # fmt: skip
+    beta: float | None = Field(
+        None,
+        gt=0,
+        description="the splitting's coupling; admm's rho. Default: "
+        f"{DEFAULT_BETA['lambda']} with lam, {DEFAULT_BETA['target']} with target_sparsity, "
+        f"{DEFAULT_BETA['admm']} for admm",
+    )
+    tail_epochs: int | None = Field(
+        None,
+        ge=0,
+        description="rvsm/rvscgd target: the last epochs train the pruned "
+        "network (w <- u) with its zeros held (default a fifth)",
+    )
     pruning: Literal["gradual", "one_shot"] | None = Field(
-        None, description="magnitude: 'gradual' (the default: gradual magnitude pruning on the warm-up and ramp, "
+        None,
+        description="magnitude: 'gradual' (the default: gradual magnitude pruning on the warm-up and ramp, "
         "the zeros held after) or 'one_shot' (dense training, then one pruning at the end)",
-    )  # fmt: skip
+    )
     beta_final: float | None = Field(None, gt=0, description="grow beta to this over the epochs (mu fixed)")
     a: float = Field(CKPT.a, gt=0)
     epochs: int = Field(CKPT.epochs, ge=1)
@@ -238,28 +259,41 @@ class CheckpointSpecCreate(BaseModel):
         CKPT.optimizer,  # type: ignore[arg-type]
         description="the base step of every algorithm (RVSM / ADMM pull on top of it, fine-tuning too): 'sgd' "
         "(with momentum) or 'adamw' (torch.optim.AdamW: betas (0.9, 0.999) and its own lr / weight_decay defaults)",
-    )  # fmt: skip
-    lr: float | None = Field(None, gt=0, description=f"default: {DEFAULT_LR['sgd']} (sgd), {DEFAULT_LR['adamw']} "
-                             "(adamw)")  # fmt: skip
-    momentum: float | None = Field(None, ge=0, lt=1, description=f"sgd only (default {SGD_MOMENTUM}); a 422 with "
-                                   "adamw")  # fmt: skip
-    weight_decay: float | None = Field(None, ge=0, description=f"default: {DEFAULT_WEIGHT_DECAY['sgd']} (sgd), "
-                                       f"{DEFAULT_WEIGHT_DECAY['adamw']} (adamw, decoupled)")  # fmt: skip
+    )
+    lr: float | None = Field(
+        None, gt=0, description=f"default: {DEFAULT_LR['sgd']} (sgd), {DEFAULT_LR['adamw']} (adamw)"
+    )
+    momentum: float | None = Field(None, ge=0, lt=1, description=f"sgd only (default {SGD_MOMENTUM}); a 422 with adamw")
+    weight_decay: float | None = Field(
+        None,
+        ge=0,
+        description=f"default: {DEFAULT_WEIGHT_DECAY['sgd']} (sgd), {DEFAULT_WEIGHT_DECAY['adamw']} (adamw, decoupled)",
+    )
     schedule: Literal["constant", "step", "cosine"] = CKPT.schedule  # type: ignore[assignment]
     step_size: int = Field(CKPT.step_size, ge=1)
     gamma: float = Field(CKPT.gamma, gt=0, le=1)
     batch_size: int | None = Field(
-        None, ge=1, le=65536, description=f"default: the largest of {BATCH_SIZES} that gives the job at least "
+        None,
+        ge=1,
+        le=65536,
+        description=f"default: the largest of {BATCH_SIZES} that gives the job at least "
         f"{MIN_STEPS} optimizer steps (epochs + finetune_epochs over the training samples)",
-    )  # fmt: skip
+    )
     sparsity: float | None = Field(None, gt=0, lt=1, description="admm / magnitude: the older name of target_sparsity")
     finetune_epochs: int = Field(CKPT.finetune_epochs, ge=0)
     params: list[str] | None = Field(
-        None, max_length=10_000, description="parameter names or glob patterns to sparsify; default: every "
+        None,
+        max_length=10_000,
+        description="parameter names or glob patterns to sparsify; default: every "
         "convolution and linear weight (for a .pt2, the weights its conv / linear / matmul nodes consume)",
-    )  # fmt: skip
-    min_keep: float | None = Field(None, ge=0, lt=1, description=f"lambda mode: each sparsified tensor keeps at "
-                                   f"least this fraction of its entries (default {MIN_KEEP}; 0: none)")  # fmt: skip
+    )
+    min_keep: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description=f"lambda mode: each sparsified tensor keeps at "
+        f"least this fraction of its entries (default {MIN_KEEP}; 0: none)",
+    )
     layer_scale: bool = Field(CKPT.layer_scale, description="lambda mode: thresholds in units of each layer's RMS")
     seed: int = Field(CKPT.seed, ge=0, lt=2**63)
 
@@ -282,9 +316,10 @@ class ToyRunResult(BaseModel):
 class ToySweepRunResult(ToyRunResult):
     config: dict[str, Any] = Field(description="this run's sweep values")
     trace: dict[str, list[Any]] | None = Field(  # type: ignore[assignment]
-        None, description="absent when the sweep is columnar (columns.inline false): then in runs.safetensors, "
+        None,
+        description="absent when the sweep is columnar (columns.inline false): then in runs.safetensors, "
         "and final has d instead of w, u, w_star, w0",
-    )  # fmt: skip
+    )
 
 
 class ToySweepResult(BaseModel):
@@ -294,9 +329,10 @@ class ToySweepResult(BaseModel):
 
     runs: list[ToySweepRunResult]
     columns: dict[str, Any] | None = Field(
-        None, description="every run's trace and vectors as columns: artifact (runs.safetensors), format, rows, "
+        None,
+        description="every run's trace and vectors as columns: artifact (runs.safetensors), format, rows, "
         "inline (whether runs also carry them), tensors {name: {dtype, shape}}; see the README",
-    )  # fmt: skip
+    )
 
 
 class CheckpointReport(BaseModel):
@@ -314,10 +350,14 @@ class CheckpointReport(BaseModel):
     sparsity_scope: str | None
     from_checkpoint: bool
     normalised: list[str] = Field(description="what was normalised on the way in (prefixes stripped, ...)")
-    collapsed: bool = Field(description="near chance: under a quarter of the way from the majority label's accuracy "
-                            "(regression: the mean's MSE) to a perfect score")  # fmt: skip
-    warnings: list[str] = Field(default_factory=list, description="what the job's owner should know, such as lam "
-                                "past lambda mode's measured cliff")  # fmt: skip
+    collapsed: bool = Field(
+        description="near chance: under a quarter of the way from the majority label's accuracy "
+        "(regression: the mean's MSE) to a perfect score"
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what the job's owner should know, such as lam past lambda mode's measured cliff",
+    )
     sparsity: dict[str, Any] = Field(description="prunable, overall and per tensor")
     sizes: dict[str, int]
     trace: list[dict[str, Any]] = Field(description="one point per epoch")

@@ -31,6 +31,10 @@ def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The API and one real worker process on the module's own store and queue."""
     name = _name(request)
-    with api_and_worker(tmp_path_factory.mktemp(name), name, env=getattr(request.module, "WORKER_ENV", None),
-                        **getattr(request.module, "API_SETTINGS", {})) as s:  # fmt: skip
+    with api_and_worker(
+        tmp_path_factory.mktemp(name),
+        name,
+        env=getattr(request.module, "WORKER_ENV", None),
+        **getattr(request.module, "API_SETTINGS", {}),
+    ) as s:
         yield s

@@ -145,8 +145,12 @@ def write_members(members: Mapping[str, bytes | Raw], root: str = ROOT, *, defla
         fields = (20, flags, raw.method, 0, 0x21, raw.crc & 0xFFFFFFFF, len(raw.data), raw.size, len(name))
         out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, *fields, 0) + name)
         out.write(raw.data)
-        central.append(struct.pack("<IH", 0x02014B50, 20) + struct.pack("<HHHHHIIIHH", *fields, 0)
-                       + struct.pack("<HHHII", 0, 0, 0, 0, offset) + name)  # fmt: skip
+        central.append(
+            struct.pack("<IH", 0x02014B50, 20)
+            + struct.pack("<HHHHHIIIHH", *fields, 0)
+            + struct.pack("<HHHII", 0, 0, 0, 0, offset)
+            + name
+        )
     start = out.tell()
     out.write(b"".join(central))
     size = out.tell() - start
@@ -239,8 +243,9 @@ def set_target(n: dict[str, Any], target: str, args: Mapping[str, Json]) -> None
     if unknown:
         raise ValueError(f"{target} has no argument {sorted(unknown)}")
     n["target"] = target
-    n["inputs"] = [{"name": a.name, "arg": args[a.name], "kind": kinds[a.name]} for a in schema.arguments
-                   if a.name in args]  # fmt: skip
+    n["inputs"] = [
+        {"name": a.name, "arg": args[a.name], "kind": kinds[a.name]} for a in schema.arguments if a.name in args
+    ]
 
 
 def _schema(target: str) -> torch.FunctionSchema:
@@ -364,9 +369,14 @@ class _Expand(nn.Module):
 
 
 _MODELS: dict[str, Callable[[], nn.Module]] = {
-    "cnn": _CNN, "mlp": _MLP, "alias_read": lambda: _Alias("read"), "alias_fill_": lambda: _Alias("fill_"),
-    "alias_copy_": lambda: _Alias("copy_"), "factory": _Factory, "expand": _Expand,
-}  # fmt: skip
+    "cnn": _CNN,
+    "mlp": _MLP,
+    "alias_read": lambda: _Alias("read"),
+    "alias_fill_": lambda: _Alias("fill_"),
+    "alias_copy_": lambda: _Alias("copy_"),
+    "factory": _Factory,
+    "expand": _Expand,
+}
 
 
 @functools.cache
@@ -490,8 +500,10 @@ def code_in_kwarg_name(marker: Path) -> bytes:
     def edit(p: Program) -> None:
         n = node(p, target="torch.ops.aten.relu.default")
         n["target"] = "torch.nn.functional.relu"
-        n["inputs"] = [{"name": "input", "arg": n["inputs"][0]["arg"], "kind": 1},
-                       {"name": name, "arg": {"as_bool": False}, "kind": 2}]  # fmt: skip
+        n["inputs"] = [
+            {"name": "input", "arg": n["inputs"][0]["arg"], "kind": 1},
+            {"name": name, "arg": {"as_bool": False}, "kind": 2},
+        ]
 
     return edit_program(valid(), edit)
 
@@ -520,8 +532,11 @@ def graph_target(marker: Path) -> bytes:
 
     def edit(p: Program) -> None:
         n = node(p, target="torch.ops.aten.relu.default")
-        set_target(n, "torch.ops.aten.from_file.default", {
-            "filename": {"as_string": str(marker)}, "shared": {"as_bool": True}, "size": {"as_int": 1}})  # fmt: skip
+        set_target(
+            n,
+            "torch.ops.aten.from_file.default",
+            {"filename": {"as_string": str(marker)}, "shared": {"as_bool": True}, "size": {"as_int": 1}},
+        )
 
     return edit_program(valid(), edit)
 
@@ -652,8 +667,9 @@ def oob_view_read(op: Literal["_reshape_alias", "as_strided"] = "_reshape_alias"
     return oob_op(f"torch.ops.aten.{op}.default")
 
 
-def oob_view_write(op: Literal["_reshape_alias", "as_strided"] = "_reshape_alias",
-                   via: Literal["fill_", "copy_"] = "fill_") -> bytes:  # fmt: skip
+def oob_view_write(
+    op: Literal["_reshape_alias", "as_strided"] = "_reshape_alias", via: Literal["fill_", "copy_"] = "fill_"
+) -> bytes:
     """A clone of a 4-float buffer viewed as 1,048,576 floats and written through (``fill_(1.0)``, or ``copy_``
     of a one-element buffer): a 4 MiB heap overflow.
 
@@ -718,8 +734,9 @@ def expand_reduce(n: int = 2**40) -> bytes:
 
 
 # ----------------------------------------------------------------------------- archive and JSON bombs
-def _with_json_text(data: bytes, placeholder: Json, text: str, fn: Callable[[Program], None],
-                    compress: bool = True) -> bytes:  # fmt: skip
+def _with_json_text(
+    data: bytes, placeholder: Json, text: str, fn: Callable[[Program], None], compress: bool = True
+) -> bytes:
     """The archive whose program has ``placeholder`` set by ``fn`` and then replaced, in the JSON text, by
     ``text``; the program is written deflated (or stored)."""
     members: dict[str, bytes | Raw] = dict(read_members(data))
@@ -774,8 +791,16 @@ def many_nodes(n: int = 10_000) -> bytes:
             else:
                 target = "torch.ops.aten.add.Tensor"
                 inputs.append({"name": "other", "arg": tensor(prev), "kind": 1})
-            graph["nodes"].append({"target": target, "inputs": inputs, "outputs": [{"as_tensor": {"name": name}}],
-                                   "metadata": {}, "is_hop_single_tensor_return": None, "name": name})  # fmt: skip
+            graph["nodes"].append(
+                {
+                    "target": target,
+                    "inputs": inputs,
+                    "outputs": [{"as_tensor": {"name": name}}],
+                    "metadata": {},
+                    "is_hop_single_tensor_return": None,
+                    "name": name,
+                }
+            )
             graph["tensor_values"][name] = meta  # shared: json.dumps writes a copy for each
             prev = name
         out["name"] = prev
@@ -811,8 +836,9 @@ def _next_weight_index(members: Mapping[str, object]) -> int:
     return max(used, default=-1) + 1
 
 
-def unreferenced_members(total_bytes: int = 600 * 2**20, member_bytes: int = 64 * 2**20, *,
-                         compress: bool = True) -> bytes:  # fmt: skip
+def unreferenced_members(
+    total_bytes: int = 600 * 2**20, member_bytes: int = 64 * 2**20, *, compress: bool = True
+) -> bytes:
     """Extra ``data/weights/weight_N`` members (zeros, deflated about 1024:1, or stored with ``compress=False``:
     e.g. ``unreferenced_members(4096, compress=False)`` is refused only for being unreferenced) that no table
     references, holding ``total_bytes`` in all: plain torch never reads them (it loads, unlifts and runs); a
@@ -905,9 +931,21 @@ ATTACKS: dict[str, Callable[[Path], bytes]] = {
 
 # the builders whose payload creates the marker in plain torch 2.13, and the step that runs it
 RUNS_IN_PLAIN_TORCH: dict[str, Literal["load", "module", "forward"]] = {
-    "parameter_name": "module", "parameter_name_forward": "forward", "buffer_name": "module",
-    "buffer_name_forward": "forward", "constant_name": "module", "constant_name_forward": "forward",
-    "input_name": "load", "placeholder_name": "load", "forward_arg_name": "module", "kwarg_name": "load",
-    "sympy_expression": "load", "guards_code": "forward", "graph_target": "forward", "pickled_weight": "load",
-    "pickled_constant": "load", "pickled_sample_inputs": "load", "opaque_constant": "load",
-}  # fmt: skip
+    "parameter_name": "module",
+    "parameter_name_forward": "forward",
+    "buffer_name": "module",
+    "buffer_name_forward": "forward",
+    "constant_name": "module",
+    "constant_name_forward": "forward",
+    "input_name": "load",
+    "placeholder_name": "load",
+    "forward_arg_name": "module",
+    "kwarg_name": "load",
+    "sympy_expression": "load",
+    "guards_code": "forward",
+    "graph_target": "forward",
+    "pickled_weight": "load",
+    "pickled_constant": "load",
+    "pickled_sample_inputs": "load",
+    "opaque_constant": "load",
+}

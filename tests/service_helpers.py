@@ -36,8 +36,14 @@ def make_client(tmp: Path, queue: str, **overrides: object):
     from jobs.settings import Settings, get_settings
     from service.main import create_app
 
-    values: dict = dict(data_dir=tmp, database_url=f"sqlite:///{tmp / 'jobs.db'}", artifact_dir=tmp / "artifacts",
-                        broker_url=REDIS_URL, toy_queue=queue, checkpoint_queue=queue)  # fmt: skip
+    values: dict = dict(
+        data_dir=tmp,
+        database_url=f"sqlite:///{tmp / 'jobs.db'}",
+        artifact_dir=tmp / "artifacts",
+        broker_url=REDIS_URL,
+        toy_queue=queue,
+        checkpoint_queue=queue,
+    )
     settings = Settings(**(values | overrides))
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: settings
@@ -86,8 +92,9 @@ class Stack(NamedTuple):
 
 
 @contextmanager
-def api_and_worker(tmp: Path, name: str = "stack", *, env: dict[str, str] | None = None,
-                   **settings: object) -> Iterator[Stack]:  # fmt: skip
+def api_and_worker(
+    tmp: Path, name: str = "stack", *, env: dict[str, str] | None = None, **settings: object
+) -> Iterator[Stack]:
     """:func:`api_client` with a real ``celery worker`` on its queue (``env``: more worker environment)."""
     queue = unique_queue(name)
     worker = Worker(service_env(tmp, queue=queue, **(env or {})), queue, tmp / "worker.log")
@@ -171,8 +178,13 @@ def start_serve(tmp: Path, port: int, *, log_name: str = "serve.log", **env: str
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {"PYTHONPATH": str(ROOT)}
     with open(tmp / log_name, "wb") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=tmp,
-                                env=clean | env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            cwd=tmp,
+            env=clean | env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:

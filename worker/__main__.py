@@ -20,8 +20,19 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as e:
         raise SystemExit(str(e)) from None
     app = make_app(get_settings())
-    app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", args.queues, "-l", args.loglevel,
-                     "--without-gossip", "--without-mingle"])  # fmt: skip
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "-Q",
+            args.queues,
+            "-l",
+            args.loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 if __name__ == "__main__":

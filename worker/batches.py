@@ -60,8 +60,7 @@ def claim_mates(
         return [], worker
     widest: int = job.spec["d"]
     chosen: list[tuple[str, dict]] = []
-    for job_id, spec in states.batch_candidates(session, queue=job.queue, max_iters=job.max_iters,
-                                               limit=2 * most):  # fmt: skip
+    for job_id, spec in states.batch_candidates(session, queue=job.queue, max_iters=job.max_iters, limit=2 * most):
         width = max(widest, spec["d"]) if batchable(spec) else 0
         if not width or (len(chosen) + 2) * width > settings.toy_elements_cap:
             continue
@@ -105,8 +104,12 @@ def run_together(settings: Settings, worker: str, jobs: list[tuple[str, dict]]) 
         except Stop:  # every job was cancelled, deleted or taken over
             results = [None] * len(runnable)
         except Exception:
-            log.error("jobs %s and %d more: the batch failed; running each alone:\n%s", jobs[0][0], len(jobs) - 1,
-                      traceback.format_exc())  # fmt: skip
+            log.error(
+                "jobs %s and %d more: the batch failed; running each alone:\n%s",
+                jobs[0][0],
+                len(jobs) - 1,
+                traceback.format_exc(),
+            )
             return None
         for (job_id, _), result in zip(runnable, results, strict=True):
             ends[job_id] = _end(settings, job_id, None if job_id in reporter.stopped else result)
@@ -119,5 +122,6 @@ def _end(settings: Settings, job_id: str, result: dict | None) -> End:
     if result is None:
         return End(job_id, "cancelled")
     arts = save(settings, job_id, {RESULTS["toy"]: result_json(result)})
-    return End(job_id, "succeeded", result_path=result_path(job_id, "toy"), summary=summarize_toy(result),
-               artifacts=arts)  # fmt: skip
+    return End(
+        job_id, "succeeded", result_path=result_path(job_id, "toy"), summary=summarize_toy(result), artifacts=arts
+    )

@@ -35,9 +35,15 @@ CHILD_POISON_ENV = "RVSM_TEST_CHILD_SEGV"
 
 class Progress(Protocol):
     def report(
-        self, point: dict | None, *, progress: float, iteration: int, max_iters: int, eta_s: float | None,
+        self,
+        point: dict | None,
+        *,
+        progress: float,
+        iteration: int,
+        max_iters: int,
+        eta_s: float | None,
         force: bool = False,
-    ) -> None: ...  # fmt: skip
+    ) -> None: ...
 
     def check(self) -> None: ...
 
@@ -55,14 +61,26 @@ def run_checkpoint_job(job_id: str, spec: dict, settings: Settings, progress: Pr
         elif kind == "files":
             files.update(blobs)
         elif kind == "progress" and isinstance(value, dict):
-            progress.report(value.get("point"), progress=float(value["progress"]), iteration=int(value["iteration"]),
-                            max_iters=int(value["max_iters"]), eta_s=value.get("eta_s"),
-                            force=bool(value.get("force")))  # fmt: skip
+            progress.report(
+                value.get("point"),
+                progress=float(value["progress"]),
+                iteration=int(value["iteration"]),
+                max_iters=int(value["max_iters"]),
+                eta_s=value.get("eta_s"),
+                force=bool(value.get("force")),
+            )
 
     device = torch.device(settings.device) if settings.device else default_device()
     try:
-        summary = sandbox.run(_train, job_id, spec, settings, limits=settings.job_child(), cuda=device.type == "cuda",
-                              on_message=on_message)  # fmt: skip
+        summary = sandbox.run(
+            _train,
+            job_id,
+            spec,
+            settings,
+            limits=settings.job_child(),
+            cuda=device.type == "cuda",
+            on_message=on_message,
+        )
     except sandbox.ChildFailed as e:
         raise TrainingFailed(f"the training process failed: {e}") from None
     return files, dict(summary)
@@ -79,8 +97,14 @@ def _train(job_id: str, spec: dict, settings: Settings, *, send: Callable[..., N
     upload = dataset_input(root, job_id) if spec.get("has_dataset_file") else None
     blob = (inputs_dir(root, job_id) / CHECKPOINT_INPUT).read_bytes() if spec.get("has_checkpoint") else None
     torch.manual_seed(TrainConfig.from_spec(spec).seed)
-    prep = prepare(spec, limits=settings.checkpoint_limits(), checkpoint=blob, dataset_file=upload,
-                   datasets_dir=settings.datasets_dir, max_bytes=settings.max_upload_bytes)  # fmt: skip
+    prep = prepare(
+        spec,
+        limits=settings.checkpoint_limits(),
+        checkpoint=blob,
+        dataset_file=upload,
+        datasets_dir=settings.datasets_dir,
+        max_bytes=settings.max_upload_bytes,
+    )
     cfg = TrainConfig.from_spec(spec | {"params": prep.sparse_names})
     device = torch.device(settings.device) if settings.device else default_device()
 
@@ -95,16 +119,27 @@ def _train(job_id: str, spec: dict, settings: Settings, *, send: Callable[..., N
         steps = per_epoch * cfg.total_epochs
         done = step - first_epoch * per_epoch
         pos.update(step=step, steps=steps, eta_s=(time.monotonic() - t_start) / max(done, 1) * (steps - step))
-        send("progress", {"point": None, "progress": step / steps, "iteration": step, "max_iters": steps,
-                          "eta_s": pos["eta_s"]})  # fmt: skip
+        send(
+            "progress",
+            {"point": None, "progress": step / steps, "iteration": step, "max_iters": steps, "eta_s": pos["eta_s"]},
+        )
 
     def on_epoch(ev: dict) -> None:
         buf = io.BytesIO()
         torch.save(ev["state"], buf)
         send("resume", None, {RESUME: buf.getvalue()})
         point = {k: v for k, v in ev.items() if k not in ("state", "epochs")}
-        send("progress", {"point": point | {"iter": ev["epoch"]}, "progress": ev["epoch"] / ev["epochs"],
-                          "iteration": pos["step"], "max_iters": pos["steps"], "eta_s": pos["eta_s"], "force": True})
+        send(
+            "progress",
+            {
+                "point": point | {"iter": ev["epoch"]},
+                "progress": ev["epoch"] / ev["epochs"],
+                "iteration": pos["step"],
+                "max_iters": pos["steps"],
+                "eta_s": pos["eta_s"],
+                "force": True,
+            },
+        )
 
     result = train(prep.model, prep.data, cfg, device=device, callback=on_epoch, step_callback=on_step, resume=resume)
     files, summary = _outputs(spec, prep, cfg, result, device)
@@ -153,11 +188,16 @@ def _outputs(
         "architecture": prep.architecture,
         "task": cfg.task,
         "metric": result.metric,
-        "dataset": spec.get("dataset", {}) | {
-            "sample_shape": list(shapes["x"]) if list(shapes) == ["x"] else None, "outputs": data.num_outputs,
-            "inputs": {k: list(v) for k, v in shapes.items()}, "label_shape": list(data.y_val.shape[1:]),
-            "train_samples": rows(data.x_train), "val_samples": rows(data.x_val),
-        } | ({"num_classes": data.num_classes} if cfg.task == "classification" else {}),
+        "dataset": spec.get("dataset", {})
+        | {
+            "sample_shape": list(shapes["x"]) if list(shapes) == ["x"] else None,
+            "outputs": data.num_outputs,
+            "inputs": {k: list(v) for k, v in shapes.items()},
+            "label_shape": list(data.y_val.shape[1:]),
+            "train_samples": rows(data.x_train),
+            "val_samples": rows(data.x_val),
+        }
+        | ({"num_classes": data.num_classes} if cfg.task == "classification" else {}),
         "algorithm": cfg.algorithm,
         "target_sparsity": cfg.target,
         "sparsity_scope": cfg.sparsity_scope if cfg.target is not None else None,
@@ -178,7 +218,7 @@ def _outputs(
         "device": str(device),
         "wall_time_s": result.wall_time_s,
         "config": result.config,
-    }  # fmt: skip
+    }
     summary = _scores(result) | {
         "sparsity": result.sparsity["prunable"],
         "sparsity_overall": result.sparsity["overall"],

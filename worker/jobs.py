@@ -47,9 +47,11 @@ def toy_files(spec: dict, settings: Settings, reporter: Reporter) -> tuple[dict[
             "format": "safetensors",
             "rows": len(result["runs"]),
             "inline": "trace" in result["runs"][0],  # a small sweep's runs carry their traces and vectors too
-            "tensors": {name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
-                        for name, t in columns.items()},
-        }  # fmt: skip
+            "tensors": {
+                name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+                for name, t in columns.items()
+            },
+        }
     files[RESULTS["toy"]] = result_json(result)
     return files, summarize_toy(result)
 

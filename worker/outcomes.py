@@ -74,9 +74,21 @@ def conclude(settings: Settings, worker: str, ends: list[End]) -> list[str]:
     the job is no longer this worker's (then a deleted job's files are removed too)."""
     sessions = get_sessionmaker(settings.resolved_database_url)
     with sessions() as s:
-        done = [states.finish(s, e.job_id, worker, state=e.state, error=e.error, result_path=e.result_path,
-                             summary=e.summary, artifacts=e.artifacts, points=e.points, commit=False)
-                for e in ends]  # fmt: skip
+        done = [
+            states.finish(
+                s,
+                e.job_id,
+                worker,
+                state=e.state,
+                error=e.error,
+                result_path=e.result_path,
+                summary=e.summary,
+                artifacts=e.artifacts,
+                points=e.points,
+                commit=False,
+            )
+            for e in ends
+        ]
         s.commit()
     outcomes = []
     for e, ok in zip(ends, done, strict=True):

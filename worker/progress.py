@@ -46,8 +46,9 @@ class Reporter:
         # one job's first trace point is written at once, so that it shows progress from its start; a batch
         # (of small jobs, which mostly end within the interval) first writes after progress_interval_s
         self.last = 0.0 if len(self.ids) == 1 else time.monotonic()
-        self.states: dict[str, dict] = {j: {"progress": 0.0, "iteration": 0, "max_iters": 0, "eta_s": None}
-                                        for j in self.ids}  # fmt: skip
+        self.states: dict[str, dict] = {
+            j: {"progress": 0.0, "iteration": 0, "max_iters": 0, "eta_s": None} for j in self.ids
+        }
         self.stopped: set[str] = set()  # cancelled, deleted or taken over meanwhile
 
     def __call__(self, p: dict) -> None:
@@ -78,14 +79,24 @@ class Reporter:
             point |= {name: p["metrics"][name][pos] if name in p["metrics"] else None for name in LIVE_METRICS}
             job = self.ids[row]
             self.buffers[job].append(point)
-            self.states[job] = {"progress": p["iteration"] / max(p["max_iters"], 1), "iteration": p["iteration"],
-                                "max_iters": p["max_iters"], "eta_s": p["eta_s"]}  # fmt: skip
+            self.states[job] = {
+                "progress": p["iteration"] / max(p["max_iters"], 1),
+                "iteration": p["iteration"],
+                "max_iters": p["max_iters"],
+                "eta_s": p["eta_s"],
+            }
         self.check()
 
     def report(
-        self, point: dict | None, *, progress: float, iteration: int, max_iters: int, eta_s: float | None,
+        self,
+        point: dict | None,
+        *,
+        progress: float,
+        iteration: int,
+        max_iters: int,
+        eta_s: float | None,
         force: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """One job's progress (the first it holds)."""
         job = self.ids[0]
         if point is not None:
@@ -113,13 +124,13 @@ class Reporter:
                 points = self.take(job)
                 if job in self.stopped:
                     continue
-                if not states.report_progress(s, job, self.worker, lease_s=self.settings.lease_s, points=points,
-                                             commit=False, **self.states[job]):  # fmt: skip
+                if not states.report_progress(
+                    s, job, self.worker, lease_s=self.settings.lease_s, points=points, commit=False, **self.states[job]
+                ):
                     self.stopped.add(job)
             s.commit()
         if len(self.stopped) == len(self.ids):
             raise Stop
-
 
     def take(self, job: str) -> list[dict]:
         """The trace points of ``job`` not yet written, as strict JSON (an undefined angle, NaN, is null)."""

@@ -21,8 +21,13 @@ _started = threading.Event()
 def beat(settings: Settings, queues: Sequence[str]) -> None:
     """This worker process is alive (``rvsm_workers_alive`` in ``/metrics``)."""
     with get_sessionmaker(settings.resolved_database_url)() as s:
-        counters.heartbeat(s, name=f"{socket.gethostname()}:{os.getpid()}", queues=queues,
-                            interval_s=settings.reaper_interval_s, pid=os.getpid())  # fmt: skip
+        counters.heartbeat(
+            s,
+            name=f"{socket.gethostname()}:{os.getpid()}",
+            queues=queues,
+            interval_s=settings.reaper_interval_s,
+            pid=os.getpid(),
+        )
 
 
 def start(settings: Settings, queues: Sequence[str] = ()) -> threading.Thread | None:

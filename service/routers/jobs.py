@@ -97,9 +97,14 @@ def validate_toy(spec: dict, settings: Settings) -> int:
     first, no vector built), as a 422 naming the field. Returns the largest ``max_iters``."""
     s = settings
     limits = ToyLimits(
-        max_iters=s.max_iters_cap, sweep=s.sweep_cap, d=s.toy_d_cap, k=s.toy_k_cap, samples=s.toy_samples_cap,
-        elements=s.toy_elements_cap, sample_elements=s.toy_sample_elements_cap,
-    )  # fmt: skip
+        max_iters=s.max_iters_cap,
+        sweep=s.sweep_cap,
+        d=s.toy_d_cap,
+        k=s.toy_k_cap,
+        samples=s.toy_samples_cap,
+        elements=s.toy_elements_cap,
+        sample_elements=s.toy_sample_elements_cap,
+    )
     try:
         return validate_spec(spec, limits=limits).max_iters
     except SpecError as e:
@@ -113,10 +118,25 @@ def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
     return job
 
 
-TOY_EXAMPLE = {"kind": "toy", "k": 4, "d": 20, "lam": 0.05, "beta": 0.1, "eta": 0.1, "max_iters": 2000,
-               "teacher": {"seed": 0, "sparsity": 5}, "sweep": {"lam": [0.01, 0.05]}}  # fmt: skip
-CHECKPOINT_EXAMPLE = {"kind": "checkpoint", "architecture": "mlp", "dataset": {"name": "digits"},
-                      "algorithm": "rvsm", "target_sparsity": 0.9, "epochs": 5}  # fmt: skip
+TOY_EXAMPLE = {
+    "kind": "toy",
+    "k": 4,
+    "d": 20,
+    "lam": 0.05,
+    "beta": 0.1,
+    "eta": 0.1,
+    "max_iters": 2000,
+    "teacher": {"seed": 0, "sparsity": 5},
+    "sweep": {"lam": [0.01, 0.05]},
+}
+CHECKPOINT_EXAMPLE = {
+    "kind": "checkpoint",
+    "architecture": "mlp",
+    "dataset": {"name": "digits"},
+    "algorithm": "rvsm",
+    "target_sparsity": 0.9,
+    "epochs": 5,
+}
 
 
 def _body_schema() -> dict:
@@ -125,19 +145,27 @@ def _body_schema() -> dict:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": spec, "examples": {"toy": {"value": TOY_EXAMPLE},
-                                                                  "checkpoint": {"value": CHECKPOINT_EXAMPLE}}},
+                "application/json": {
+                    "schema": spec,
+                    "examples": {"toy": {"value": TOY_EXAMPLE}, "checkpoint": {"value": CHECKPOINT_EXAMPLE}},
+                },
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
                         "required": ["spec"],
                         "properties": {
                             "spec": {"type": "string", "description": "the job spec as JSON text"},
-                            "checkpoint": {"type": "string", "format": "binary",
-                                           "description": "a torch.export .pt2 (any architecture), or "
-                                                          ".safetensors / a .pt state_dict of a built-in"},
-                            "dataset": {"type": "string", "format": "binary",
-                                        "description": ".safetensors or .npz: x (or x.<input>), y[, x_val, y_val]"},
+                            "checkpoint": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": "a torch.export .pt2 (any architecture), or "
+                                ".safetensors / a .pt state_dict of a built-in",
+                            },
+                            "dataset": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": ".safetensors or .npz: x (or x.<input>), y[, x_val, y_val]",
+                            },
                         },
                         "additionalProperties": False,
                     },
@@ -145,13 +173,17 @@ def _body_schema() -> dict:
                 },
             },
         }
-    }  # fmt: skip
+    }
 
 
 def _result_schema() -> dict:
     schema = {"anyOf": [ref(m) for m in RESULT_MODELS]}
-    return {200: {"description": "a toy result, a sweep's results or a checkpoint report",
-                  "content": {"application/json": {"schema": schema}}}} | responses(401, 404, 409)  # fmt: skip
+    return {
+        200: {
+            "description": "a toy result, a sweep's results or a checkpoint report",
+            "content": {"application/json": {"schema": schema}},
+        }
+    } | responses(401, 404, 409)
 
 
 def _invalid(errors: Sequence[Mapping], prefix: tuple = ("body",)) -> RequestValidationError:
@@ -230,8 +262,13 @@ async def _read_form(request: Request, settings: Settings) -> tuple[str | bytes,
     return text, files
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated, openapi_extra=_body_schema(),
-             responses=responses(400, 401, 413, 422, 503, 507))  # fmt: skip
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobCreated,
+    openapi_extra=_body_schema(),
+    responses=responses(400, 401, 413, 422, 503, 507),
+)
 async def submit_job(request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
     """Submit a job: a toy spec (docs/math.md) as JSON, or a checkpoint job as JSON (trains from scratch) or as
     multipart with the ``spec`` JSON text, a ``checkpoint`` file and, for ``dataset.name = upload``, a
@@ -271,8 +308,15 @@ def _create(
         spec["has_checkpoint"] = "checkpoint" in files
         spec["has_dataset_file"] = "dataset" in files
     # committed before the publish: a crash between the two leaves a queued row the reconciler publishes
-    job = states.new_job(session, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters,
-                        dispatch_s=settings.dispatch_timeout_s)  # fmt: skip
+    job = states.new_job(
+        session,
+        kind=kind,
+        spec=spec,
+        owner=owner,
+        queue=queue,
+        max_iters=max_iters,
+        dispatch_s=settings.dispatch_timeout_s,
+    )
     try:
         _store_inputs(settings, job.id, files)
     except OSError as e:  # a full (or failing) disk: the row goes too, so no job without its inputs is ever seen
@@ -305,8 +349,10 @@ def storage_error(e: OSError) -> HTTPException:
     """507 for a full disk or quota, 503 for another failure to write: the JSON error shape, the OS's reason."""
     full = e.errno in (errno.ENOSPC, errno.EDQUOT)
     why = os.strerror(e.errno) if e.errno else type(e).__name__
-    return HTTPException(status.HTTP_507_INSUFFICIENT_STORAGE if full else status.HTTP_503_SERVICE_UNAVAILABLE,
-                         detail=f"the upload could not be stored ({why}); nothing was kept, try again later")
+    return HTTPException(
+        status.HTTP_507_INSUFFICIENT_STORAGE if full else status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=f"the upload could not be stored ({why}); nothing was kept, try again later",
+    )
 
 
 def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes], settings: SettingsDep) -> int:
@@ -326,9 +372,15 @@ def validate_checkpoint_job(body: CheckpointSpecCreate, files: dict[str, bytes],
                     upload.write_bytes(files["dataset"])
                 except OSError as e:
                     raise storage_error(e) from None
-            summary = check_isolated(spec, child=settings.check_child(), limits=settings.checkpoint_limits(),
-                                     checkpoint=files.get("checkpoint"), dataset_file=upload,
-                                     datasets_dir=settings.datasets_dir, max_bytes=settings.max_upload_bytes)
+            summary = check_isolated(
+                spec,
+                child=settings.check_child(),
+                limits=settings.checkpoint_limits(),
+                checkpoint=files.get("checkpoint"),
+                dataset_file=upload,
+                datasets_dir=settings.datasets_dir,
+                max_bytes=settings.max_upload_bytes,
+            )
     except InputError as e:
         raise field_error(e.field, e.rule) from None
     return int(summary["steps"])
@@ -401,8 +453,10 @@ def list_artifacts(job_id: str, request: Request, session: SessionDep, owner: Ow
 def _artifact_responses() -> dict:
     binary = {"schema": {"type": "string", "format": "binary"}}
     content = {media: binary for media in sorted(set(MEDIA_TYPES.values()))}
-    return {200: {"description": "the file (its media type is in the artifact list)", "content": content},
-            **responses(401, 404)}  # fmt: skip
+    return {
+        200: {"description": "the file (its media type is in the artifact list)", "content": content},
+        **responses(401, 404),
+    }
 
 
 @router.get("/{job_id}/artifacts/{name}", responses=_artifact_responses())

@@ -40,10 +40,12 @@ class RequestTimer:
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
         self.app = app
         self.hist = Histogram(
-            "rvsm_http_request_duration_seconds", "API request durations (this process)",
-            ["method", "route", "status"], registry=registry,
+            "rvsm_http_request_duration_seconds",
+            "API request durations (this process)",
+            ["method", "route", "status"],
+            registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )  # fmt: skip
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,13 +76,15 @@ class OwnerCollector(Collector):
         mine = Job.owner == self.owner
         with get_sessionmaker(self.database_url)() as s:
             jobs = GaugeMetricFamily("rvsm_jobs", "this API key's jobs by kind and state", labels=["kind", "state"])
-            for kind, state, n in s.execute(select(Job.kind, Job.state, func.count()).where(mine)
-                                            .group_by(Job.kind, Job.state)):  # fmt: skip
+            for kind, state, n in s.execute(
+                select(Job.kind, Job.state, func.count()).where(mine).group_by(Job.kind, Job.state)
+            ):
                 jobs.add_metric([kind, state], n)
             yield jobs
             depth = GaugeMetricFamily("rvsm_queue_depth", "this API key's queued jobs per queue", labels=["queue"])
-            for queue, n in s.execute(select(Job.queue, func.count()).where(mine, Job.state == "queued")
-                                      .group_by(Job.queue)):  # fmt: skip
+            for queue, n in s.execute(
+                select(Job.queue, func.count()).where(mine, Job.state == "queued").group_by(Job.queue)
+            ):
                 depth.add_metric([queue], n)
             yield depth
             yield self._workers(live_workers(s))
@@ -116,9 +120,10 @@ def viewer(settings: SettingsDep, credentials: CredentialsDep) -> str:
 
 
 @router.get(
-    "/metrics", response_class=Response,
+    "/metrics",
+    response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}, **responses(401, 503)},
-)  # fmt: skip
+)
 def metrics(request: Request, settings: SettingsDep, who: Annotated[str, Depends(viewer)]) -> Response:
     """Jobs by kind and state, queue depth per queue, workers alive, lifecycle transitions, reconciler
     actions, run durations (all from the job store, so every worker's part is counted), and this API

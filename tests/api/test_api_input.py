@@ -180,8 +180,15 @@ def test_validate_toy_takes_every_cap_from_the_settings():
 
     from service.routers.jobs import validate_toy
 
-    caps = Settings(toy_d_cap=5, toy_k_cap=3, toy_samples_cap=7, toy_elements_cap=12, toy_sample_elements_cap=60,
-                    max_iters_cap=1000, sweep_cap=10)
+    caps = Settings(
+        toy_d_cap=5,
+        toy_k_cap=3,
+        toy_samples_cap=7,
+        toy_elements_cap=12,
+        toy_sample_elements_cap=60,
+        max_iters_cap=1000,
+        sweep_cap=10,
+    )
     for patch, field in (
         ({"d": 6}, "d"),
         ({"k": 4}, "k"),

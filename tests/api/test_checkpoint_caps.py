@@ -22,15 +22,33 @@ from rvsm.datashape import DIGITS
 from rvsm.prepare import CheckpointLimits, check
 from tests import service_helpers as helpers
 
-VGG_MILLION = {"kind": "checkpoint", "architecture": "vgg16", "epochs": 1,
-               "dataset": {"name": "synthetic", "samples": 1_000_000, "num_classes": 1000}}  # fmt: skip
-TOY_HUGE_D = {"kind": "toy", "k": 2, "d": 100_000_000, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "teacher": {"seed": 3},
-              "sweep": {"lam": [0.0, 0.1]}}  # fmt: skip
+VGG_MILLION = {
+    "kind": "checkpoint",
+    "architecture": "vgg16",
+    "epochs": 1,
+    "dataset": {"name": "synthetic", "samples": 1_000_000, "num_classes": 1000},
+}
+TOY_HUGE_D = {
+    "kind": "toy",
+    "k": 2,
+    "d": 100_000_000,
+    "lam": 1e-4,
+    "beta": 4e-3,
+    "eta": 0.1,
+    "teacher": {"seed": 3},
+    "sweep": {"lam": [0.0, 0.1]},
+}
 LENET = {"kind": "checkpoint", "architecture": "lenet5", "epochs": 1}
 MLP_UPLOAD = {"kind": "checkpoint", "architecture": "mlp", "epochs": 1, "dataset": {"name": "upload"}}
-TIGHT = dict(checkpoint_samples_cap=2000, checkpoint_classes_cap=20, checkpoint_features_cap=1000,
-             checkpoint_parameters_cap=100_000, checkpoint_activations_cap=1_000_000, max_epochs_cap=50,
-             max_upload_bytes=200_000)  # fmt: skip
+TIGHT = dict(
+    checkpoint_samples_cap=2000,
+    checkpoint_classes_cap=20,
+    checkpoint_features_cap=1000,
+    checkpoint_parameters_cap=100_000,
+    checkpoint_activations_cap=1_000_000,
+    max_epochs_cap=50,
+    max_upload_bytes=200_000,
+)
 MB = 2**20
 
 
@@ -82,8 +100,10 @@ def measured(label: str, send) -> tuple[object, float, int, int]:
     finally:
         tracemalloc.stop()
     grown = (_peak_rss_kib() - rss0) * 1024
-    print(f"{label}: {r.status_code} in {elapsed * 1000:.1f} ms, peak RSS +{grown / MB:.1f} MiB, "
-          f"Python peak {peak / MB:.2f} MiB")  # fmt: skip
+    print(
+        f"{label}: {r.status_code} in {elapsed * 1000:.1f} ms, peak RSS +{grown / MB:.1f} MiB, "
+        f"Python peak {peak / MB:.2f} MiB"
+    )
     return r, elapsed, peak, grown
 
 
@@ -99,8 +119,10 @@ def test_a_million_sample_vgg16_job_and_a_huge_toy_d_are_refused_at_once_without
     0.5 to 4.7 GB before its 422) and a toy d = 10^8 (tests/api/test_api_input.py has it alone): each a 422
     within a second, the API's peak memory up by less than 50 MB."""
     _warm(client)
-    for spec, words in ((VGG_MILLION, ("architecture", "vgg16", "multiple of 32")),
-                        (TOY_HUGE_D, ("d", "100000000", "<= 100000"))):  # fmt: skip
+    for spec, words in (
+        (VGG_MILLION, ("architecture", "vgg16", "multiple of 32")),
+        (TOY_HUGE_D, ("d", "100000000", "<= 100000")),
+    ):
         r, elapsed, peak, grown = measured(spec["kind"], lambda s=spec: client.post("/v1/jobs", json=s))
         expect(r, 422, *words)
         assert elapsed < 1.0, (spec["kind"], elapsed)
@@ -151,8 +173,10 @@ def test_a_compressed_upload_that_inflates_past_the_byte_cap_is_refused_from_its
         (LENET | {"dataset": {"name": "synthetic", "num_classes": 30}}, ("dataset.num_classes", "30", "cap of 20")),
         (LENET | {"architecture": "mlp", "hidden": [512, 512]}, ("architecture", "parameters", "cap of 100000")),
         (LENET | {"batch_size": 1000}, ("batch_size", "activations", "1000 samples", "cap of 1000000")),
-        (LENET | {"epochs": 40, "finetune_epochs": 11, "algorithm": "magnitude", "target_sparsity": 0.5},
-         ("epochs", "51", "cap of 50")),
+        (
+            LENET | {"epochs": 40, "finetune_epochs": 11, "algorithm": "magnitude", "target_sparsity": 0.5},
+            ("epochs", "51", "cap of 50"),
+        ),
     ],
     ids=["samples", "classes", "parameters", "activations", "epochs"],
 )
@@ -171,8 +195,7 @@ def test_upload_caps_name_the_value_and_the_cap(tight):
 
 
 def test_just_under_every_cap_is_accepted(tight):
-    ok = LENET | {"dataset": {"name": "synthetic", "samples": 2000, "num_classes": 20}, "batch_size": 64,
-                  "epochs": 50}  # fmt: skip
+    ok = LENET | {"dataset": {"name": "synthetic", "samples": 2000, "num_classes": 20}, "batch_size": 64, "epochs": 50}
     assert tight.post("/v1/jobs", json=ok).status_code == 202
 
 

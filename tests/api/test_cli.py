@@ -2,12 +2,34 @@ import json
 import subprocess
 import sys
 
-FINAL = {"w", "u", "w_star", "w0", "theta_w", "theta_u", "f_w", "f_u", "f_u_normalized", "nnz_u", "gamma",
-         "lagrangian", "iters", "converged", "diverged"}  # fmt: skip
+FINAL = {
+    "w",
+    "u",
+    "w_star",
+    "w0",
+    "theta_w",
+    "theta_u",
+    "f_w",
+    "f_u",
+    "f_u_normalized",
+    "nnz_u",
+    "gamma",
+    "lagrangian",
+    "iters",
+    "converged",
+    "diverged",
+}
 TRACE = {"iter", "lagrangian", "theta_w", "theta_u", "f_w", "f_u", "nnz_u", "step"}
 HYP = {"delta", "eta_le_1_over_beta_plus_L", "beta_le_delta_sin_delta_over_k_pi", "lam_over_beta_lt_1_over_sqrt_d"}
-BOUNDS = {"w_error_eq13", "u_error_eq14", "limit_equation_eq12", "theta_below_delta", "fixed_point_identity",
-          "lagrangian_monotone", "angle_monotone"}  # fmt: skip
+BOUNDS = {
+    "w_error_eq13",
+    "u_error_eq14",
+    "limit_equation_eq12",
+    "theta_below_delta",
+    "fixed_point_identity",
+    "lagrangian_monotone",
+    "angle_monotone",
+}
 
 
 def rvsm(*args: str) -> subprocess.CompletedProcess:
@@ -15,9 +37,21 @@ def rvsm(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_rvsm_toy_with_explicit_vectors_returns_the_spec_fields(tmp_path):
-    spec = {"kind": "toy", "network": "relu", "k": 2, "d": 4, "teacher": {"w_star": [3, 0, 4, 0]},
-            "init": {"w0": [0.5, 0.5, -0.5, 0.5]}, "algorithm": "rvsm", "penalty": "l1",
-            "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 300, "log_every": 10}  # fmt: skip
+    spec = {
+        "kind": "toy",
+        "network": "relu",
+        "k": 2,
+        "d": 4,
+        "teacher": {"w_star": [3, 0, 4, 0]},
+        "init": {"w0": [0.5, 0.5, -0.5, 0.5]},
+        "algorithm": "rvsm",
+        "penalty": "l1",
+        "lam": 1e-4,
+        "beta": 4e-3,
+        "eta": 0.1,
+        "max_iters": 300,
+        "log_every": 10,
+    }
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     out = rvsm("toy", str(path))

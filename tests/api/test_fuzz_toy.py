@@ -24,24 +24,74 @@ from worker.outcomes import summarize_toy
 
 FLOATS = st.one_of(
     st.sampled_from(
-        [0.0, -0.0, 5e-324, 1e-310, 1e-300, 1e-40, 1e-39, 1e-20, 1e-4, 0.1, 1.0, 2.0, 3e38, 1e39, 1e154, 1e200,
-         1e300, 1e308, -1.0, -1e-4, -1e308]
-    ),  # fmt: skip
+        [
+            0.0,
+            -0.0,
+            5e-324,
+            1e-310,
+            1e-300,
+            1e-40,
+            1e-39,
+            1e-20,
+            1e-4,
+            0.1,
+            1.0,
+            2.0,
+            3e38,
+            1e39,
+            1e154,
+            1e200,
+            1e300,
+            1e308,
+            -1.0,
+            -1e-4,
+            -1e308,
+        ]
+    ),
     st.floats(allow_nan=False, allow_infinity=False),
 )
 BIG_INTS = st.sampled_from([2**31, 2**53 + 1, 2**63, 2**64 - 1, 2**64, 10**8, 10**30, 10**400, -(2**64)])
 INTS = st.one_of(st.integers(-3, 12), BIG_INTS)
 SCALARS = st.one_of(st.none(), st.booleans(), st.text(max_size=4), INTS, FLOATS)
 JUNK = st.recursive(
-    SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
-)  # fmt: skip
+)
 VALUES = st.one_of(FLOATS, INTS, JUNK)
 
-FIELDS = ["network", "k", "d", "algorithm", "normalize", "penalty", "a", "lam", "beta", "eta", "max_iters", "tol",
-          "gradient", "samples", "batch_size", "data_seed", "s", "log_every", "dtype", "time_budget_s", "kind",
-          "teacher", "init", "teacher.seed", "teacher.w_star", "teacher.sparsity", "teacher.values", "init.seed",
-          "init.w0", "colour"]  # fmt: skip
+FIELDS = [
+    "network",
+    "k",
+    "d",
+    "algorithm",
+    "normalize",
+    "penalty",
+    "a",
+    "lam",
+    "beta",
+    "eta",
+    "max_iters",
+    "tol",
+    "gradient",
+    "samples",
+    "batch_size",
+    "data_seed",
+    "s",
+    "log_every",
+    "dtype",
+    "time_budget_s",
+    "kind",
+    "teacher",
+    "init",
+    "teacher.seed",
+    "teacher.w_star",
+    "teacher.sparsity",
+    "teacher.values",
+    "init.seed",
+    "init.w0",
+    "colour",
+]
 SENSIBLE = {
     "lam": st.sampled_from([0.0, 1e-4, 0.05]),
     "beta": st.sampled_from([4e-3, 0.1, 1.0]),
@@ -94,8 +144,11 @@ def bodies(draw) -> object:
     elif teacher == "w_star":
         spec["teacher"] = {"w_star": draw(st.lists(FLOATS, min_size=d, max_size=d))}
     elif teacher == "sparse":
-        spec["teacher"] = {"seed": draw(st.integers(0, 9)), "sparsity": draw(st.integers(1, d)),
-                           "values": draw(st.sampled_from(["equal", "gaussian"]))}  # fmt: skip
+        spec["teacher"] = {
+            "seed": draw(st.integers(0, 9)),
+            "sparsity": draw(st.integers(1, d)),
+            "values": draw(st.sampled_from(["equal", "gaussian"])),
+        }
     init = draw(st.sampled_from(["none", "seed", "w0"]))
     if init == "seed":
         spec["init"] = {"seed": draw(INTS)}
@@ -107,8 +160,14 @@ def bodies(draw) -> object:
     for path, value in draw(st.lists(st.tuples(st.sampled_from(FIELDS), VALUES), max_size=3)):
         _set(spec, path, value)
     if draw(st.integers(0, 2)) == 0:
-        names = draw(st.lists(st.sampled_from(sorted(SENSIBLE) + ["lam", "init.seed", "nonsense"]), min_size=1,
-                              max_size=2, unique=True))  # fmt: skip
+        names = draw(
+            st.lists(
+                st.sampled_from(sorted(SENSIBLE) + ["lam", "init.seed", "nonsense"]),
+                min_size=1,
+                max_size=2,
+                unique=True,
+            )
+        )
         sweep = {}
         for name in names:
             good = SENSIBLE.get(name, st.integers(0, 3))
@@ -133,9 +192,14 @@ def _check_names_a_field(body: object, response) -> None:
 SEEN = {"accepted": 0, "rejected": 0}
 _S = Settings()
 LIMITS = ToyLimits(
-    max_iters=_S.max_iters_cap, sweep=_S.sweep_cap, d=_S.toy_d_cap, k=_S.toy_k_cap, samples=_S.toy_samples_cap,
-    elements=_S.toy_elements_cap, sample_elements=_S.toy_sample_elements_cap,
-)  # fmt: skip
+    max_iters=_S.max_iters_cap,
+    sweep=_S.sweep_cap,
+    d=_S.toy_d_cap,
+    k=_S.toy_k_cap,
+    samples=_S.toy_samples_cap,
+    elements=_S.toy_elements_cap,
+    sample_elements=_S.toy_sample_elements_cap,
+)
 
 
 def _check_rvsm_directly(body: object) -> None:
@@ -151,9 +215,12 @@ def _check_rvsm_directly(body: object) -> None:
 
 
 @settings(
-    max_examples=150, derandomize=True, deadline=None, database=None,
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
-)  # fmt: skip
+)
 @given(body=bodies())
 def test_no_request_hurts_the_service(client, body):
     _check_rvsm_directly(body)

@@ -38,8 +38,14 @@ QUEUE = unique_queue("limits")  # nothing consumes it; nothing here is accepted,
 
 
 def settings_for(tmp: Path, **overrides: object) -> Settings:
-    values: dict = dict(data_dir=tmp, database_url=f"sqlite:///{tmp / 'jobs.db'}", artifact_dir=tmp / "artifacts",
-                        broker_url=REDIS_URL, toy_queue=QUEUE, checkpoint_queue=QUEUE)  # fmt: skip
+    values: dict = dict(
+        data_dir=tmp,
+        database_url=f"sqlite:///{tmp / 'jobs.db'}",
+        artifact_dir=tmp / "artifacts",
+        broker_url=REDIS_URL,
+        toy_queue=QUEUE,
+        checkpoint_queue=QUEUE,
+    )
     return Settings(**(values | overrides))
 
 
@@ -67,8 +73,16 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         yield p
 
 
-def post_chunked(port: int, content_type: str, head: bytes, filler: int, tail: bytes = b"",
-                 *, chunk: int = 64 * 2**10, pause_s: float = 0.0) -> tuple[int, dict]:  # fmt: skip
+def post_chunked(
+    port: int,
+    content_type: str,
+    head: bytes,
+    filler: int,
+    tail: bytes = b"",
+    *,
+    chunk: int = 64 * 2**10,
+    pause_s: float = 0.0,
+) -> tuple[int, dict]:
     """POST /v1/jobs with ``Transfer-Encoding: chunked`` (no Content-Length): ``head``, ``filler`` bytes,
     ``tail``. The server may answer (and stop reading) before the end: then the rest is not sent."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -139,9 +153,11 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def multipart_head(boundary: str, spec: dict) -> bytes:
-    return (f'--{boundary}\r\nContent-Disposition: form-data; name="spec"\r\n\r\n{json.dumps(spec)}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="checkpoint"; filename="model.safetensors"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="spec"\r\n\r\n{json.dumps(spec)}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="checkpoint"; filename="model.safetensors"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
 
 
 CKPT_SPEC = {"kind": "checkpoint", "architecture": "mlp", "dataset": {"name": "digits"}, "epochs": 1}
@@ -163,8 +179,9 @@ def test_chunked_multipart_over_the_cap_is_413_and_never_spools_more_than_the_ca
     tail = b"\r\n--b0undary--\r\n"
     head = multipart_head("b0undary", CKPT_SPEC)
     with TempFileWatcher(spool_dir) as watch:
-        status, body = post_chunked(port, "multipart/form-data; boundary=b0undary", head, 2 * MULTIPART_CAP, tail,
-                                    pause_s=0.002)  # fmt: skip
+        status, body = post_chunked(
+            port, "multipart/form-data; boundary=b0undary", head, 2 * MULTIPART_CAP, tail, pause_s=0.002
+        )
     print(f"multipart of {2 * MULTIPART_CAP} bytes, cap {MULTIPART_CAP}: largest spool file {watch.largest} bytes")
     assert status == 413
     assert body["message"] == f"body: larger than this service accepts ({MULTIPART_CAP} bytes)"
@@ -174,16 +191,18 @@ def test_chunked_multipart_over_the_cap_is_413_and_never_spools_more_than_the_ca
 def test_chunked_multipart_under_the_cap_reaches_validation(port: int, spool_dir: Path) -> None:
     tail = b"\r\n--b0undary--\r\n"
     with TempFileWatcher(spool_dir) as watch:
-        status, body = post_chunked(port, "multipart/form-data; boundary=b0undary",
-                                    multipart_head("b0undary", CKPT_SPEC), 2 * 2**20, tail)  # fmt: skip
+        status, body = post_chunked(
+            port, "multipart/form-data; boundary=b0undary", multipart_head("b0undary", CKPT_SPEC), 2 * 2**20, tail
+        )
     assert status == 422 and body["detail"][0]["loc"][:2] == ["body", "checkpoint"], body
     assert watch.largest >= 2 * 2**20  # the whole upload was spooled: the watcher looks in the right place
 
 
 def test_multipart_spec_field_over_the_spec_cap_is_413_naming_spec(port: int) -> None:
     head = b'--b0undary\r\nContent-Disposition: form-data; name="spec"\r\n\r\n{"pad": "'
-    status, body = post_chunked(port, "multipart/form-data; boundary=b0undary", head, 2 * SPEC_CAP,
-                                b'"}\r\n--b0undary--\r\n')  # fmt: skip
+    status, body = post_chunked(
+        port, "multipart/form-data; boundary=b0undary", head, 2 * SPEC_CAP, b'"}\r\n--b0undary--\r\n'
+    )
     assert status == 413
     assert body["message"] == f"spec: larger than this service accepts ({SPEC_CAP} bytes)"
 
@@ -238,9 +257,11 @@ def shape(value: object, depth: int = 1) -> tuple[int, int]:
 
 
 TEXT = st.text(alphabet=st.sampled_from('[]{}"\\,: ab\n\u00e9'), max_size=8)
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-                    max_leaves=30)  # fmt: skip
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=30,
+)
 
 
 @settings(max_examples=300, derandomize=True, deadline=None, database=None)
@@ -255,8 +276,12 @@ def test_json_shape_ignores_brackets_in_strings() -> None:
     assert json_shape(b'["\\\\", ["]"]]') == (2, 2)
 
 
-BIG_QUERIES = ["/v1/jobs?offset=18446744073709551616", "/v1/jobs?offset=9223372036854775808",
-               "/v1/jobs/x/metrics?since=18446744073709551616", "/v1/jobs?limit=99999999999999999999"]  # fmt: skip
+BIG_QUERIES = [
+    "/v1/jobs?offset=18446744073709551616",
+    "/v1/jobs?offset=9223372036854775808",
+    "/v1/jobs/x/metrics?since=18446744073709551616",
+    "/v1/jobs?limit=99999999999999999999",
+]
 
 
 @pytest.mark.parametrize("query", BIG_QUERIES)
@@ -292,8 +317,10 @@ def test_healthz_answers_while_a_big_spec_is_validated(tmp_path: Path) -> None:
             latencies.append(time.perf_counter() - start)
             time.sleep(0.02)
         thread.join()
-    print(f"/healthz: {len(latencies)} answers, slowest {max(latencies):.3f} s, median "
-          f"{sorted(latencies)[len(latencies) // 2]:.3f} s, while the submit took {outcome['seconds']:.2f} s")
+    print(
+        f"/healthz: {len(latencies)} answers, slowest {max(latencies):.3f} s, median "
+        f"{sorted(latencies)[len(latencies) // 2]:.3f} s, while the submit took {outcome['seconds']:.2f} s"
+    )
     assert outcome["status"] == 422
     assert outcome["seconds"] > 0.5, outcome  # long enough for a stall to show
     assert len(latencies) >= 5
@@ -340,20 +367,23 @@ def test_new_torch_passes(version: str) -> None:
 
 
 def test_the_app_the_worker_and_serve_refuse_an_old_torch(tmp_path: Path) -> None:
-    code = ("import torch; torch.__version__ = '2.9.1'\n"
-            "import sys\n"
-            "if sys.argv[1] == 'worker':\n"
-            "    from worker.__main__ import main; main([])\n"
-            "elif sys.argv[1] == 'serve':\n"
-            "    from service.cli import main; sys.exit(main(['serve']))\n"
-            "else:\n"
-            "    from fastapi.testclient import TestClient\n"
-            "    from service.main import create_app\n"
-            "    with TestClient(create_app()): pass\n")  # fmt: skip
+    code = (
+        "import torch; torch.__version__ = '2.9.1'\n"
+        "import sys\n"
+        "if sys.argv[1] == 'worker':\n"
+        "    from worker.__main__ import main; main([])\n"
+        "elif sys.argv[1] == 'serve':\n"
+        "    from service.cli import main; sys.exit(main(['serve']))\n"
+        "else:\n"
+        "    from fastapi.testclient import TestClient\n"
+        "    from service.main import create_app\n"
+        "    with TestClient(create_app()): pass\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {"RVSM_DATA_DIR": str(tmp_path)}
     for what in ("worker", "serve", "app"):
-        done = subprocess.run([python(), "-c", code, what], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [python(), "-c", code, what], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode != 0, (what, done.stdout, done.stderr)
         assert "torch 2.9.1 is installed; rvsm-service needs torch >= 2.10" in done.stderr, (what, done.stderr)
     assert not (tmp_path / "broker.rdb").exists()  # serve stopped before starting the embedded broker

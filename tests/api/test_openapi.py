@@ -81,7 +81,10 @@ def test_every_route_documents_its_codes_with_the_error_model() -> None:
 def test_bearer_scheme_on_every_keyed_route_only() -> None:
     """The /v1 routes and /metrics take the API key (when keys are set); health, docs and UI do not."""
     assert DOC["components"]["securitySchemes"]["HTTPBearer"] | {"description": ""} == {
-        "type": "http", "scheme": "bearer", "description": ""}  # fmt: skip
+        "type": "http",
+        "scheme": "bearer",
+        "description": "",
+    }
     for path, ops in DOC["paths"].items():
         for op in ops.values():
             assert (op.get("security") == [{"HTTPBearer": []}]) == (path.startswith("/v1") or path == "/metrics"), path
@@ -91,8 +94,9 @@ def test_bearer_scheme_on_every_keyed_route_only() -> None:
 def test_request_body_schema_and_examples() -> None:
     content = DOC["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
     schema = content["application/json"]["schema"]
-    assert schema == {"oneOf": [{"$ref": "#/components/schemas/ToySpecCreate"},
-                                {"$ref": "#/components/schemas/CheckpointSpecCreate"}]}  # fmt: skip
+    assert schema == {
+        "oneOf": [{"$ref": "#/components/schemas/ToySpecCreate"}, {"$ref": "#/components/schemas/CheckpointSpecCreate"}]
+    }
     examples = content["application/json"]["examples"]
     assert set(examples) == {"toy", "checkpoint"}
     for example in examples.values():
@@ -148,8 +152,15 @@ def test_real_toy_results_match_the_result_schema() -> None:
 def test_a_real_checkpoint_report_matches_the_result_schema() -> None:
     from worker.checkpoint_jobs import _outputs
 
-    spec = {"kind": "checkpoint", "architecture": "mlp", "hidden": [8], "dataset": {"name": "digits"},
-            "algorithm": "rvsm", "target_sparsity": 0.5, "epochs": 1}  # fmt: skip
+    spec = {
+        "kind": "checkpoint",
+        "architecture": "mlp",
+        "hidden": [8],
+        "dataset": {"name": "digits"},
+        "algorithm": "rvsm",
+        "target_sparsity": 0.5,
+        "epochs": 1,
+    }
     prep = prepare(spec)
     cfg = TrainConfig.from_spec(spec | {"params": prep.sparse_names})
     result = train(prep.model, prep.data, cfg, device=torch.device("cpu"))

@@ -41,13 +41,18 @@ def test_metrics_count_a_job_through_its_states(tmp_path):
         assert value(before, "rvsm_queue_depth", queue=queue) == 1
         assert value(before, "rvsm_job_transitions_total", event="submit") == 1
         assert value(before, "rvsm_workers_alive", queue=queue) == 0
-        assert value(before, "rvsm_http_request_duration_seconds_count", method="POST", route="/v1/jobs",
-                     status="202") == 1  # fmt: skip
+        assert (
+            value(before, "rvsm_http_request_duration_seconds_count", method="POST", route="/v1/jobs", status="202")
+            == 1
+        )
 
         worker = Worker(service_env(tmp_path, queue=queue), queue, tmp_path / "worker.log")
         try:
-            wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded", timeout=120,
-                     what="the job to succeed")  # fmt: skip
+            wait_for(
+                lambda: client.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded",
+                timeout=120,
+                what="the job to succeed",
+            )
             after = scrape(client)
             assert value(after, "rvsm_workers_alive", queue=queue) == 1, worker.output()[-2000:]
         finally:

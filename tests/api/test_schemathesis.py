@@ -32,10 +32,22 @@ QUEUE = unique_queue("schemathesis")
 TMP = Path(tempfile.mkdtemp(prefix="rvsm-schemathesis-"))  # the schema is loaded at import, for parametrize
 atexit.register(shutil.rmtree, TMP, True)  # also when this module is collected but not run
 SETTINGS = Settings(
-    data_dir=TMP, database_url=f"sqlite:///{TMP / 'jobs.db'}", artifact_dir=TMP / "artifacts", broker_url=REDIS_URL,
-    toy_queue=QUEUE, checkpoint_queue=QUEUE, api_keys=[KEY], max_iters_cap=1000, sweep_cap=4, toy_d_cap=64,
-    toy_k_cap=8, toy_samples_cap=1000, max_epochs_cap=2, max_upload_bytes=2**20, max_spec_bytes=64 * 2**10,
-)  # fmt: skip
+    data_dir=TMP,
+    database_url=f"sqlite:///{TMP / 'jobs.db'}",
+    artifact_dir=TMP / "artifacts",
+    broker_url=REDIS_URL,
+    toy_queue=QUEUE,
+    checkpoint_queue=QUEUE,
+    api_keys=[KEY],
+    max_iters_cap=1000,
+    sweep_cap=4,
+    toy_d_cap=64,
+    toy_k_cap=8,
+    toy_samples_cap=1000,
+    max_epochs_cap=2,
+    max_upload_bytes=2**20,
+    max_spec_bytes=64 * 2**10,
+)
 APP = create_app()
 APP.dependency_overrides[get_settings] = lambda: SETTINGS
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
@@ -51,8 +63,7 @@ def _cleanup():
 
 
 @schema.parametrize()
-@settings(max_examples=25, derandomize=True, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+@settings(max_examples=25, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi_document(case) -> None:
     CALLS[case.operation.label] = CALLS.get(case.operation.label, 0) + 1
     case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"}, excluded_checks=EXCLUDED)

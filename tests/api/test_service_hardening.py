@@ -46,8 +46,14 @@ NOSNIFF = "nosniff"
 
 
 def app_for(tmp: Path, queue: str, **overrides: object) -> FastAPI:
-    values: dict = dict(data_dir=tmp, database_url=f"sqlite:///{tmp / 'jobs.db'}", artifact_dir=tmp / "artifacts",
-                        broker_url=REDIS_URL, toy_queue=queue, checkpoint_queue=queue)  # fmt: skip
+    values: dict = dict(
+        data_dir=tmp,
+        database_url=f"sqlite:///{tmp / 'jobs.db'}",
+        artifact_dir=tmp / "artifacts",
+        broker_url=REDIS_URL,
+        toy_queue=queue,
+        checkpoint_queue=queue,
+    )
     settings = Settings(**(values | overrides))
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: settings
@@ -169,10 +175,17 @@ def test_database_outage_is_a_json_503_on_every_route_and_the_service_recovers(t
 
         proxy.cut()
         t0 = time.perf_counter()
-        for method, path in [("GET", f"/v1/jobs/{job_id}"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs"),
-                             ("GET", f"/v1/jobs/{job_id}/metrics"), ("GET", f"/v1/jobs/{job_id}/result"),
-                             ("GET", f"/v1/jobs/{job_id}/artifacts"), ("POST", f"/v1/jobs/{job_id}/cancel"),
-                             ("DELETE", f"/v1/jobs/{job_id}"), ("GET", "/metrics")]:  # fmt: skip
+        for method, path in [
+            ("GET", f"/v1/jobs/{job_id}"),
+            ("GET", "/v1/jobs"),
+            ("POST", "/v1/jobs"),
+            ("GET", f"/v1/jobs/{job_id}/metrics"),
+            ("GET", f"/v1/jobs/{job_id}/result"),
+            ("GET", f"/v1/jobs/{job_id}/artifacts"),
+            ("POST", f"/v1/jobs/{job_id}/cancel"),
+            ("DELETE", f"/v1/jobs/{job_id}"),
+            ("GET", "/metrics"),
+        ]:
             r = c.request(method, path, json=TOY if method == "POST" else None)
             body = error_shape(r, 503, "database", "unreachable")
             assert str(proxy.port) not in r.text and "127.0.0.1" not in r.text, body  # no connection details
@@ -241,8 +254,10 @@ def test_a_full_disk_on_upload_is_a_json_507_and_leaves_no_job(tmp_path, queue, 
 
     app = app_for(tmp_path, queue)
     spec = {"kind": "checkpoint", "dataset": {"name": "upload"}, "epochs": 1}
-    files = {"checkpoint": ("m.pt2", export(TabularMLP(), torch.randn(2, 64))),
-             "dataset": ("d.npz", digits_npz(flat=True)[0])}  # fmt: skip
+    files = {
+        "checkpoint": ("m.pt2", export(TabularMLP(), torch.randn(2, 64))),
+        "dataset": ("d.npz", digits_npz(flat=True)[0]),
+    }
     real = jobs_router.write_atomic
 
     def full_after_first(path: Path, data: bytes) -> None:
@@ -303,14 +318,27 @@ def test_nosniff_on_every_kind_of_response(tmp_path, queue) -> None:
             "404 path": c.get("/no/such/page"),
             "404 static": c.get("/static/ui/nope.js"),
             "405": c.put("/v1/jobs"),
-            "413 length": c.post("/v1/jobs", content=b"{" + b" " * 5000 + b"}",
-                                 headers={"content-type": "application/json"}),
+            "413 length": c.post(
+                "/v1/jobs", content=b"{" + b" " * 5000 + b"}", headers={"content-type": "application/json"}
+            ),
             "413 stream": c.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"}),
             "422": c.post("/v1/jobs", json=TOY | {"beta": -1}),
-        }  # fmt: skip
-    expected = {"dashboard": 200, "redirect": 308, "docs": 200, "static": 200, "artifact": 200, "submit": 202,
-                "404 job": 404, "404 path": 404, "404 static": 404, "405": 405, "413 length": 413,
-                "413 stream": 413, "422": 422}  # fmt: skip
+        }
+    expected = {
+        "dashboard": 200,
+        "redirect": 308,
+        "docs": 200,
+        "static": 200,
+        "artifact": 200,
+        "submit": 202,
+        "404 job": 404,
+        "404 path": 404,
+        "404 static": 404,
+        "405": 405,
+        "413 length": 413,
+        "413 stream": 413,
+        "422": 422,
+    }
     for name, r in responses.items():
         assert r.status_code == expected.get(name, 200), (name, r.status_code, r.text[:200])
         assert r.headers.get("x-content-type-options") == NOSNIFF, (name, dict(r.headers))
@@ -344,8 +372,13 @@ def test_nosniff_on_the_body_limit_middlewares_own_413() -> None:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-type", b"application/json")],
-             "app": app}  # fmt: skip
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-type", b"application/json")],
+        "app": app,
+    }
     asyncio.run(stack(scope, receive, send))
     assert sent[0]["status"] == 413
     assert (b"x-content-type-options", b"nosniff") in sent[0]["headers"]
@@ -416,8 +449,10 @@ def test_healthz_answers_on_the_event_loop_while_every_thread_is_busy(tmp_path, 
         finally:
             release.set()
             submits.join(timeout=120)
-    print(f"/healthz with {THREADS} of {THREADS} threads held and {SUBMITS - THREADS} submits waiting: "
-          f"{', '.join(f'{s * 1000:.1f} ms' for s in latencies)}")  # fmt: skip
+    print(
+        f"/healthz with {THREADS} of {THREADS} threads held and {SUBMITS - THREADS} submits waiting: "
+        f"{', '.join(f'{s * 1000:.1f} ms' for s in latencies)}"
+    )
     assert threads_held == THREADS  # the pool really was full while /healthz was asked (and no thread to spare)
     assert max(latencies) < 0.5, latencies
     assert statuses == [422] * SUBMITS  # every submit was a real request, answered once released
@@ -427,8 +462,11 @@ def test_healthz_answers_on_the_event_loop_while_every_thread_is_busy(tmp_path, 
 def scrape(client: TestClient, key: str | None) -> dict[tuple[str, tuple], float]:
     r = client.get("/metrics", headers={"Authorization": f"Bearer {key}"} if key else {})
     assert r.status_code == 200, r.text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}  # fmt: skip
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def names(samples: dict) -> set[str]:

@@ -10,8 +10,14 @@ from tests.service_helpers import POSTGRES_URL, REDIS_URL, ROOT
 
 
 def run_bench(*argv: str, timeout: float = 240) -> str:
-    out = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -19,8 +25,22 @@ def run_bench(*argv: str, timeout: float = 240) -> str:
 def test_bench_jobs_smoke(tmp_path):
     doc = tmp_path / "bench.md"
     doc.write_text("# Benchmarks\n")
-    sizes = ["--jobs", "4", "--repeats", "2", "--rss-jobs", "4", "--rss-every", "2", "--big", "20", "--big-iters", "50",
-             "--big-repeats", "1"]  # fmt: skip
+    sizes = [
+        "--jobs",
+        "4",
+        "--repeats",
+        "2",
+        "--rss-jobs",
+        "4",
+        "--rss-every",
+        "2",
+        "--big",
+        "20",
+        "--big-iters",
+        "50",
+        "--big-repeats",
+        "1",
+    ]
     out = run_bench("benchmarks/bench_jobs.py", *sizes, "--redis", REDIS_URL, "--doc", str(doc))
     assert "| **backlog: jobs / sweep** |" in out
     assert "Target jobs / sweep ≤ 10x through the worker (backlog): **" in out
@@ -33,8 +53,19 @@ def test_bench_jobs_smoke(tmp_path):
 
 
 def test_bench_api_smoke():
-    out = run_bench("benchmarks/bench_api.py", "--rates", "20", "--duration", "0.5", "--pause", "0",
-                    "--redis", REDIS_URL, "--postgres", POSTGRES_URL)  # fmt: skip
+    out = run_bench(
+        "benchmarks/bench_api.py",
+        "--rates",
+        "20",
+        "--duration",
+        "0.5",
+        "--pause",
+        "0",
+        "--redis",
+        REDIS_URL,
+        "--postgres",
+        POSTGRES_URL,
+    )
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| sqlite", "| postgresql"))]
     # printed once as it goes and once in the block: 2 stores x (no worker, 2 busy workers) x 2 endpoints, twice
     assert len(rows) == 16 and sorted({c[1] for c in rows}) == ["0", "2"]

@@ -42,8 +42,10 @@ def test_vendored_files_are_the_ones_recorded():
     for name, digest in listed.items():
         assert hashlib.sha256((STATIC / "vendor" / name).read_bytes()).hexdigest() == digest, name
     assert {pkg: v["version"] for pkg, v in recorded.items()} == {
-        "uplot": "1.6.32", "swagger-ui-dist": "5.35.0", "redoc": "2.5.2"
-    }  # fmt: skip
+        "uplot": "1.6.32",
+        "swagger-ui-dist": "5.35.0",
+        "redoc": "2.5.2",
+    }
 
 
 def test_pages_load_only_this_service_and_carry_a_policy(tmp_path):
@@ -76,8 +78,22 @@ def test_a_wheel_ships_the_dashboard(tmp_path):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("service/static/")}
     expected = {f"service/static/{p.relative_to(STATIC)}" for p in STATIC.rglob("*") if p.is_file()}
@@ -205,10 +221,31 @@ def test_key_prompt_then_toy_job_from_the_form_with_a_live_chart(server, page):
 
 def test_finished_jobs_bounds_sweep_layers_and_a_verified_download(server, page):
     toy = submit(server, {"kind": "toy", "k": 2, "d": 10, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 500})
-    sweep = submit(server, {"kind": "toy", "k": 2, "d": 8, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 300,
-                            "sweep": {"teacher.seed": [0, 1, 2]}})  # fmt: skip
-    ckpt = submit(server, {"kind": "checkpoint", "architecture": "mlp", "hidden": [16], "algorithm": "rvsm",
-                           "target_sparsity": 0.5, "epochs": 2, "batch_size": 64})  # fmt: skip
+    sweep = submit(
+        server,
+        {
+            "kind": "toy",
+            "k": 2,
+            "d": 8,
+            "lam": 1e-4,
+            "beta": 4e-3,
+            "eta": 0.1,
+            "max_iters": 300,
+            "sweep": {"teacher.seed": [0, 1, 2]},
+        },
+    )
+    ckpt = submit(
+        server,
+        {
+            "kind": "checkpoint",
+            "architecture": "mlp",
+            "hidden": [16],
+            "algorithm": "rvsm",
+            "target_sparsity": 0.5,
+            "epochs": 2,
+            "batch_size": 64,
+        },
+    )
     with_key(page)
 
     finished(server, toy)

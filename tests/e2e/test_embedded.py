@@ -16,8 +16,18 @@ import pytest
 
 from tests.service_helpers import ROOT, free_port, start_serve, wait_for
 
-SPEC = {"kind": "toy", "k": 2, "d": 10, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "penalty": "l0",
-        "max_iters": 3000, "tol": 1e-14, "log_every": 10}  # fmt: skip
+SPEC = {
+    "kind": "toy",
+    "k": 2,
+    "d": 10,
+    "lam": 1e-4,
+    "beta": 4e-3,
+    "eta": 0.1,
+    "penalty": "l0",
+    "max_iters": 3000,
+    "tol": 1e-14,
+    "log_every": 10,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +42,32 @@ def server(tmp_path_factory):
 
 def rvsm(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, cwd=cwd,
+        [sys.executable, "-m", "service.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
         env={k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {"PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    )
 
 
 def test_embedded_mode_runs_a_job_and_the_client_waits_for_it(server):
     url, tmp, _ = server
     spec = tmp / "spec.json"
     spec.write_text(json.dumps(SPEC))
-    out = rvsm("submit", str(spec), "--url", url, "--wait", "--poll", "0.2", "--max-theta-w", "0.01",
-               "--download", str(tmp / "arts"), cwd=tmp)  # fmt: skip
+    out = rvsm(
+        "submit",
+        str(spec),
+        "--url",
+        url,
+        "--wait",
+        "--poll",
+        "0.2",
+        "--max-theta-w",
+        "0.01",
+        "--download",
+        str(tmp / "arts"),
+        cwd=tmp,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)  # stdout is exactly one JSON document (`| python -m json.tool` works)
     job_id = report["id"]
@@ -93,8 +118,19 @@ def test_checkpoint_job_from_the_cli_with_gates_and_download(server):
     train(model, rdata.digits(), TrainConfig(algorithm="sgd", epochs=10))
     save_file(model.state_dict(), str(tmp / "lenet5.safetensors"))
     spec = tmp / "ckpt.json"
-    spec.write_text(json.dumps({"kind": "checkpoint", "architecture": "lenet5", "algorithm": "magnitude",
-                                "sparsity": 0.6, "epochs": 1, "finetune_epochs": 1, "lr": 0.01}))  # fmt: skip
+    spec.write_text(
+        json.dumps(
+            {
+                "kind": "checkpoint",
+                "architecture": "lenet5",
+                "algorithm": "magnitude",
+                "sparsity": 0.6,
+                "epochs": 1,
+                "finetune_epochs": 1,
+                "lr": 0.01,
+            }
+        )
+    )
     args = [
         "submit",
         str(spec),
@@ -121,8 +157,14 @@ def test_checkpoint_job_from_the_cli_with_gates_and_download(server):
 def test_a_second_serve_on_the_same_data_directory_is_refused_and_the_first_keeps_serving(server):
     url, tmp, proc = server
     env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {"PYTHONPATH": str(ROOT)}
-    second = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--port", str(free_port())], cwd=tmp,
-                            capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    second = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(free_port())],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert second.returncode == 2, second.stderr
     assert "already using the data directory" in second.stderr and f"pid {proc.pid}" in second.stderr
     r = httpx.get(f"{url}/readyz", timeout=5)
@@ -147,8 +189,11 @@ def test_cli_without_a_terminal_timeout_list_and_cancel(server):
     assert job_id in [j["id"] for j in listed["items"]]
     cancelled = rvsm("cancel", job_id, "--url", url, cwd=tmp)
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["cancel_requested"] is True
-    wait_for(lambda: httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5).json()["state"] == "cancelled", timeout=60,
-             what="the job to stop")  # fmt: skip
+    wait_for(
+        lambda: httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5).json()["state"] == "cancelled",
+        timeout=60,
+        what="the job to stop",
+    )
 
 
 def test_serve_stops_its_worker_and_broker(server):
@@ -195,13 +240,19 @@ def _job(url: str, job_id: str) -> dict:
 
 
 def _running(url: str, job_id: str) -> dict:
-    return wait_for(lambda: (j := _job(url, job_id))["progress"]["iteration"] > 0 and j["state"] == "running" and j,
-                    timeout=60, what=f"job {job_id} running")  # fmt: skip
+    return wait_for(
+        lambda: (j := _job(url, job_id))["progress"]["iteration"] > 0 and j["state"] == "running" and j,
+        timeout=60,
+        what=f"job {job_id} running",
+    )
 
 
 def _done(url: str, job_id: str, timeout: float = 120) -> dict:
-    return wait_for(lambda: (j := _job(url, job_id))["state"] in ("succeeded", "failed", "cancelled") and j,
-                    timeout=timeout, what=f"job {job_id} done")  # fmt: skip
+    return wait_for(
+        lambda: (j := _job(url, job_id))["state"] in ("succeeded", "failed", "cancelled") and j,
+        timeout=timeout,
+        what=f"job {job_id} done",
+    )
 
 
 LONG_SPEC = SPEC | {"d": 50, "eta": 0.05, "penalty": "l1", "max_iters": 30000, "log_every": 50, "tol": 0}  # ~5 s
@@ -217,8 +268,11 @@ def test_serve_replaces_a_killed_worker_and_ctrl_c_then_a_restart_finishes_the_r
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         (worker_pid,) = [p for p in children if b"-m\0worker" in open(f"/proc/{p}/cmdline", "rb").read()]
         os.kill(int(worker_pid), signal.SIGKILL)
-        wait_for(lambda: "embedded worker exited with -9; restarting" in (tmp_path / "serve1.log").read_text(),
-                 timeout=10, what="the supervisor to notice")  # fmt: skip
+        wait_for(
+            lambda: "embedded worker exited with -9; restarting" in (tmp_path / "serve1.log").read_text(),
+            timeout=10,
+            what="the supervisor to notice",
+        )
         done = _done(url, job_id)
         assert done["state"] == "succeeded" and done["attempts"] == 2, done
         assert httpx.get(f"{url}/readyz", timeout=5).json()["checks"]["worker"] == "ok"
@@ -245,4 +299,3 @@ def test_serve_replaces_a_killed_worker_and_ctrl_c_then_a_restart_finishes_the_r
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-

@@ -23,8 +23,14 @@ def test_gpu_script_dry_run_runs_every_step_on_cpu(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text((ROOT / "docs" / "benchmarks.md").read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith("RVSM_")} | {"PYTHON": sys.executable}
-    p = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run", "--doc", str(doc)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    p = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--dry-run", "--doc", str(doc)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]
     for step in STEPS:

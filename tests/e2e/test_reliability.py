@@ -28,8 +28,19 @@ from tests.service_helpers import (
 LEASE_S, REAPER_S = 3.0, 1.0
 RECOVERY_S = LEASE_S + REAPER_S + 15  # the acceptance bound for a job to move again after its worker died
 FAST = {"RVSM_LEASE_S": str(LEASE_S), "RVSM_REAPER_INTERVAL_S": str(REAPER_S), "RVSM_DISPATCH_TIMEOUT_S": "2"}
-LONG = {"kind": "toy", "k": 2, "d": 50, "lam": 1e-4, "beta": 4e-3, "eta": 0.05, "penalty": "l1",
-        "teacher": {"seed": 3}, "init": {"seed": 4}, "max_iters": 6000, "log_every": 50}  # fmt: skip
+LONG = {
+    "kind": "toy",
+    "k": 2,
+    "d": 50,
+    "lam": 1e-4,
+    "beta": 4e-3,
+    "eta": 0.05,
+    "penalty": "l1",
+    "teacher": {"seed": 3},
+    "init": {"seed": 4},
+    "max_iters": 6000,
+    "log_every": 50,
+}
 SHORT = LONG | {"d": 10, "max_iters": 200, "log_every": 10}
 
 
@@ -44,8 +55,9 @@ def _job(client, job_id: str) -> dict:
 
 
 def _wait_state(client, job_id: str, states: tuple[str, ...], timeout: float) -> dict:
-    return wait_for(lambda: (j := _job(client, job_id))["state"] in states and j, timeout=timeout,
-                    what=f"job {job_id} in {states}")  # fmt: skip
+    return wait_for(
+        lambda: (j := _job(client, job_id))["state"] in states and j, timeout=timeout, what=f"job {job_id} in {states}"
+    )
 
 
 def _running_under(client, db: str, job_id: str, pids: set[int], timeout: float = 60) -> int:
@@ -153,8 +165,9 @@ def test_broker_restarted_empty_and_a_crash_before_publish_lose_no_job(tmp_path)
             from jobs.db import get_sessionmaker
 
             with get_sessionmaker(_db(tmp_path))() as s:
-                orphan = states.new_job(s, kind="toy", spec=SHORT, owner=None, queue=queue, max_iters=200,
-                                       dispatch_s=2).id  # fmt: skip
+                orphan = states.new_job(
+                    s, kind="toy", spec=SHORT, owner=None, queue=queue, max_iters=200, dispatch_s=2
+                ).id
             worker = Worker(env, queue, tmp_path / "w.log")
             for job_id in [*ids, orphan]:
                 done = _wait_state(client, job_id, ("succeeded", "failed"), timeout=120)

@@ -152,8 +152,7 @@ def test_crafted_archives_are_refused_fast_with_nothing_run(live, tmp_path):
     slow = sorted(answers, key=lambda a: -a[1])[:5]
     slow_names = [(round(lat, 3), [n for n, a, b in spans if a <= t0 + lat and t0 <= b]) for t0, lat in slow]
     print("slowest /healthz answers and the archives in flight:", slow_names)
-    print(f"{len(seen)} archives; API RSS +{grown:.1f} MB; /healthz {len(answers)} answers, slowest "
-          f"{worst:.3f} s")  # fmt: skip
+    print(f"{len(seen)} archives; API RSS +{grown:.1f} MB; /healthz {len(answers)} answers, slowest {worst:.3f} s")
     assert grown < 50, grown
     assert len(answers) > 20 and not failures and worst < 0.5, (len(answers), failures, slow_names)
     assert not list(tmp.rglob("marker-*")) and not list(tmp_path.glob("marker-*"))
@@ -183,11 +182,38 @@ def test_the_same_archive_submitted_eight_times_at_once_is_accepted_eight_times(
 
 
 # ----------------------------------------------------------------------------- fuzzing
-PAYLOADS = ['a") or __import__("os") or ("', 'x"', "x'", "a\nb", "__import__", "0x", "a b", "é", "",
-            "a" * 300, "L__self__", "os.system", "${x}", "\\", "\x00"]  # fmt: skip
-TARGETS = [f"torch.ops.aten.{t}" for t in ("as_strided.default", "_reshape_alias.default", "set_.source_Tensor",
-           "empty.memory_format", "add.out", "resize_.default", "from_file.default", "relu.default", "view.default",
-           "zeros.default")] + ["builtins.eval", "os.system", "_operator.getitem"]  # fmt: skip
+PAYLOADS = [
+    'a") or __import__("os") or ("',
+    'x"',
+    "x'",
+    "a\nb",
+    "__import__",
+    "0x",
+    "a b",
+    "é",
+    "",
+    "a" * 300,
+    "L__self__",
+    "os.system",
+    "${x}",
+    "\\",
+    "\x00",
+]
+TARGETS = [
+    f"torch.ops.aten.{t}"
+    for t in (
+        "as_strided.default",
+        "_reshape_alias.default",
+        "set_.source_Tensor",
+        "empty.memory_format",
+        "add.out",
+        "resize_.default",
+        "from_file.default",
+        "relu.default",
+        "view.default",
+        "zeros.default",
+    )
+] + ["builtins.eval", "os.system", "_operator.getitem"]
 
 
 def _members(blob: bytes) -> dict[str, bytes]:

@@ -137,8 +137,17 @@ def test_divergence_is_detected_with_its_iteration():
 
 
 def test_adaptive_hard_thresholding_recovers_a_sparse_teacher():
-    spec = {"k": 2, "d": 20, "lam": 0.0, "beta": 1.0, "eta": 0.5, "max_iters": 3000, "algorithm": "aht",
-            "teacher": {"seed": 4, "sparsity": 3, "values": "gaussian"}, "init": {"seed": 9}}  # fmt: skip
+    spec = {
+        "k": 2,
+        "d": 20,
+        "lam": 0.0,
+        "beta": 1.0,
+        "eta": 0.5,
+        "max_iters": 3000,
+        "algorithm": "aht",
+        "teacher": {"seed": 4, "sparsity": 3, "values": "gaussian"},
+        "init": {"seed": 9},
+    }
     r = run_spec(spec)
     assert r["final"]["nnz_u"] == 3
     torch.testing.assert_close(torch.tensor(r["final"]["u"]), torch.tensor(r["final"]["w_star"]), atol=1e-6, rtol=0)
@@ -147,14 +156,33 @@ def test_adaptive_hard_thresholding_recovers_a_sparse_teacher():
 def test_gd_and_admm_baselines():
     gd = run_spec({"k": 2, "d": 8, "lam": 0.0, "beta": 1.0, "eta": 0.5, "algorithm": "gd", "max_iters": 3000})
     assert gd["final"]["theta_w"] < 1e-6
-    admm = run_spec({"k": 2, "d": 12, "lam": 0.0, "beta": 0.05, "eta": 0.5, "algorithm": "admm", "max_iters": 5000,
-                     "teacher": {"seed": 1, "sparsity": 4, "values": "equal"}})  # fmt: skip
+    admm = run_spec(
+        {
+            "k": 2,
+            "d": 12,
+            "lam": 0.0,
+            "beta": 0.05,
+            "eta": 0.5,
+            "algorithm": "admm",
+            "max_iters": 5000,
+            "teacher": {"seed": 1, "sparsity": 4, "values": "equal"},
+        }
+    )
     assert admm["final"]["nnz_u"] == 4 and admm["final"]["theta_u"] < 1e-3
 
 
 def test_empirical_mode_fixed_and_fresh_samples():
-    base = {"k": 2, "d": 6, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 400, "penalty": "l1",
-            "gradient": "empirical", "log_every": 50}  # fmt: skip
+    base = {
+        "k": 2,
+        "d": 6,
+        "lam": 1e-4,
+        "beta": 4e-3,
+        "eta": 0.1,
+        "max_iters": 400,
+        "penalty": "l1",
+        "gradient": "empirical",
+        "log_every": 50,
+    }
     fixed = run_spec(base | {"samples": 2000})
     assert fixed["final"]["theta_w"] < 0.1
     again = run_spec(base | {"samples": 2000})

@@ -97,7 +97,7 @@ def toy_configs() -> list[ToyConfig]:
                 tol=1e-14,
                 log_every=100,
                 dtype="float64",
-            )  # fmt: skip
+            )
         )
     return out
 
@@ -132,8 +132,13 @@ def test_exported_model_trained_on_device_runs_on_cpu(tmp_path) -> None:
     torch.manual_seed(0)
     data, x_val, _ = digits_npz(flat=False)
     (tmp_path / "d.npz").write_bytes(data)
-    spec = {"kind": "checkpoint", "dataset": {"name": "upload"}, "algorithm": "rvsm", "target_sparsity": 0.5,
-            "epochs": 1}  # fmt: skip
+    spec = {
+        "kind": "checkpoint",
+        "dataset": {"name": "upload"},
+        "algorithm": "rvsm",
+        "target_sparsity": 0.5,
+        "epochs": 1,
+    }
     prep = prepare(spec, checkpoint=export(ResidualCNN(), x_val[:4]), dataset_file=tmp_path / "d.npz")
     cfg = TrainConfig.from_spec(spec | {"params": prep.sparse_names})
     result = train(prep.model, prep.data, cfg, device=DEVICE)

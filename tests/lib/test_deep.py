@@ -22,8 +22,10 @@ def test_rvsm_pull_is_beta_times_w_minus_prox(penalty, foreach):
     ws = [torch.randn(4, 3, 2, 2, generator=g) * 0.3, torch.randn(7, 5, generator=g) * 0.3, torch.randn(6, generator=g)]
     grads = [torch.randn_like(w) for w in ws]
     lam, beta, a = 2e-3, 0.5, 0.7
-    want = [gr + beta * (w - prox.threshold(w, lam / beta, penalty=penalty, a=a, dims=list(range(1, w.dim())) or 0))
-            for w, gr in zip(ws, grads, strict=True)]  # fmt: skip
+    want = [
+        gr + beta * (w - prox.threshold(w, lam / beta, penalty=penalty, a=a, dims=list(range(1, w.dim())) or 0))
+        for w, gr in zip(ws, grads, strict=True)
+    ]
     got = [gr.clone() for gr in grads]
     optim.rvsm_pull_(ws, got, lam=lam, beta=beta, penalty=penalty, a=a, foreach=foreach)
     for a_, b_ in zip(got, want, strict=True):
@@ -188,14 +190,26 @@ def test_sparsity_report_says_which_weight_matrices_stayed_dense():
     [
         {"algorithm": "admm", "sparsity": 0.7, "epochs": 3, "finetune_epochs": 2, "beta": 0.05},
         # gradual magnitude pruning: masks raised on the ramp (epochs 2-3), held after, then fine-tuned
-        {"algorithm": "magnitude", "target_sparsity": 0.7, "epochs": 4, "warmup_epochs": 1, "ramp_epochs": 2,
-         "finetune_epochs": 1},
+        {
+            "algorithm": "magnitude",
+            "target_sparsity": 0.7,
+            "epochs": 4,
+            "warmup_epochs": 1,
+            "ramp_epochs": 2,
+            "finetune_epochs": 1,
+        },
         # RVSM's target: warm-up, ramp, then the masked tail (w <- u at the start of epoch 5, zeros held)
-        {"algorithm": "rvsm", "target_sparsity": 0.7, "epochs": 5, "warmup_epochs": 1, "ramp_epochs": 2,
-         "tail_epochs": 2},
+        {
+            "algorithm": "rvsm",
+            "target_sparsity": 0.7,
+            "epochs": 5,
+            "warmup_epochs": 1,
+            "ramp_epochs": 2,
+            "tail_epochs": 2,
+        },
     ],
     ids=["admm-finetune", "gmp-finetune", "rvsm-tail"],
-)  # fmt: skip
+)
 def test_training_resumes_to_the_same_result(spec):
     data = rdata.synthetic(300, num_classes=3, seed=2)
     cfg = TrainConfig(**spec, lr=0.05, batch_size=32)

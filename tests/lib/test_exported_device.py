@@ -23,7 +23,8 @@ def test_saved_archive_holds_cpu_tensors_after_a_device_move():
     blob = exported.save(exp, state)
     ep = torch.export.load(io.BytesIO(blob))
     devices = {t.device.type for t in ep.state_dict.values()} | {
-        t.device.type for t in ep.constants.values() if isinstance(t, torch.Tensor)}  # fmt: skip
+        t.device.type for t in ep.constants.values() if isinstance(t, torch.Tensor)
+    }
     assert devices == {"cpu"}, devices
     with torch.no_grad():
         assert torch.allclose(ep.module()(x), model(x), atol=1e-5)

@@ -58,8 +58,9 @@ def build(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     ids = torch.randint(0, 100, (4, 12))
     small = {"vocab_size": 100, "max_position_embeddings": 32}
     if name == "bert":
-        cfg = t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                           num_labels=3, **small)  # fmt: skip
+        cfg = t.BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3, **small
+        )
         mask = torch.ones(4, 12, dtype=torch.long)
         mask[0, 8:] = 0
         return Classifier(t.BertForSequenceClassification(cfg)), {"input_ids": ids, "attention_mask": mask}
@@ -67,12 +68,26 @@ def build(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         cfg = t.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=32)
         return CausalLM(t.GPT2LMHeadModel(cfg)), {"input_ids": ids}
     if name == "llama":
-        cfg = t.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                            intermediate_size=64, **small)  # fmt: skip
+        cfg = t.LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+            **small,
+        )
         return CausalLM(t.LlamaForCausalLM(cfg)), {"input_ids": ids}
     if name == "vit":
-        cfg = t.ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=2, intermediate_size=64, num_labels=10)  # fmt: skip
+        cfg = t.ViTConfig(
+            image_size=16,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=10,
+        )
         return Vision(t.ViTForImageClassification(cfg)), {"pixel_values": torch.randn(4, 1, 16, 16)}
     return Recurrent(nn.LSTM if name == "lstm" else nn.GRU), {"x": torch.randn(4, 5, 8)}
 
@@ -80,8 +95,9 @@ def build(name: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 def export(model: nn.Module, inputs: dict[str, torch.Tensor]) -> bytes:
     """``model`` exported with a dynamic batch, its inputs passed positionally, as a ``.pt2``."""
     batch = torch.export.Dim("batch", min=2)
-    program = torch.export.export(model, tuple(inputs.values()), dynamic_shapes={k: {0: batch} for k in inputs},
-                                  strict=False)  # fmt: skip
+    program = torch.export.export(
+        model, tuple(inputs.values()), dynamic_shapes={k: {0: batch} for k in inputs}, strict=False
+    )
     buf = io.BytesIO()
     torch.export.save(program, buf)
     return buf.getvalue()
@@ -94,7 +110,8 @@ def test_models_people_bring_pass_the_fences(name: str) -> None:
     model.eval()
     exp = exported.load(export(model, x))
     assert {k: (shape, dtype) for k, (shape, dtype) in exp.inputs.items()} == {
-        k: (tuple(v.shape[1:]), v.dtype) for k, v in x.items()}  # fmt: skip
+        k: (tuple(v.shape[1:]), v.dtype) for k, v in x.items()
+    }
     with torch.no_grad():
         want = model(**x)
     for batch in (3, 64):

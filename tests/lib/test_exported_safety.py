@@ -154,6 +154,7 @@ def test_sample_inputs_pickle_payload(good, tmp_path):
     marker = tmp_path / "sample"
     buf = io.BytesIO()
     torch.save(((Payload(str(marker)),), {}), buf)
+
     def edit(name, data):
         return buf.getvalue() if name.endswith("sample_inputs/model.pt") else (None if name == "+" else data)
 
@@ -169,8 +170,13 @@ def test_opaque_constant_payload(good, tmp_path):
 
     def edit(name, data):
         if name.endswith("model_constants_config.json"):
-            return json.dumps({"config": {"c": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True,
-                                                "tensor_meta": None}}}).encode()  # fmt: skip
+            return json.dumps(
+                {
+                    "config": {
+                        "c": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
+                    }
+                }
+            ).encode()
         if name == "+":
             return {"archive/data/constants/opaque_obj_0": payload}
         return data

@@ -62,8 +62,14 @@ def test_importing_the_service_loads_no_worker_and_builds_no_celery_app():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     worker = subprocess.run(
-        [sys.executable, "-c", "import celery._state as st, worker.celery_app, worker.tasks, worker.jobs;"
-         "import sys; sys.exit(len(list(st._get_active_apps())))"],  # fmt: skip
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import celery._state as st, worker.celery_app, worker.tasks, worker.jobs;"
+            "import sys; sys.exit(len(list(st._get_active_apps())))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert worker.returncode == 0, worker.stdout + worker.stderr

@@ -51,8 +51,16 @@ def lm_data(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int64), y.astype(np.int64)
 
 
-SPEC = {"kind": "checkpoint", "dataset": {"name": "upload"}, "algorithm": "rvsm", "target_sparsity": 0.5,
-        "epochs": 3, "batch_size": 16, "optimizer": "adamw", "lr": 0.01}  # fmt: skip
+SPEC = {
+    "kind": "checkpoint",
+    "dataset": {"name": "upload"},
+    "algorithm": "rvsm",
+    "target_sparsity": 0.5,
+    "epochs": 3,
+    "batch_size": 16,
+    "optimizer": "adamw",
+    "lr": 0.01,
+}
 
 
 def write(tmp: Path, name: str = "d.npz", **arrays: np.ndarray) -> Path:
@@ -70,8 +78,11 @@ def test_keyed_int64_inputs_and_per_token_labels_train(tmp_path: Path, suffix: s
     mask = np.ones((N, T), np.float32)
     path = write(tmp_path, "d" + suffix, **{"x.input_ids": ids, "x.attention_mask": mask, "y": y})
     torch.manual_seed(0)
-    prep = prepare(SPEC, checkpoint=pt2(Tagger(), input_ids=torch.tensor(ids[:2]), attention_mask=torch.ones(2, T)),
-                   dataset_file=path)  # fmt: skip
+    prep = prepare(
+        SPEC,
+        checkpoint=pt2(Tagger(), input_ids=torch.tensor(ids[:2]), attention_mask=torch.ones(2, T)),
+        dataset_file=path,
+    )
     x = prep.data.x_train
     assert isinstance(x, dict) and x["input_ids"].dtype == torch.int64 and x["attention_mask"].dtype == torch.float32
     assert prep.data.y_train.shape[1:] == (T,) and prep.data.num_classes <= V
@@ -146,21 +157,36 @@ MASK = np.ones((N, T), np.float32)
 @pytest.mark.parametrize(
     "arrays,words",
     [
-        ({"x.input_ids": IDS.astype(np.float32), "x.attention_mask": MASK, "y": Y},
-         ["input 'input_ids'", "float32", "int64", f"({T},)"]),
+        (
+            {"x.input_ids": IDS.astype(np.float32), "x.attention_mask": MASK, "y": Y},
+            ["input 'input_ids'", "float32", "int64", f"({T},)"],
+        ),
         ({"x.input_ids": IDS, "y": Y}, ["['input_ids']", "['input_ids', 'attention_mask']"]),
         ({"x.input_ids": IDS[:, :4], "x.attention_mask": MASK, "y": Y}, ["input 'input_ids'", "(4,)", f"({T},)"]),
         ({"x.input_ids": IDS, "x.attention_mask": MASK[:10], "y": Y}, ["y must have", "x.attention_mask"]),
         ({"x": IDS, "x.input_ids": IDS, "y": Y}, ["'x'", "keyed inputs"]),
         ({"x.input_ids": IDS, "x.attention_mask": MASK, "y": Y[:, :4]}, ["per-token labels y", f"({T}, {V})"]),
-        ({"x.input_ids": IDS, "x.attention_mask": MASK, "y": Y, "x_val.input_ids": IDS[:8], "y_val": Y[:8]},
-         ["x_val / y_val have per-sample shapes"]),
+        (
+            {"x.input_ids": IDS, "x.attention_mask": MASK, "y": Y, "x_val.input_ids": IDS[:8], "y_val": Y[:8]},
+            ["x_val / y_val have per-sample shapes"],
+        ),
         ({"x.input_ids": IDS, "x.attention_mask": MASK, "y": np.full((N, T), -100)}, ["ignore_index -100"]),
-        ({"x.input_ids": IDS, "x.attention_mask": MASK, "y": np.where(Y == -100, -100, Y + V)},
-         ["per-token labels y", f"{2 * V} classes"]),
+        (
+            {"x.input_ids": IDS, "x.attention_mask": MASK, "y": np.where(Y == -100, -100, Y + V)},
+            ["per-token labels y", f"{2 * V} classes"],
+        ),
     ],
-    ids=["float-ids", "missing-input", "shape", "rows", "both-forms", "label-length", "val-inputs", "all-ignored",
-         "labels-over-vocab"],
+    ids=[
+        "float-ids",
+        "missing-input",
+        "shape",
+        "rows",
+        "both-forms",
+        "label-length",
+        "val-inputs",
+        "all-ignored",
+        "labels-over-vocab",
+    ],
 )
 def test_misfits_are_input_errors_naming_the_input(tmp_path: Path, arrays: dict, words: list[str]) -> None:
     with pytest.raises(InputError) as e:
@@ -171,8 +197,10 @@ def test_misfits_are_input_errors_naming_the_input(tmp_path: Path, arrays: dict,
 
 
 def test_a_built_in_takes_one_input(tmp_path: Path) -> None:
-    path = write(tmp_path, **{"x.a": np.zeros((N, 4), np.float32), "x.b": np.zeros((N, 4), np.float32),
-                              "y": np.zeros(N, np.int64)})  # fmt: skip
+    path = write(
+        tmp_path,
+        **{"x.a": np.zeros((N, 4), np.float32), "x.b": np.zeros((N, 4), np.float32), "y": np.zeros(N, np.int64)},
+    )
     with pytest.raises(InputError, match="takes one input 'x'; the data has"):
         check(SPEC | {"architecture": "mlp"}, dataset_file=path)
 

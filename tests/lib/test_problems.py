@@ -208,8 +208,18 @@ def test_equal_teacher_and_init_seeds_do_not_start_at_the_teacher():
             cos = float(problems.make_teacher(d, seed=seed) @ problems.make_init(d, seed=seed))
             assert abs(cos) < 0.999, (seed, d, cos)
     # through the spec, as a user writes it: the first trace point's angle is far from 0
-    spec = {"network": "relu", "k": 2, "d": 10, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 3,
-            "teacher": {"seed": 4}, "init": {"seed": 4}, "log_every": 1}  # fmt: skip
+    spec = {
+        "network": "relu",
+        "k": 2,
+        "d": 10,
+        "lam": 1e-4,
+        "beta": 4e-3,
+        "eta": 0.1,
+        "max_iters": 3,
+        "teacher": {"seed": 4},
+        "init": {"seed": 4},
+        "log_every": 1,
+    }
     first = toy.run_spec(spec)["trace"]["theta_w"][0]
     assert first > 0.1, first
     # each stream is reproducible and differs from the other

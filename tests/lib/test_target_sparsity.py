@@ -26,8 +26,9 @@ def tensors(seed: int = 0) -> list[torch.Tensor]:
 def test_thresholds_and_masks_against_sorting(p):
     ts = tensors()
     # layer scope: each tensor's own floor(p n) smallest magnitudes
-    for t, tau, m in zip(ts, optim.target_thresholds(ts, p, scope="layer"),
-                         optim.magnitude_masks(ts, p, scope="layer"), strict=True):  # fmt: skip
+    for t, tau, m in zip(
+        ts, optim.target_thresholds(ts, p, scope="layer"), optim.magnitude_masks(ts, p, scope="layer"), strict=True
+    ):
         k = math.floor(p * t.numel())
         oracle = sorted(t.abs().flatten().tolist())
         assert int((t.abs() <= tau).sum()) == k and (k == 0 or tau == oracle[k - 1])
@@ -106,8 +107,14 @@ def test_training_ends_at_the_target(algorithm, scope, finetune, model):
         data = rdata.from_tensors(data.x_train.flatten(1), data.y_train, data.x_val.flatten(1), data.y_val)
     torch.manual_seed(0)
     m, names = _target_model(model)
-    cfg = TrainConfig(**ALGORITHMS[algorithm], target_sparsity=0.85, sparsity_scope=scope, epochs=5,
-                      finetune_epochs=finetune, params=names)  # fmt: skip
+    cfg = TrainConfig(
+        **ALGORITHMS[algorithm],
+        target_sparsity=0.85,
+        sparsity_scope=scope,
+        epochs=5,
+        finetune_epochs=finetune,
+        params=names,
+    )
     r = train(m, data, cfg)
     assert_at_target(r.sparsity, 0.85, scope, min_tensors=2)
 
@@ -119,8 +126,11 @@ def test_rvscgd_ends_at_the_target(scope, finetune):
     data = rdata.synthetic(300, num_classes=3, seed=1)  # (N, 1, 8, 8) images
     torch.manual_seed(0)
     m = models.build("lenet5_binary", num_classes=3, in_channels=1, input_size=8)
-    r = train(m, data, TrainConfig(algorithm="rvscgd", target_sparsity=0.85, sparsity_scope=scope, epochs=5,
-                                   finetune_epochs=finetune))  # fmt: skip
+    r = train(
+        m,
+        data,
+        TrainConfig(algorithm="rvscgd", target_sparsity=0.85, sparsity_scope=scope, epochs=5, finetune_epochs=finetune),
+    )
     assert_at_target(r.sparsity, 0.85, scope, min_tensors=3)
 
 
@@ -273,16 +283,21 @@ def _zeros_each_epoch(cfg: TrainConfig) -> tuple[list[dict[str, torch.Tensor]], 
     m = models.build("mlp", num_classes=3, in_features=64, hidden=[40, 20])
     names = models.default_sparse_parameters(m)
     seen: list[dict[str, torch.Tensor]] = []
-    r = train(m, data, cfg, callback=lambda ev: seen.append(
-        {n: (t == 0).clone() for n, t in ev["state"]["model"].items() if n in names}))  # fmt: skip
+    r = train(
+        m,
+        data,
+        cfg,
+        callback=lambda ev: seen.append({n: (t == 0).clone() for n, t in ev["state"]["model"].items() if n in names}),
+    )
     return seen, r
 
 
 def test_gradual_magnitude_pruning_follows_the_cubic_ramp_and_only_adds_zeros():
     """GMP (the magnitude default): at each epoch's end the pruned set holds floor(p_t n) zeros for the ramp's
     p_t at the epoch's last step, and every zero stays a zero (the masks only grow)."""
-    cfg = TrainConfig(algorithm="magnitude", target_sparsity=0.8, epochs=6, warmup_epochs=1, ramp_epochs=3,
-                      batch_size=40)  # fmt: skip
+    cfg = TrainConfig(
+        algorithm="magnitude", target_sparsity=0.8, epochs=6, warmup_epochs=1, ramp_epochs=3, batch_size=40
+    )
     seen, r = _zeros_each_epoch(cfg)
     steps = math.ceil(240 / 40)
     n = sum(z.numel() for z in seen[0].values())

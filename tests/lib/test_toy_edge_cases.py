@@ -12,8 +12,17 @@ from rvsm import algorithms, problems, toy
 from rvsm.toy import SpecError, ToyLimits, run_spec, validate_spec
 
 BASE = {"k": 2, "d": 3, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 40}
-README = {"k": 2, "d": 10, "teacher": {"seed": 0}, "init": {"seed": 1}, "lam": 1e-4, "beta": 4e-3, "eta": 0.1,
-          "max_iters": 20000, "tol": 1e-14}  # fmt: skip
+README = {
+    "k": 2,
+    "d": 10,
+    "teacher": {"seed": 0},
+    "init": {"seed": 1},
+    "lam": 1e-4,
+    "beta": 4e-3,
+    "eta": 0.1,
+    "max_iters": 20000,
+    "tol": 1e-14,
+}
 
 
 def strict(result: dict) -> dict:
@@ -57,8 +66,15 @@ def test_theta_pi_gives_a_defined_result(network):
 def test_binary_run_at_minus_w_star_is_defined():
     """At w = -w* the expected coarse gradient is (k/pi) w_hat (not NaN): with d = 2 and w0 = -w* the run
     stays put (the step is parallel to w, normalisation undoes it) but every number is defined."""
-    spec = BASE | {"d": 2, "network": "binary", "algorithm": "rvscgd", "penalty": "l1", "lam": 0.0,
-                   "teacher": {"w_star": [1.0, 0.0]}, "init": {"w0": [-1.0, 0.0]}}  # fmt: skip
+    spec = BASE | {
+        "d": 2,
+        "network": "binary",
+        "algorithm": "rvscgd",
+        "penalty": "l1",
+        "lam": 0.0,
+        "teacher": {"w_star": [1.0, 0.0]},
+        "init": {"w0": [-1.0, 0.0]},
+    }
     r = strict(run_spec(spec))
     assert not r["final"]["diverged"]
     assert r["final"]["w"] == pytest.approx([-1.0, 0.0])
@@ -168,8 +184,18 @@ def test_meaningless_numbers_are_rejected_naming_the_field(patch, field):
 
 def test_seeds_up_to_two_to_the_64_minus_one_run():
     top = 2**64 - 1
-    strict(run_spec(BASE | {"teacher": {"seed": top}, "init": {"seed": top}, "data_seed": top,
-                            "gradient": "empirical", "samples": 20}))  # fmt: skip
+    strict(
+        run_spec(
+            BASE
+            | {
+                "teacher": {"seed": top},
+                "init": {"seed": top},
+                "data_seed": top,
+                "gradient": "empirical",
+                "samples": 20,
+            }
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -192,8 +218,10 @@ def test_extreme_but_valid_runs_give_strict_json(patch):
 
 def test_progress_metrics_are_finite_or_nan():
     seen = []
-    run_spec(BASE | {"lam": 1e300, "penalty": "l1", "beta": 1.0, "normalize": False, "max_iters": 20,
-                     "log_every": 5}, callback=seen.append)  # fmt: skip
+    run_spec(
+        BASE | {"lam": 1e300, "penalty": "l1", "beta": 1.0, "normalize": False, "max_iters": 20, "log_every": 5},
+        callback=seen.append,
+    )
     assert seen
     for p in seen:
         for vals in p["metrics"].values():
@@ -232,8 +260,13 @@ def test_a_large_batch_shares_the_trace_budget(monkeypatch):
 
 def test_an_untouched_trace_says_it_was_not_raised():
     info = strict(run_spec(BASE))["trace_info"]
-    assert info == {"log_every": 10, "requested_log_every": 10, "max_points": 10_000, "log_every_raised": False,
-                    "note": None}  # fmt: skip
+    assert info == {
+        "log_every": 10,
+        "requested_log_every": 10,
+        "max_points": 10_000,
+        "log_every_raised": False,
+        "note": None,
+    }
 
 
 # --------------------------------------------------------------------------- caps, before anything is built
@@ -255,10 +288,13 @@ LIMITS = ToyLimits(max_iters=1000, sweep=50, d=100, k=20, samples=500, elements=
         ({"teacher": {"w_star": [1.0] * 101}}, "teacher.w_star", ("101 entries", "100")),
         ({"sweep": {"init.w0": [[1.0] * 200]}}, "sweep.init.w0", ("200 entries",)),
         ({"gradient": "empirical", "samples": 500, "k": 20, "d": 11}, "samples", ("110000", "100000")),
-        ({"gradient": "empirical", "samples": 400, "k": 20, "d": 10, "sweep": {"data_seed": [1, 2]}}, "sweep",
-         ("160000",)),
+        (
+            {"gradient": "empirical", "samples": 400, "k": 20, "d": 10, "sweep": {"data_seed": [1, 2]}},
+            "sweep",
+            ("160000",),
+        ),
     ],
-)  # fmt: skip
+)
 def test_caps_name_the_field_the_value_and_the_cap(patch, field, words):
     rejected(BASE | patch, field, *words, limits=LIMITS)
 
@@ -280,8 +316,9 @@ def test_caps_come_before_any_vector_is_built(monkeypatch):
         with pytest.raises(SpecError, match="d"):
             validate_spec(spec, limits=LIMITS)
     # and a valid spec is checked without building anything either
-    checked = validate_spec(BASE | {"d": 50, "teacher": {"w_star": [1.0] * 50}, "sweep": {"lam": [0.1, 0.2]}},
-                            limits=LIMITS)  # fmt: skip
+    checked = validate_spec(
+        BASE | {"d": 50, "teacher": {"w_star": [1.0] * 50}, "sweep": {"lam": [0.1, 0.2]}}, limits=LIMITS
+    )
     assert checked.configs == 2 and checked.max_iters == 40
 
 

@@ -29,8 +29,17 @@ TRACED = ("lagrangian", "theta_w", "theta_u", "f_w", "f_u", "step")
 
 
 def cfg(i: int, d: int, **kw) -> ToyConfig:
-    base: dict = dict(k=2 + i % 3, d=d, w_star=make_teacher(d, seed=i), w0=make_init(d, seed=100 + i),
-                      lam=1e-3 * (1 + i), beta=4e-3, eta=0.1, max_iters=30, log_every=4)  # fmt: skip
+    base: dict = dict(
+        k=2 + i % 3,
+        d=d,
+        w_star=make_teacher(d, seed=i),
+        w0=make_init(d, seed=100 + i),
+        lam=1e-3 * (1 + i),
+        beta=4e-3,
+        eta=0.1,
+        max_iters=30,
+        log_every=4,
+    )
     return ToyConfig(**(base | kw))
 
 
@@ -98,8 +107,19 @@ def test_kernel_equals_eager(network: str, algorithm: str, penalty: str, normali
 def test_defaults() -> None:
     """Every field left at its default but the length of the run (log_every 10, l0, tol 0, relu, rvsm)."""
     d = 6
-    configs = [ToyConfig(k=2, d=d, w_star=make_teacher(d, seed=s), w0=make_init(d, seed=s + 1), lam=1e-4,
-                         beta=4e-3, eta=0.1, max_iters=40) for s in (0, 1)]  # fmt: skip
+    configs = [
+        ToyConfig(
+            k=2,
+            d=d,
+            w_star=make_teacher(d, seed=s),
+            w0=make_init(d, seed=s + 1),
+            lam=1e-4,
+            beta=4e-3,
+            eta=0.1,
+            max_iters=40,
+        )
+        for s in (0, 1)
+    ]
     eager, tri = both(configs)
     assert eager[0].trace["iter"] == [0, 10, 20, 30, 40]
     assert_same(eager, tri)
@@ -141,8 +161,18 @@ def test_float32_close() -> None:
 def test_unsupported_group_stays_eager() -> None:
     """aht (and the empirical gradient, admm, gd) have no kernel: backend='triton' runs them eagerly."""
     d = 5
-    c = ToyConfig(k=2, d=d, w_star=make_teacher(d, seed=0), w0=make_init(d, seed=1), algorithm="aht", s=2,
-                  lam=0.0, beta=4e-3, eta=0.1, max_iters=10)  # fmt: skip
+    c = ToyConfig(
+        k=2,
+        d=d,
+        w_star=make_teacher(d, seed=0),
+        w0=make_init(d, seed=1),
+        algorithm="aht",
+        s=2,
+        lam=0.0,
+        beta=4e-3,
+        eta=0.1,
+        max_iters=10,
+    )
     eager, tri = both([c])
     assert_same(eager, tri, tol=0.0)
 

@@ -18,8 +18,14 @@ from tests import service_helpers as helpers
 from tests.service_helpers import Worker, service_env, unique_queue, wait_for
 
 LENET = {"kind": "checkpoint", "architecture": "lenet5", "algorithm": "rvsm", "epochs": 1}
-UPLOAD = {"kind": "checkpoint", "architecture": "mlp", "algorithm": "rvsm", "epochs": 1, "batch_size": 8,
-          "dataset": {"name": "upload"}}  # fmt: skip
+UPLOAD = {
+    "kind": "checkpoint",
+    "architecture": "mlp",
+    "algorithm": "rvsm",
+    "epochs": 1,
+    "batch_size": 8,
+    "dataset": {"name": "upload"},
+}
 CAP = 1_000_000
 
 
@@ -155,8 +161,26 @@ def _nan_x() -> np.ndarray:
         ({"x": X, "y": Y, "x_val": X[:5, :3], "y_val": Y[:5]}, ("per-sample shapes",)),
         ({"x": X.astype("U8"), "y": Y}, ("x", "<U8")),
     ],
-    ids=["no-x", "no-y", "objects", "empty", "one-sample", "negative", "non-integer", "huge", "nan", "x_val-alone",
-         "y_val-alone", "complex", "bool-labels", "2d-labels", "1d-x", "rows", "val-shape", "strings"],
+    ids=[
+        "no-x",
+        "no-y",
+        "objects",
+        "empty",
+        "one-sample",
+        "negative",
+        "non-integer",
+        "huge",
+        "nan",
+        "x_val-alone",
+        "y_val-alone",
+        "complex",
+        "bool-labels",
+        "2d-labels",
+        "1d-x",
+        "rows",
+        "val-shape",
+        "strings",
+    ],
 )
 def test_odd_npz_data_sets_are_422s_naming_the_rule(client, arrays, words):
     blob = npz(**arrays)
@@ -192,8 +216,12 @@ def test_a_file_that_is_not_what_its_name_says_is_a_422(client, blob, name, word
 
 def test_a_data_header_that_declares_more_than_the_file_holds_is_a_422(client):
     """The shapes of a safetensors header are checked against the file's size before anything is made of them."""
-    blob = _header({"x": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 0]},
-                    "y": {"dtype": "I64", "shape": [2**62], "data_offsets": [0, 0]}})  # fmt: skip
+    blob = _header(
+        {
+            "x": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 0]},
+            "y": {"dtype": "I64", "shape": [2**62], "data_offsets": [0, 0]},
+        }
+    )
     expect(with_dataset(client, blob, "d.safetensors"), 422, "dataset", "declares")
 
 
@@ -216,8 +244,10 @@ def test_odd_but_valid_files_are_accepted_and_train_in_the_worker(tmp_path, lene
     wrapped = {"state_dict": {f"module.{k}": v.to(torch.float64) for k, v in lenet.items()}}
     cases = [
         (UPLOAD, {"dataset": ("d.npz", npz(x=(X * 50).astype(np.uint8), y=Y * 3))}),  # labels 0 and 3 only
-        (UPLOAD, {"dataset": ("d.safetensors", st_save({"x": torch.from_numpy(X).half(),
-                                                         "y": torch.from_numpy(Y).int()}))}),  # fmt: skip
+        (
+            UPLOAD,
+            {"dataset": ("d.safetensors", st_save({"x": torch.from_numpy(X).half(), "y": torch.from_numpy(Y).int()}))},
+        ),
         (UPLOAD | {"batch_size": 1}, {"dataset": ("d.npz", npz(x=X[:2], y=np.array([0, 1])))}),
         (UPLOAD, {"dataset": ("d.npz", npz(x=X, y=Y, x_val=X[:3], y_val=Y[:3]))}),
         (spec64, {"checkpoint": ("m.pt", pt(wrapped))}),
@@ -232,6 +262,7 @@ def test_odd_but_valid_files_are_accepted_and_train_in_the_worker(tmp_path, lene
                 assert r.status_code == 202, r.text
                 ids.append(r.json()["id"])
             for job_id in ids:
+
                 def done(j=job_id):
                     s = c.get(f"/v1/jobs/{j}").json()
                     return s if s["state"] in ("succeeded", "failed", "cancelled") else None

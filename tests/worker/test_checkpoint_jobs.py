@@ -21,10 +21,24 @@ from rvsm.train import TrainConfig, train
 from tests import service_helpers as helpers
 from tests.service_helpers import Worker, service_env, submit_job, unique_queue, wait_done, wait_for
 
-RVSM_L0 = {"kind": "checkpoint", "architecture": "lenet5", "dataset": {"name": "digits"}, "algorithm": "rvsm",
-           "target_sparsity": 0.9, "epochs": 8, "lr": 0.02, "weight_decay": 1e-4}  # fmt: skip
-LAMBDA_L0 = RVSM_L0 | {"target_sparsity": None, "penalty": "l0", "lam": 5e-5, "beta": 0.01, "beta_final": 1.0,
-                       "layer_scale": False}  # fmt: skip
+RVSM_L0 = {
+    "kind": "checkpoint",
+    "architecture": "lenet5",
+    "dataset": {"name": "digits"},
+    "algorithm": "rvsm",
+    "target_sparsity": 0.9,
+    "epochs": 8,
+    "lr": 0.02,
+    "weight_decay": 1e-4,
+}
+LAMBDA_L0 = RVSM_L0 | {
+    "target_sparsity": None,
+    "penalty": "l0",
+    "lam": 5e-5,
+    "beta": 0.01,
+    "beta_final": 1.0,
+    "layer_scale": False,
+}
 CAP = 1_000_000
 API_SETTINGS = {"max_upload_bytes": CAP}  # the stack fixture's (conftest)
 
@@ -101,8 +115,17 @@ def test_pt_state_dict_and_training_from_scratch(stack, trained):
     lam_spec = {k: v for k, v in LAMBDA_L0.items() if v is not None} | {"epochs": 1}  # lambda mode, absolute threshold
     r = submit(client, lam_spec, buf.getvalue(), name="model.pt")
     assert r.status_code == 202, r.text
-    scratch = client.post("/v1/jobs", json=RVSM_L0 | {"algorithm": "magnitude", "target_sparsity": 0.5, "epochs": 2,
-                                                     "finetune_epochs": 1, "sparsity_scope": "layer"})  # fmt: skip
+    scratch = client.post(
+        "/v1/jobs",
+        json=RVSM_L0
+        | {
+            "algorithm": "magnitude",
+            "target_sparsity": 0.5,
+            "epochs": 2,
+            "finetune_epochs": 1,
+            "sparsity_scope": "layer",
+        },
+    )
     assert scratch.status_code == 202, scratch.text
     for job_id in (r.json()["id"], scratch.json()["id"]):
         assert wait_done(client, job_id)["state"] == "succeeded", worker.output()[-3000:]
@@ -144,8 +167,12 @@ def test_worker_killed_mid_epoch_resumes_from_its_saved_state(tmp_path):
         first = Worker(env, queue, tmp_path / "w1.log")
         try:
             job_id = client.post("/v1/jobs", json=spec).json()["id"]
-            wait_for(lambda: (client.get(f"/v1/jobs/{job_id}").json()["progress"]["epoch"] or 0) >= 4, timeout=120,
-                     interval=0.05, what="epoch 3 to finish")  # fmt: skip
+            wait_for(
+                lambda: (client.get(f"/v1/jobs/{job_id}").json()["progress"]["epoch"] or 0) >= 4,
+                timeout=120,
+                interval=0.05,
+                what="epoch 3 to finish",
+            )
             time.sleep(0.15)  # into the next epoch
         finally:
             first.kill()
@@ -209,8 +236,12 @@ def test_bad_checkpoints(stack, trained, tmp_path):
     wrong = dict(trained)
     del wrong["features.0.bias"]
     wrong["extra.weight"] = torch.zeros(2)
-    expect(submit(client, RVSM_L0, st_save(wrong)), 422, "missing keys ['features.0.bias']",
-           "unexpected keys ['extra.weight']")  # fmt: skip
+    expect(
+        submit(client, RVSM_L0, st_save(wrong)),
+        422,
+        "missing keys ['features.0.bias']",
+        "unexpected keys ['extra.weight']",
+    )
     shaped = dict(trained)
     shaped["classifier.5.weight"] = torch.zeros(7, 84)
     expect(submit(client, RVSM_L0, st_save(shaped)), 422, "classifier.5.weight (7, 84) (expected (10, 84))")
@@ -268,8 +299,11 @@ def test_uploaded_and_folder_datasets(tmp_path):
     try:
         with helpers.make_client(tmp_path, queue, datasets_dir=root) as client:
             spec = {"kind": "checkpoint", "architecture": "mlp", "algorithm": "rvsm", "epochs": 2, "batch_size": 16}
-            up = client.post("/v1/jobs", data={"spec": json.dumps(spec | {"dataset": {"name": "upload"}})},
-                             files={"dataset": ("d.npz", buf.getvalue())})  # fmt: skip
+            up = client.post(
+                "/v1/jobs",
+                data={"spec": json.dumps(spec | {"dataset": {"name": "upload"}})},
+                files={"dataset": ("d.npz", buf.getvalue())},
+            )
             assert up.status_code == 202, up.text
             folder = spec | {"architecture": "lenet5", "dataset": {"name": "folder", "path": "shapes", "input_size": 8}}
             fo = client.post("/v1/jobs", json=folder)

@@ -19,8 +19,14 @@ CAP = 4_000_000
 API_SETTINGS = {"max_upload_bytes": CAP}
 
 
-SPEC = {"kind": "checkpoint", "dataset": {"name": "upload"}, "algorithm": "rvsm", "target_sparsity": 0.9,
-        "epochs": 12, "lr": 0.05}  # fmt: skip
+SPEC = {
+    "kind": "checkpoint",
+    "dataset": {"name": "upload"},
+    "algorithm": "rvsm",
+    "target_sparsity": 0.9,
+    "epochs": 12,
+    "lr": 0.05,
+}
 
 
 @pytest.mark.parametrize("make,flat", [(ResidualCNN, False), (TabularMLP, True)], ids=["cnn", "mlp"])
@@ -75,8 +81,9 @@ def test_exported_model_input_checks(stack):
     torch.export.save(torch.export.export(mlp, (x_val[:4],)), fixed)  # no dynamic batch dimension
     r = submit_job(client, SPEC, checkpoint=("m.pt2", fixed.getvalue()), dataset=("d.npz", npz))
     assert r.status_code == 422 and "dynamic batch dimension" in r.json()["message"], r.text
-    r = submit_job(client, SPEC | {"architecture": "lenet5"}, checkpoint=("m.pt2", export(mlp, x_val[:4])),
-               dataset=("d.npz", npz))  # fmt: skip
+    r = submit_job(
+        client, SPEC | {"architecture": "lenet5"}, checkpoint=("m.pt2", export(mlp, x_val[:4])), dataset=("d.npz", npz)
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "architecture", r.text
 
 
@@ -100,8 +107,15 @@ def test_state_dict_forms(stack, wrap, note):
     sd = models.build("mlp", num_classes=10, in_features=64, hidden=[32]).state_dict()
     buf = io.BytesIO()
     torch.save(wrap(sd), buf)
-    spec = {"kind": "checkpoint", "architecture": "mlp", "hidden": [32], "dataset": {"name": "digits"},
-            "algorithm": "rvsm", "target_sparsity": 0.5, "epochs": 1}  # fmt: skip
+    spec = {
+        "kind": "checkpoint",
+        "architecture": "mlp",
+        "hidden": [32],
+        "dataset": {"name": "digits"},
+        "algorithm": "rvsm",
+        "target_sparsity": 0.5,
+        "epochs": 1,
+    }
     r = submit_job(client, spec, checkpoint=("model.pt", buf.getvalue()))
     assert r.status_code == 202, r.text
     job = wait_done(client, r.json()["id"])

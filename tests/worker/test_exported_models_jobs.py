@@ -102,8 +102,15 @@ def test_models_people_bring_prune_to_target(stack, name, target):
     client, worker, _ = stack
     x, y = task(name)
     model = trained(name, x, y)
-    spec = {"kind": "checkpoint", "dataset": {"name": "upload", "ignore_index": IGNORE}, "algorithm": "rvsm",
-            "target_sparsity": target, "epochs": 2, "batch_size": 16, "optimizer": "adamw"}  # fmt: skip
+    spec = {
+        "kind": "checkpoint",
+        "dataset": {"name": "upload", "ignore_index": IGNORE},
+        "algorithm": "rvsm",
+        "target_sparsity": target,
+        "epochs": 2,
+        "batch_size": 16,
+        "optimizer": "adamw",
+    }
     files = {"checkpoint": ("m.pt2", export(model, rows(x, slice(0, 4)))), "dataset": ("d.npz", data_file(x, y, 180))}
     r = submit_job(client, spec, **files)
     assert r.status_code == 202, r.text

@@ -41,9 +41,17 @@ def trained_lenet() -> tuple[dict[str, torch.Tensor], float]:
 
 def lightning(sd: dict[str, torch.Tensor]) -> dict:
     """What ``Trainer.save_checkpoint`` writes for a LightningModule holding the net as ``self.model``."""
-    return {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 3, "global_step": 120,
-            "pytorch-lightning_version": "2.4.0", "optimizer_states": [], "lr_schedulers": [],
-            "hyper_parameters": {"lr": 0.05}, "loops": {}, "callbacks": {}}  # fmt: skip
+    return {
+        "state_dict": {f"model.{k}": v for k, v in sd.items()},
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
+        "optimizer_states": [],
+        "lr_schedulers": [],
+        "hyper_parameters": {"lr": 0.05},
+        "loops": {},
+        "callbacks": {},
+    }
 
 
 def test_unwrap_strips_the_lightning_prefix_only_when_every_key_has_it():
@@ -68,8 +76,14 @@ def test_a_lightning_checkpoint_of_a_builtin_is_accepted_and_loads(stack, traine
         blob, name = buf.getvalue(), "last.ckpt.pt"
     else:
         blob, name = st_save({f"model.{k}": v.contiguous() for k, v in sd.items()}), "model.safetensors"
-    spec = {"kind": "checkpoint", "architecture": "lenet5", "algorithm": "magnitude", "target_sparsity": 0.5,
-            "epochs": 1, "lr": 0.01}  # fmt: skip
+    spec = {
+        "kind": "checkpoint",
+        "architecture": "lenet5",
+        "algorithm": "magnitude",
+        "target_sparsity": 0.5,
+        "epochs": 1,
+        "lr": 0.01,
+    }
     r = submit_job(client, spec, checkpoint=(name, blob))
     assert r.status_code == 202, r.text
     job = finished(client, r.json()["id"], worker)
@@ -152,8 +166,14 @@ def test_adamw_is_the_optimizer_every_algorithm_steps_with(case, monkeypatch):
 
 def test_adamw_through_the_api_and_its_422s(stack):
     client, worker, _ = stack
-    base = {"kind": "checkpoint", "architecture": "mlp", "hidden": [32], "algorithm": "rvsm", "target_sparsity": 0.5,
-            "epochs": 2}  # fmt: skip
+    base = {
+        "kind": "checkpoint",
+        "architecture": "mlp",
+        "hidden": [32],
+        "algorithm": "rvsm",
+        "target_sparsity": 0.5,
+        "epochs": 2,
+    }
     r = client.post("/v1/jobs", json=base | {"optimizer": "adam"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "optimizer", r.text
     r = client.post("/v1/jobs", json=base | {"optimizer": "adamw", "momentum": 0.9})
@@ -189,8 +209,9 @@ def test_reaches_sparsity_counts_whole_entries():
 
 
 def _gate_args(q: float) -> argparse.Namespace:
-    return argparse.Namespace(max_theta_w=None, min_zeros=None, min_sparsity=q, max_accuracy_drop=None,
-                              max_loss_increase=None)  # fmt: skip
+    return argparse.Namespace(
+        max_theta_w=None, min_zeros=None, min_sparsity=q, max_accuracy_drop=None, max_loss_increase=None
+    )
 
 
 def test_min_sparsity_at_the_target_passes_from_the_cli(stack, tmp_path, monkeypatch, capsys):
@@ -208,8 +229,19 @@ def test_min_sparsity_at_the_target_passes_from_the_cli(stack, tmp_path, monkeyp
 
     monkeypatch.setattr(cli, "_Client", ViaTestClient)
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"kind": "checkpoint", "architecture": "mlp", "hidden": [32], "algorithm": "magnitude",
-                                "target_sparsity": 0.8, "epochs": 1, "finetune_epochs": 1}))  # fmt: skip
+    spec.write_text(
+        json.dumps(
+            {
+                "kind": "checkpoint",
+                "architecture": "mlp",
+                "hidden": [32],
+                "algorithm": "magnitude",
+                "target_sparsity": 0.8,
+                "epochs": 1,
+                "finetune_epochs": 1,
+            }
+        )
+    )
     rc = cli.main(["submit", str(spec), "--wait", "--poll", "0.2", "--quiet", "--min-sparsity", "0.8"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["gates_failed"] == [], (out["gates_failed"], out["summary"])

@@ -71,8 +71,9 @@ def test_an_expired_lease_is_requeued_then_given_up_after_max_attempts(sessions)
         job = s.get(Job, job_id, populate_existing=True)
         assert job.state == JobState.FAILED and "RVSM_MAX_ATTEMPTS=3" in job.error
         # the worker that lost its lease can no longer write
-        assert not states.report_progress(s, job_id, "w3", lease_s=60, progress=1, iteration=1, max_iters=1,
-                                          eta_s=None, points=[])  # fmt: skip
+        assert not states.report_progress(
+            s, job_id, "w3", lease_s=60, progress=1, iteration=1, max_iters=1, eta_s=None, points=[]
+        )
 
 
 def test_a_renewed_lease_is_not_recovered(sessions):
@@ -80,8 +81,9 @@ def test_a_renewed_lease_is_not_recovered(sessions):
         job_id = _new(s)
         states.claim(s, job_id, "a", 60)
         stale = _expire(s, job_id)
-        assert states.report_progress(s, job_id, "a", lease_s=60, progress=0, iteration=0, max_iters=1, eta_s=None,
-                                      points=[])  # fmt: skip
+        assert states.report_progress(
+            s, job_id, "a", lease_s=60, progress=0, iteration=0, max_iters=1, eta_s=None, points=[]
+        )
         assert states.recover(s, stale, max_attempts=3, dispatch_s=5) is None
         assert s.get(Job, job_id, populate_existing=True).state == JobState.RUNNING
 

@@ -26,8 +26,19 @@ from tests.service_helpers import (
     wait_for,
 )
 
-LONG = {"kind": "toy", "k": 2, "d": 50, "lam": 1e-4, "beta": 4e-3, "eta": 0.05, "penalty": "l1",
-        "teacher": {"seed": 3}, "init": {"seed": 4}, "max_iters": 15000, "log_every": 50}  # fmt: skip
+LONG = {
+    "kind": "toy",
+    "k": 2,
+    "d": 50,
+    "lam": 1e-4,
+    "beta": 4e-3,
+    "eta": 0.05,
+    "penalty": "l1",
+    "teacher": {"seed": 3},
+    "init": {"seed": 4},
+    "max_iters": 15000,
+    "log_every": 50,
+}
 SHORT = LONG | {"d": 10, "max_iters": 300, "log_every": 10}
 
 
@@ -50,8 +61,9 @@ def wait_state(client: TestClient, job_id: str, states: tuple[str, ...], timeout
 def rvsm_toy(spec: dict, tmp) -> dict:
     path = tmp / f"spec-{time.monotonic_ns()}.json"
     path.write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, "-m", "service.cli", "toy", str(path), "--quiet"], capture_output=True,
-                         text=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "toy", str(path), "--quiet"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -128,8 +140,12 @@ def test_toy_job_runs_with_live_progress_and_metrics(stack):
 
 def test_api_result_equals_rvsm_toy(stack):
     client, worker, tmp = stack
-    spec = SHORT | {"teacher": {"w_star": [1, 0, 2, 0, 0, 0, 1, 0, 0, 3]}, "init": {"w0": [0.1] * 10},
-                    "penalty": "tl1", "a": 0.5}  # fmt: skip
+    spec = SHORT | {
+        "teacher": {"w_star": [1, 0, 2, 0, 0, 0, 1, 0, 0, 3]},
+        "init": {"w0": [0.1] * 10},
+        "penalty": "tl1",
+        "a": 0.5,
+    }
     job_id = client.post("/v1/jobs", json=spec).json()["id"]
     assert wait_state(client, job_id, ("succeeded", "failed"))["state"] == "succeeded"
     assert_same(client.get(f"/v1/jobs/{job_id}/result").json(), rvsm_toy(spec, tmp))

@@ -103,8 +103,10 @@ def test_plot_is_drawn_on_first_ask_and_recorded_with_its_sha(client_and_setting
 
     # two first asks at once: one row, one file, the listed sha is the file's
     bodies = []
-    threads = [threading.Thread(target=lambda: bodies.append(client.get(f"/v1/jobs/{job_id}/artifacts/{PLOT}")))
-               for _ in range(2)]  # fmt: skip
+    threads = [
+        threading.Thread(target=lambda: bodies.append(client.get(f"/v1/jobs/{job_id}/artifacts/{PLOT}")))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -159,8 +161,12 @@ def test_bounds_over_the_batch_equal_bounds_run_by_run():
     from rvsm.bounds import bound_checks, hypotheses
     from rvsm.toy import _run, json_safe, run_results
 
-    spec = BASE | {"network": "binary", "algorithm": "rvscgd", "penalty": "l1",
-                   "sweep": {"d": [3, 6], "k": [2, 5], "lam": [0.0, 1e-3, 0.5]}}  # fmt: skip
+    spec = BASE | {
+        "network": "binary",
+        "algorithm": "rvscgd",
+        "penalty": "l1",
+        "sweep": {"d": [3, 6], "k": [2, 5], "lam": [0.0, 1e-3, 0.5]},
+    }
     expanded, runs = _run(spec, device=None, callback=None, limits=None)
     batched = run_results(expanded, runs, vectors=False)
     for r, b in zip(runs, batched, strict=True):

@@ -28,10 +28,17 @@ from tests import service_helpers as helpers
 from tests.service_helpers import wait_done
 from worker.checkpoint_jobs import CHILD_POISON_ENV
 
-SIGNATURE = np.array([1.2345678, -0.87654321, 3.1415927, 2.7182817, 0.5772157, 1.4142135, -1.6021766, 0.4242424],
-                     dtype=np.float32)  # fmt: skip
-SPEC = {"kind": "checkpoint", "dataset": {"name": "upload"}, "algorithm": "rvsm", "target_sparsity": 0.5,
-        "epochs": 1, "batch_size": 16}  # fmt: skip
+SIGNATURE = np.array(
+    [1.2345678, -0.87654321, 3.1415927, 2.7182817, 0.5772157, 1.4142135, -1.6021766, 0.4242424], dtype=np.float32
+)
+SPEC = {
+    "kind": "checkpoint",
+    "dataset": {"name": "upload"},
+    "algorithm": "rvsm",
+    "target_sparsity": 0.5,
+    "epochs": 1,
+    "batch_size": 16,
+}
 
 
 class Small(nn.Module):
@@ -84,8 +91,15 @@ def put_job(client, spec: dict, checkpoint: bytes, dataset: bytes, poison: Path 
     """A queued job written straight into the store and the queue, past the API's checks."""
     settings = client.app.dependency_overrides[get_settings]()
     with get_sessionmaker(settings.resolved_database_url)() as s:
-        job = states.new_job(s, kind="checkpoint", spec=spec | {"has_checkpoint": True, "has_dataset_file": True},
-                            owner=None, queue=settings.checkpoint_queue, max_iters=1, dispatch_s=60)  # fmt: skip
+        job = states.new_job(
+            s,
+            kind="checkpoint",
+            spec=spec | {"has_checkpoint": True, "has_dataset_file": True},
+            owner=None,
+            queue=settings.checkpoint_queue,
+            max_iters=1,
+            dispatch_s=60,
+        )
         job_id = job.id
     inputs = job_dir(settings.resolved_artifact_dir, job_id) / "inputs"
     write_atomic(inputs / "checkpoint.bin", checkpoint)
