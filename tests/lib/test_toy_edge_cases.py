@@ -368,19 +368,3 @@ def test_a_raised_trace_interval_does_not_delay_stopping():
     with pytest.raises(Stop):
         algorithms.run_toy([cfg], device="cpu", callback=cb, max_trace_points=3)
     assert len(seen) == 1 and seen[0] % 100 == 0 and seen[0] < 10_000_000
-
-
-def test_the_api_schema_and_the_library_agree_on_every_toy_default():
-    """Issue 20: the toy defaults are written in the API's schema and in rvsm.toy; giving each schema default
-    explicitly must resolve to exactly what leaving it out does, and both must know the same fields."""
-    from service.schemas import ToySpecCreate
-
-    fields = ToySpecCreate.model_fields
-    assert set(fields) == toy.TOP_FIELDS
-    assert {n for n, f in fields.items() if f.is_required()} == set(toy.REQUIRED)
-    base = {"k": 3, "d": 7, "lam": 1e-3, "beta": 0.1, "eta": 0.05}
-    plain = toy._resolve(base)
-    for name, f in fields.items():
-        if f.is_required() or f.default is None or name == "kind":
-            continue
-        assert toy._resolve(base | {name: f.default}) == plain, name
