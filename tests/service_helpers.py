@@ -29,12 +29,9 @@ def unique_queue(prefix: str = "test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def make_client(tmp: Path, queue: str, **overrides: object):
-    """The real ASGI app on a test's own store, artifact directory and queue (``overrides``: more Settings)."""
-    from fastapi.testclient import TestClient
-
-    from jobs.settings import Settings, get_settings
-    from service.main import create_app
+def settings_for(tmp: Path, queue: str, **overrides: object):  # noqa: ANN201
+    """Settings for a test's own store, artifact directory and queue (``overrides``: more Settings)."""
+    from jobs.settings import Settings
 
     values: dict = dict(
         data_dir=tmp,
@@ -44,10 +41,25 @@ def make_client(tmp: Path, queue: str, **overrides: object):
         toy_queue=queue,
         checkpoint_queue=queue,
     )
-    settings = Settings(**(values | overrides))
+    return Settings(**(values | overrides))
+
+
+def app_for(tmp: Path, queue: str, **overrides: object):  # noqa: ANN201
+    """The real ASGI app on :func:`settings_for` (through ``dependency_overrides``, as the routes read it)."""
+    from jobs.settings import get_settings
+    from service.main import create_app
+
+    settings = settings_for(tmp, queue, **overrides)
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: settings
-    return TestClient(app)
+    return app
+
+
+def make_client(tmp: Path, queue: str, **overrides: object):  # noqa: ANN201
+    """A test client of :func:`app_for` (enter it to run the app's startup)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app_for(tmp, queue, **overrides))
 
 
 def service_env(tmp: Path, *, queue: str, database_url: str | None = None, **extra: str) -> dict[str, str]:

@@ -29,7 +29,8 @@ from jobs.floors import check_torch
 from jobs.settings import Settings, get_settings
 from service.limits import MULTIPART_OVERHEAD, json_shape
 from service.main import create_app
-from tests.service_helpers import REDIS_URL, ROOT, free_port, python, unique_queue, wait_for
+from tests import service_helpers as helpers
+from tests.service_helpers import ROOT, free_port, python, unique_queue, wait_for
 
 SPEC_CAP = 64 * 2**10
 UPLOAD_CAP = 3 * 2**20  # over starlette's 1 MiB spooling threshold: file parts go to disk
@@ -38,15 +39,7 @@ QUEUE = unique_queue("limits")  # nothing consumes it; nothing here is accepted,
 
 
 def settings_for(tmp: Path, **overrides: object) -> Settings:
-    values: dict = dict(
-        data_dir=tmp,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        artifact_dir=tmp / "artifacts",
-        broker_url=REDIS_URL,
-        toy_queue=QUEUE,
-        checkpoint_queue=QUEUE,
-    )
-    return Settings(**(values | overrides))
+    return helpers.settings_for(tmp, QUEUE, **overrides)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from jobs.layout import record
 from jobs.settings import Settings, get_settings
 from service.deps import SettingsDep, get_session
 from service.main import create_app
+from tests import service_helpers as helpers
 from tests.service_helpers import POSTGRES_URL, REDIS_URL, free_port, unique_queue, wait_for
 
 TOY = {"k": 2, "d": 3, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 100}
@@ -46,18 +47,7 @@ NOSNIFF = "nosniff"
 
 
 def app_for(tmp: Path, queue: str, **overrides: object) -> FastAPI:
-    values: dict = dict(
-        data_dir=tmp,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        artifact_dir=tmp / "artifacts",
-        broker_url=REDIS_URL,
-        toy_queue=queue,
-        checkpoint_queue=queue,
-    )
-    settings = Settings(**(values | overrides))
-    app = create_app()
-    app.dependency_overrides[get_settings] = lambda: settings
-    return app
+    return helpers.app_for(tmp, queue, **overrides)
 
 
 @pytest.fixture
