@@ -74,8 +74,17 @@ def publisher(settings: Settings) -> Celery:
 
 def enqueue(settings: Settings, job_id: str, queue: str) -> None:
     """Publish a wake-up for ``job_id`` on ``queue``; raises when the broker does not take it in time."""
-    # one attempt (redis-py reconnects a stale connection itself): a hung broker costs one timeout, not a retry loop
-    publisher(settings).send_task(TASK, args=[job_id], queue=queue, retry=False)
+    enqueue_many(settings, [job_id], queue)
+
+
+def enqueue_many(settings: Settings, job_ids: list[str], queue: str) -> None:
+    """Publish one wake-up per job, in order, through one producer (one connection for the lot); raises when
+    the broker does not take one in time."""
+    app = publisher(settings)
+    with app.producer_or_acquire() as producer:
+        for job_id in job_ids:
+            # one attempt (redis-py reconnects a stale connection itself): a hung broker costs one timeout
+            app.send_task(TASK, args=[job_id], queue=queue, retry=False, producer=producer)
 
 
 def ping(settings: Settings) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -27,7 +26,10 @@ class Settings(BaseSettings):
         "nothing else: they are not API keys. Set: /metrics needs a key even with no RVSM_API_KEYS",
     )
     max_iters_cap: int = Field(2_000_000, ge=1, description="largest max_iters a toy job may ask for")
-    sweep_cap: int = Field(100_000, ge=1, description="largest number of configurations in one sweep")
+    sweep_cap: int = Field(
+        100_000, ge=1, description="largest number of configurations in one sweep, or in one batch of jobs in all"
+    )
+    max_batch_submit: int = Field(1000, ge=1, description="most jobs one POST /v1/jobs:batch may hold")
     max_upload_bytes: int = Field(256 * 2**20, ge=1, description="largest checkpoint or dataset upload")
     max_spec_bytes: int = Field(
         2**20, ge=1024, description="largest JSON body or multipart 'spec' field (the stored spec's size cap)"
@@ -49,6 +51,12 @@ class Settings(BaseSettings):
     )
     progress_interval_s: float = Field(0.5, gt=0, description="how often a running job writes progress and metrics")
     device: str | None = Field(None, description="torch device for workers; default: cuda when present, else cpu")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads a worker runs a job with; unset: the cores it may use, shared among the workers "
+        "alive on its host (1 each when as many share the box as it has cores)",
+    )
     toy_d_cap: int = Field(100_000, ge=1, description="largest d of a toy job (also the length of w_star / w0)")
     toy_k_cap: int = Field(10_000, ge=1, description="largest k (patches) of a toy job")
     toy_samples_cap: int = Field(1_000_000, ge=1, description="largest samples / batch_size of an empirical toy job")
@@ -148,9 +156,11 @@ class Settings(BaseSettings):
 
     def job_child(self):  # -> rvsm.sandbox.ChildLimits
         """Limits of the child process that trains a checkpoint job (no wall-clock limit: jobs may be long)."""
+        import torch
+
         from rvsm.sandbox import ChildLimits
 
-        threads = os.cpu_count() or 1  # what torch uses in the worker itself
+        threads = torch.get_num_threads()  # what the worker itself runs with (worker.jobs.size_threads)
         return ChildLimits(
             memory_bytes=self.job_memory_bytes,
             cpu_s=self.job_cpu_s,

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import CursorResult, Row, Update, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -131,12 +132,30 @@ def new_job(
     session: Session, *, kind: str, spec: dict, owner: str | None, queue: str, max_iters: int, dispatch_s: float
 ) -> Job:
     """submit: a queued row whose message should be claimed within ``dispatch_s`` (else it is published again)."""
-    job = Job(id=uuid.uuid4().hex, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=max_iters, state=str(Q))
-    job.lease_until = _after(dispatch_s)
-    session.add(job)
-    counters.bump(session, "transition", event="submit")
+    return new_jobs(session, kind=kind, specs=[(spec, max_iters)], owner=owner, queue=queue, dispatch_s=dispatch_s)[0]
+
+
+def new_jobs(
+    session: Session,
+    *,
+    kind: str,
+    specs: list[tuple[dict, int]],
+    owner: str | None,
+    queue: str,
+    dispatch_s: float,
+) -> list[Job]:
+    """submit, for each ``(spec, max_iters)``: queued rows, in one transaction (all or none)."""
+    lease = _after(dispatch_s)
+    jobs = [
+        Job(id=uuid.uuid4().hex, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=n, state=str(Q))
+        for spec, n in specs
+    ]
+    for job in jobs:
+        job.lease_until = lease
+    session.add_all(jobs)
+    counters.bump(session, "transition", len(jobs), event="submit")
     session.commit()
-    return job
+    return jobs
 
 
 def request_cancel(session: Session, job: Job) -> Job:
@@ -297,58 +316,66 @@ def renew_all(session: Session, ids: list[str], worker: str, lease_s: float) -> 
     return n
 
 
-def finish(
-    session: Session,
-    job_id: str,
-    worker: str,
-    *,
-    state: str,
-    error: str | None = None,
-    result_path: str | None = None,
-    summary: dict | None = None,
-    artifacts: list[Artifact] | None = None,
-    points: list[dict] | None = None,
-    commit: bool = True,
-) -> bool:
-    """finish: a job this worker holds ends in ``state`` with its artifacts and its last trace ``points``
-    (a job asked to cancel that succeeds anyway ends cancelled). ``False``: the job is no longer this
-    worker's. ``commit=False``: the caller commits (a worker that ran several jobs as one batch ends them
-    in one transaction; rows added here are inserted together at its flush)."""
-    if state not in TERMINAL:
-        raise ValueError(f"state must be one of {sorted(TERMINAL)}, got {state!r}")
-    points = points or []
-    values: dict = dict(
-        error=error,
-        result_path=result_path,
-        summary=summary,
-        finished_at=utcnow(),
-        lease_until=None,
-        metrics_seq=Job.metrics_seq + len(points),
-    )
-    values["state"] = case((Job.cancel_requested.is_(True), str(C)), else_=state) if state == S else state
-    if state == S:
-        values.update(progress=1.0, eta_s=0.0)
-        if summary and "iters" in summary:
-            values["iteration"] = summary["iters"]
-    with session.no_autoflush:
-        row = _move_returning(
-            session,
-            "finish",
-            job_id,
-            _held_by(worker),
-            **values,
-            returning=(Job.kind, Job.state, Job.started_at, Job.finished_at, Job.metrics_seq),
-        )
-        if row is not None:
-            session.execute(
-                delete(Artifact).where(Artifact.job_id == job_id).execution_options(synchronize_session=False)
-            )
-            session.add_all(artifacts or [])
-            _add_points(session, job_id, row.metrics_seq, points)
-            counters.observe_run(session, row.kind, row.state, row.started_at, row.finished_at)
+@dataclass
+class Outcome:
+    """How one job ends (:func:`finish_all`): its terminal state, and what it leaves."""
+
+    job_id: str
+    state: str
+    error: str | None = None
+    result_path: str | None = None
+    summary: dict | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    points: list[dict] = field(default_factory=list)  # trace points not yet written (a batch's last ones)
+
+
+def finish(session: Session, job_id: str, worker: str, *, state: str, commit: bool = True, **leaves: Any) -> bool:
+    """finish: :func:`finish_all` for one job (``leaves``: the other fields of :class:`Outcome`), committed
+    unless ``commit=False``."""
+    done = finish_all(session, worker, [Outcome(job_id, state, **leaves)])[0]
     if commit:
         session.commit()
-    return row is not None
+    return done
+
+
+def finish_all(session: Session, worker: str, outcomes: list[Outcome]) -> list[bool]:
+    """finish, for each of ``outcomes``: a job this worker holds ends in its state with its artifacts and its
+    last trace points (a job asked to cancel that succeeds anyway ends cancelled); ``False`` where the job is
+    no longer this worker's. The caller commits: a worker that ran several jobs as one batch ends them in one
+    transaction, their rows inserted together at its flush and their old artifact rows deleted in one go."""
+    for o in outcomes:
+        if o.state not in TERMINAL:
+            raise ValueError(f"state must be one of {sorted(TERMINAL)}, got {o.state!r}")
+    with session.no_autoflush:
+        rows = [_finish_row(session, worker, o) for o in outcomes]
+        moved = [o.job_id for o, row in zip(outcomes, rows, strict=True) if row is not None]
+        if moved:  # an earlier attempt's rows, if any: the new ones replace them
+            stmt = delete(Artifact).where(Artifact.job_id.in_(moved))
+            session.execute(stmt.execution_options(synchronize_session=False))
+        for o, row in zip(outcomes, rows, strict=True):
+            if row is not None:
+                session.add_all(o.artifacts)
+                _add_points(session, o.job_id, row.metrics_seq, o.points)
+                counters.observe_run(session, row.kind, row.state, row.started_at, row.finished_at)
+    return [row is not None for row in rows]
+
+
+def _finish_row(session: Session, worker: str, o: Outcome) -> Row | None:
+    values: dict = dict(
+        error=o.error,
+        result_path=o.result_path,
+        summary=o.summary,
+        finished_at=utcnow(),
+        lease_until=None,
+        metrics_seq=Job.metrics_seq + len(o.points),
+    )
+    values["state"] = case((Job.cancel_requested.is_(True), str(C)), else_=o.state) if o.state == S else o.state
+    if o.state == S:
+        values.update(progress=1.0, eta_s=0.0)
+        if o.summary and "iters" in o.summary:
+            values["iteration"] = o.summary["iters"]
+    returning = (Job.kind, Job.state, Job.started_at, Job.finished_at, Job.metrics_seq)
+    return _move_returning(session, "finish", o.job_id, _held_by(worker), **values, returning=returning)
 
 
 def release(session: Session, job_id: str, worker: str) -> bool:

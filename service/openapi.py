@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from .errors import MEANINGS
-from .schemas import RESULT_MODELS, CheckpointSpecCreate, ErrorPublic, ToySpecCreate
+from .schemas import RESULT_MODELS, CheckpointSpecCreate, ErrorPublic, JobBatchCreate, ToySpecCreate
 
 REF = "#/components/schemas/{model}"
 
@@ -22,7 +22,7 @@ def ref(model: type) -> dict:
 def extra_schemas() -> dict[str, dict]:
     """The spec models (as validated) and the result documents (as served), with refs into components."""
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        *((m, "validation") for m in (ToySpecCreate, CheckpointSpecCreate)),
+        *((m, "validation") for m in (ToySpecCreate, CheckpointSpecCreate, JobBatchCreate)),
         *((m, "serialization") for m in RESULT_MODELS),
     ]
     _, top = models_json_schema(models, ref_template=REF)

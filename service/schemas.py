@@ -128,6 +128,23 @@ class JobCreated(BaseModel):
     url: str
 
 
+class JobBatchCreate(BaseModel):
+    """Many toy jobs in one request: one job, with its own id, per spec."""
+
+    model_config = STRICT
+
+    jobs: list[ToySpecCreate] = Field(
+        ...,
+        min_length=1,
+        description="toy specs, each as POST /v1/jobs takes it: at most RVSM_MAX_BATCH_SUBMIT of them, and at most "
+        "RVSM_SWEEP_CAP configurations in all (a sweep counts each of its configurations)",
+    )
+
+
+class JobBatchCreated(BaseModel):
+    items: list[JobCreated] = Field(..., description="the jobs, in the order of their specs")
+
+
 class JobPublic(BaseModel):
     id: str
     kind: str

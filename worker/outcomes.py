@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -56,17 +55,7 @@ def save(settings: Settings, job_id: str, files: dict[str, bytes]) -> list[Artif
     return [record(settings.resolved_artifact_dir, job_id, name, data) for name, data in files.items()]
 
 
-@dataclass
-class End:
-    """How one job ends (see :func:`jobs.states.finish`)."""
-
-    job_id: str
-    state: str
-    error: str | None = None
-    result_path: str | None = None
-    summary: dict | None = None
-    artifacts: list[Artifact] = field(default_factory=list)
-    points: list[dict] = field(default_factory=list)  # trace points not yet written (a batch's last ones)
+End = states.Outcome  # how one job ends: its state and what it leaves (jobs.states.finish_all)
 
 
 def conclude(settings: Settings, worker: str, ends: list[End]) -> list[str]:
@@ -74,21 +63,7 @@ def conclude(settings: Settings, worker: str, ends: list[End]) -> list[str]:
     the job is no longer this worker's (then a deleted job's files are removed too)."""
     sessions = get_sessionmaker(settings.resolved_database_url)
     with sessions() as s:
-        done = [
-            states.finish(
-                s,
-                e.job_id,
-                worker,
-                state=e.state,
-                error=e.error,
-                result_path=e.result_path,
-                summary=e.summary,
-                artifacts=e.artifacts,
-                points=e.points,
-                commit=False,
-            )
-            for e in ends
-        ]
+        done = states.finish_all(s, worker, ends)
         s.commit()
     outcomes = []
     for e, ok in zip(ends, done, strict=True):

@@ -21,12 +21,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobs import states
 from jobs.db import Job
 from jobs.layout import MEDIA_TYPES, PLOT, input_name, inputs_dir, job_dir, write_atomic
-from jobs.queue import enqueue
+from jobs.queue import enqueue, enqueue_many
 from jobs.settings import Settings
 from jobs.states import JobState
 from rvsm.errors import InputError
 from rvsm.prepare import check_isolated
-from rvsm.toy import SpecError, ToyLimits, validate_spec
+from rvsm.toy import CheckedSpec, SpecError, ToyLimits, validate_spec
 from rvsm.train import TrainConfig
 
 from ..deps import OwnerDep, SessionDep, SettingsDep, no_unknown_query
@@ -38,6 +38,8 @@ from ..schemas import (
     RESULT_MODELS,
     ArtifactPublic,
     CheckpointSpecCreate,
+    JobBatchCreate,
+    JobBatchCreated,
     JobCreated,
     JobList,
     JobPublic,
@@ -92,9 +94,10 @@ def progress_of(job: Job) -> Progress:
     return p
 
 
-def validate_toy(spec: dict, settings: Settings) -> int:
+def checked_toy(spec: dict, settings: Settings, *, field: str = "") -> CheckedSpec:
     """Every rule and cap of a toy spec, by :func:`rvsm.toy.validate_spec` (the caps on the raw spec
-    first, no vector built), as a 422 naming the field. Returns the largest ``max_iters``."""
+    first, no vector built), as a 422 naming the field (under ``field``, a batch's ``jobs.<i>``). Returns its
+    configurations and largest ``max_iters``."""
     s = settings
     limits = ToyLimits(
         max_iters=s.max_iters_cap,
@@ -106,9 +109,9 @@ def validate_toy(spec: dict, settings: Settings) -> int:
         sample_elements=s.toy_sample_elements_cap,
     )
     try:
-        return validate_spec(spec, limits=limits).max_iters
+        return validate_spec(spec, limits=limits)
     except SpecError as e:
-        raise field_error(e.field, e.rule) from None
+        raise field_error(f"{field}.{e.field}" if field else e.field, e.rule) from None
 
 
 def find(session: SessionDep, owner: str | None, job_id: str) -> Job:
@@ -288,6 +291,84 @@ async def submit_job(request: Request, session: SessionDep, settings: SettingsDe
     return await run_in_threadpool(_create, body, files, request, session, settings, owner)
 
 
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": ref(JobBatchCreate),
+                "examples": {"two toy jobs": {"value": {"jobs": [TOY_EXAMPLE, TOY_EXAMPLE | {"lam": 0.1}]}}},
+            }
+        },
+    }
+}
+
+
+@router.post(
+    ":batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobBatchCreated,
+    openapi_extra=BATCH_BODY,
+    responses=responses(401, 413, 422, 503),
+)
+async def submit_batch(request: Request, session: SessionDep, settings: SettingsDep, owner: OwnerDep):
+    """Submit many toy jobs in one request: ``{"jobs": [spec, ...]}``, each spec as ``POST /v1/jobs`` takes it.
+    202 with one id per spec, in order; far cheaper than one request per job (a sweep is cheaper still). Every
+    spec is checked before any job is stored, and one bad spec refuses the lot (422 naming
+    ``jobs.<i>.<field>``): at most ``RVSM_MAX_BATCH_SUBMIT`` jobs and ``RVSM_SWEEP_CAP`` configurations in all.
+    JSON only: a checkpoint job uploads files, one request each."""
+    if is_multipart(request.headers.get("content-type", "")):
+        raise field_error("body", 'a batch is a JSON document {"jobs": [toy spec, ...]}, not a multipart form')
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_spec_bytes:
+        raise BodyTooLarge(settings.max_spec_bytes)
+    text = await request.body()
+    body = await run_in_threadpool(_batch_of, text, settings)
+    return await run_in_threadpool(_create_batch, body, request, session, settings, owner)
+
+
+def _batch_of(text: bytes, settings: Settings) -> JobBatchCreate:
+    """The batch, parsed as a spec is (bounded), its count capped before pydantic builds any spec."""
+    raw = _load_json(text, ("body",), settings)
+    jobs = raw.get("jobs") if isinstance(raw, dict) else None
+    if isinstance(jobs, list):
+        if len(jobs) > settings.max_batch_submit:
+            raise field_error("jobs", f"{len(jobs)} specs, over the cap of {settings.max_batch_submit} a batch")
+        for i, spec in enumerate(jobs):
+            if isinstance(spec, dict) and spec.get("kind") == "checkpoint":
+                raise field_error(f"jobs.{i}.kind", "a batch holds toy jobs; submit a checkpoint job alone")
+    try:
+        return JobBatchCreate.model_validate(raw)
+    except ValidationError as e:
+        raise _invalid(e.errors(include_url=False, include_context=False, include_input=False)) from None
+
+
+def _create_batch(
+    body: JobBatchCreate, request: Request, session: SessionDep, settings: SettingsDep, owner: str | None
+) -> JobBatchCreated:
+    specs = [spec.to_spec() for spec in body.jobs]
+    checked = [checked_toy(spec, settings, field=f"jobs.{i}") for i, spec in enumerate(specs)]
+    configs = sum(c.configs for c in checked)
+    if configs > settings.sweep_cap:
+        raise field_error("jobs", f"{configs} configurations in all, over the cap of {settings.sweep_cap}")
+    jobs = states.new_jobs(
+        session,
+        kind="toy",
+        specs=[(spec, c.max_iters) for spec, c in zip(specs, checked, strict=True)],
+        owner=owner,
+        queue=settings.toy_queue,
+        dispatch_s=settings.dispatch_timeout_s,
+    )
+    try:
+        enqueue_many(settings, [j.id for j in jobs], settings.toy_queue)
+    except Exception as e:  # the broker is down or hung: keep none of them (a message already sent finds no row)
+        for job in jobs:
+            states.delete_job(session, job)
+        raise queue_unreachable(e) from None
+    items = [JobCreated(id=j.id, state=j.state, url=job_url(request, j.id)) for j in jobs]
+    return JobBatchCreated(items=items)
+
+
 def _create(
     body: ToySpecCreate | CheckpointSpecCreate,
     files: dict[str, bytes],
@@ -300,7 +381,7 @@ def _create(
     if isinstance(body, ToySpecCreate):
         if files:
             raise field_error(next(iter(files)).split(".")[0], "toy jobs take no files")
-        max_iters = validate_toy(spec, settings)
+        max_iters = checked_toy(spec, settings).max_iters
         kind, queue = "toy", settings.toy_queue
     else:
         max_iters = validate_checkpoint_job(body, files, settings)
@@ -326,10 +407,14 @@ def _create(
         enqueue(settings, job.id, job.queue)
     except Exception as e:  # the broker is down or hung (bounded wait): say so, keep nothing half-queued
         _forget(session, settings, job)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the job queue is unreachable; try again ({type(e).__name__})"
-        ) from None
+        raise queue_unreachable(e) from None
     return JobCreated(id=job.id, state=job.state, url=job_url(request, job.id))
+
+
+def queue_unreachable(e: Exception) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"the job queue is unreachable; try again ({type(e).__name__})"
+    )
 
 
 def _store_inputs(settings: SettingsDep, job_id: str, files: dict[str, bytes]) -> None:

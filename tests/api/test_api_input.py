@@ -175,10 +175,10 @@ def test_huge_d_is_rejected_at_once_without_allocating(client):
     assert grown < 50 * 1024, grown  # everything, torch's included: the peak since the reset
 
 
-def test_validate_toy_takes_every_cap_from_the_settings():
+def test_checked_toy_takes_every_cap_from_the_settings():
     from fastapi import HTTPException
 
-    from service.routers.jobs import validate_toy
+    from service.routers.jobs import checked_toy
 
     caps = Settings(
         toy_d_cap=5,
@@ -198,7 +198,7 @@ def test_validate_toy_takes_every_cap_from_the_settings():
         ({"max_iters": 1001}, "max_iters"),
     ):
         with pytest.raises(HTTPException) as e:
-            validate_toy(GOOD | patch, caps)
+            checked_toy(GOOD | patch, caps)
         assert e.value.status_code == 422 and e.value.detail[0]["loc"][1] == field, e.value.detail
     ok = GOOD | {"gradient": "empirical", "samples": 6, "d": 5}  # 60 sample numbers: at the cap
-    assert validate_toy(ok, caps) == 100
+    assert checked_toy(ok, caps).max_iters == 100

@@ -19,6 +19,7 @@ from service.main import create_app
 DOC = create_app().openapi()
 ERRORS = {  # (method, path): the error codes each route answers with (503: the job database is unreachable)
     ("post", "/v1/jobs"): {400, 401, 413, 422, 503, 507},
+    ("post", "/v1/jobs:batch"): {401, 413, 422, 503},
     ("get", "/v1/jobs"): {401, 422, 503},
     ("get", "/v1/jobs/{job_id}"): {401, 404, 422, 503},
     ("delete", "/v1/jobs/{job_id}"): {401, 404, 422, 503},

@@ -50,6 +50,8 @@ def test_bench_jobs_smoke(tmp_path):
     assert re.search(r"after every 2 of 4 more trivial jobs .*: 2: [\d.]+, 4: [\d.]+\.", out)
     assert "A 20-configuration sweep" in out and "<!-- begin bench_jobs -->" in doc.read_text()
     assert "Target span / solver ≤ 2x: **" in out
+    assert "| **one request: jobs / sweep** |" in out and "Target one request / sweep ≤ 2x: **" in out
+    assert re.search(r"a request \(target ≤ 5x: \*\*(met|not met)\*\*\)", out)
 
 
 def test_bench_api_smoke():

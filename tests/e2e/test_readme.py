@@ -85,3 +85,22 @@ def test_readme_transformers(server, tmp_path):  # noqa: F811
     out = run("python check.py", tmp_path, server[0])
     assert out.returncode == 0, out.stderr
     assert "same outputs: True" in out.stdout and "word_embeddings" in out.stdout, out.stdout
+
+
+TOP = ("rvsm", "jobs", "service", "worker", "tests", "benchmarks", "docs", "scripts")
+
+
+def test_the_readme_stands_alone():
+    """Issue 21 (H): every file the README links or names is in the repository (no ``SPEC.md`` or seed papers
+    "beside" it), and every setting (``jobs.settings.Settings``) is in its configuration table."""
+    from jobs.settings import Settings
+
+    text = (ROOT / "README.md").read_text()
+    links = [t for t in re.findall(r"\]\(([^)#\s]+)", text) if not re.match(r"[a-z]+:", t)]
+    named = [t for t in re.findall(r"`([\w./-]+)`", text) if t.split("/")[0] in TOP and "/" in t]
+    assert len(links) >= 5 and len(named) >= 10, (links, named)
+    missing = [t for t in links + named if not (ROOT / t.split("::")[0]).exists()]
+    assert not missing, missing
+    assert "../" not in text and "SPEC.md" not in text
+    unlisted = [f"RVSM_{f.upper()}" for f in Settings.model_fields if f"`RVSM_{f.upper()}`" not in text]
+    assert not unlisted, unlisted

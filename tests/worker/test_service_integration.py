@@ -151,6 +151,17 @@ def test_api_result_equals_rvsm_toy(stack):
     assert_same(client.get(f"/v1/jobs/{job_id}/result").json(), rvsm_toy(spec, tmp))
 
 
+def test_a_batch_of_jobs_each_runs_as_it_would_alone(stack):
+    """``POST /v1/jobs:batch``: every job of the batch succeeds with the result ``rvsm toy`` gives its spec."""
+    client, worker, tmp = stack
+    specs = [SHORT | {"teacher": {"seed": s}, "penalty": p} for s, p in ((0, "l1"), (1, "l0"), (2, "tl1"))]
+    r = client.post("/v1/jobs:batch", json={"jobs": specs})
+    assert r.status_code == 202, r.text
+    for item, spec in zip(r.json()["items"], specs, strict=True):
+        assert helpers.wait_done(client, item["id"])["state"] == "succeeded", worker.output()[-2000:]
+        assert_same(client.get(f"/v1/jobs/{item['id']}/result").json(), rvsm_toy(spec, tmp))
+
+
 def test_sweep_job_returns_every_run(stack):
     client, worker, tmp = stack
     spec = SHORT | {"sweep": {"penalty": ["l0", "l1"], "d": [5, 8]}}
