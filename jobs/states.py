@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import CursorResult, Row, Update, and_, case, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Row, Update, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -291,16 +291,22 @@ def report_progress(
             returning=(Job.metrics_seq,),
         )
         if row is not None:
-            _add_points(session, job_id, row.metrics_seq, points)
+            _add_points(session, [(job_id, row.metrics_seq, points)])
     if commit:
         session.commit()
     return row is not None
 
 
-def _add_points(session: Session, job_id: str, last_seq: int, points: list[dict]) -> None:
-    """Trace points numbered up to ``last_seq`` (the job's ``metrics_seq`` after the move that counted them)."""
-    first = last_seq - len(points) + 1
-    session.add_all(MetricPoint(job_id=job_id, seq=first + i, data=p) for i, p in enumerate(points))
+def _add_points(session: Session, batches: list[tuple[str, int, list[dict]]]) -> None:
+    """Each ``(job_id, last_seq, points)``: the job's trace points numbered up to ``last_seq`` (its ``metrics_seq``
+    after the move that counted them), all inserted in one executemany (no ORM object per point)."""
+    rows = [
+        dict(job_id=job_id, seq=last - len(points) + 1 + i, data=p)
+        for job_id, last, points in batches
+        for i, p in enumerate(points)
+    ]
+    if rows:
+        session.execute(insert(MetricPoint), rows)
 
 
 def renew(session: Session, job_id: str, worker: str, lease_s: float) -> bool:
@@ -342,40 +348,50 @@ def finish_all(session: Session, worker: str, outcomes: list[Outcome]) -> list[b
     """finish, for each of ``outcomes``: a job this worker holds ends in its state with its artifacts and its
     last trace points (a job asked to cancel that succeeds anyway ends cancelled); ``False`` where the job is
     no longer this worker's. The caller commits: a worker that ran several jobs as one batch ends them in one
-    transaction, their rows inserted together at its flush and their old artifact rows deleted in one go."""
+    transaction and a handful of statements, whatever their number: one conditional UPDATE per end state
+    (the transition), then each moved row's own fields by primary key in one executemany, one DELETE of
+    earlier attempts' artifact rows, and the new rows inserted together at the flush."""
     for o in outcomes:
         if o.state not in TERMINAL:
             raise ValueError(f"state must be one of {sorted(TERMINAL)}, got {o.state!r}")
     with session.no_autoflush:
-        rows = [_finish_row(session, worker, o) for o in outcomes]
-        moved = [o.job_id for o, row in zip(outcomes, rows, strict=True) if row is not None]
-        if moved:  # an earlier attempt's rows, if any: the new ones replace them
-            stmt = delete(Artifact).where(Artifact.job_id.in_(moved))
+        rows: dict[str, Row] = {}
+        for state in sorted({o.state for o in outcomes}):
+            ids = [o.job_id for o in outcomes if o.state == state]
+            rows |= {r.id: r for r in _finish_rows(session, worker, state, ids)}
+        moved = [o for o in outcomes if o.job_id in rows]
+        if moved:
+            session.execute(update(Job), [_own_fields(o, rows[o.job_id]) for o in moved])
+            stmt = delete(Artifact).where(Artifact.job_id.in_([o.job_id for o in moved]))
             session.execute(stmt.execution_options(synchronize_session=False))
-        for o, row in zip(outcomes, rows, strict=True):
-            if row is not None:
-                session.add_all(o.artifacts)
-                _add_points(session, o.job_id, row.metrics_seq, o.points)
-                counters.observe_run(session, row.kind, row.state, row.started_at, row.finished_at)
-    return [row is not None for row in rows]
+        _add_points(session, [(o.job_id, rows[o.job_id].metrics_seq + len(o.points), o.points) for o in moved])
+        for o in moved:
+            row = rows[o.job_id]
+            session.add_all(o.artifacts)
+            counters.observe_run(session, row.kind, row.state, row.started_at, row.finished_at)
+    return [o.job_id in rows for o in outcomes]
 
 
-def _finish_row(session: Session, worker: str, o: Outcome) -> Row | None:
-    values: dict = dict(
-        error=o.error,
-        result_path=o.result_path,
-        summary=o.summary,
-        finished_at=utcnow(),
-        lease_until=None,
-        metrics_seq=Job.metrics_seq + len(o.points),
-    )
-    values["state"] = case((Job.cancel_requested.is_(True), str(C)), else_=o.state) if o.state == S else o.state
-    if o.state == S:
+def _finish_rows(session: Session, worker: str, state: str, ids: list[str]) -> list[Row]:
+    """The transition of ``ids`` (held by ``worker``) to ``state``: the rows that moved, as they are now."""
+    values: dict = dict(finished_at=utcnow(), lease_until=None)
+    values["state"] = case((Job.cancel_requested.is_(True), str(C)), else_=state) if state == S else state
+    if state == S:
         values.update(progress=1.0, eta_s=0.0)
-        if o.summary and "iters" in o.summary:
-            values["iteration"] = o.summary["iters"]
-    returning = (Job.kind, Job.state, Job.started_at, Job.finished_at, Job.metrics_seq)
-    return _move_returning(session, "finish", o.job_id, _held_by(worker), **values, returning=returning)
+    returning = (Job.id, Job.kind, Job.state, Job.started_at, Job.finished_at, Job.metrics_seq)
+    rows = list(session.execute(_transition("finish", ids, (_held_by(worker),), values).returning(*returning)))
+    if rows:
+        counters.bump(session, "transition", len(rows), event="finish")
+    return rows
+
+
+def _own_fields(o: Outcome, row: Row) -> dict:
+    """The fields of a finished job that are its own (the UPDATE by primary key after its transition)."""
+    fields = dict(id=o.job_id, error=o.error, result_path=o.result_path, summary=o.summary)
+    fields["metrics_seq"] = row.metrics_seq + len(o.points)
+    if o.state == S and o.summary and "iters" in o.summary:
+        fields["iteration"] = o.summary["iters"]
+    return fields
 
 
 def release(session: Session, job_id: str, worker: str) -> bool:
