@@ -126,6 +126,20 @@ class Settings(BaseSettings):
     job_cpu_s: int = Field(7 * 24 * 3600, ge=1, description="CPU seconds a checkpoint job's child may use")
     sandbox_seccomp: bool = Field(True, description="the children's seccomp filter (off where libseccomp is missing)")
 
+    def toy_limits(self):  # -> rvsm.toy.ToyLimits (imported here, so settings load no torch)
+        """The toy caps as the library takes them (the API's checks and the tests read them here)."""
+        from rvsm.toy import ToyLimits
+
+        return ToyLimits(
+            max_iters=self.max_iters_cap,
+            sweep=self.sweep_cap,
+            d=self.toy_d_cap,
+            k=self.toy_k_cap,
+            samples=self.toy_samples_cap,
+            elements=self.toy_elements_cap,
+            sample_elements=self.toy_sample_elements_cap,
+        )
+
     def checkpoint_limits(self):  # -> rvsm.prepare.CheckpointLimits (imported here, so settings load no torch)
         """The checkpoint caps as the library takes them."""
         from rvsm.prepare import CheckpointLimits

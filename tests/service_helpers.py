@@ -22,6 +22,20 @@ from service.cli import worker_argv
 REDIS_URL = os.environ.get("RVSM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("RVSM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
+LONG_TOY = {
+    "kind": "toy",
+    "k": 2,
+    "d": 50,
+    "lam": 1e-4,
+    "beta": 4e-3,
+    "eta": 0.05,
+    "penalty": "l1",
+    "teacher": {"seed": 3},
+    "init": {"seed": 4},
+    "max_iters": 15000,
+    "log_every": 50,
+}
+"""A toy job that runs for seconds at d = 50 (drills and progress tests cut ``max_iters`` to taste)."""
 
 
 def unique_queue(prefix: str = "test") -> str:

@@ -26,7 +26,7 @@ from jobs.settings import Settings
 from jobs.states import JobState
 from rvsm.errors import InputError
 from rvsm.prepare import check_isolated
-from rvsm.toy import CheckedSpec, SpecError, ToyLimits, validate_spec
+from rvsm.toy import CheckedSpec, SpecError, validate_spec
 from rvsm.train import TrainConfig
 
 from ..deps import OwnerDep, SessionDep, SettingsDep, no_unknown_query
@@ -98,16 +98,7 @@ def checked_toy(spec: dict, settings: Settings, *, field: str = "") -> CheckedSp
     """Every rule and cap of a toy spec, by :func:`rvsm.toy.validate_spec` (the caps on the raw spec
     first, no vector built), as a 422 naming the field (under ``field``, a batch's ``jobs.<i>``). Returns its
     configurations and largest ``max_iters``."""
-    s = settings
-    limits = ToyLimits(
-        max_iters=s.max_iters_cap,
-        sweep=s.sweep_cap,
-        d=s.toy_d_cap,
-        k=s.toy_k_cap,
-        samples=s.toy_samples_cap,
-        elements=s.toy_elements_cap,
-        sample_elements=s.toy_sample_elements_cap,
-    )
+    limits = settings.toy_limits()
     try:
         return validate_spec(spec, limits=limits)
     except SpecError as e:

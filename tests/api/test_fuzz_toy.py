@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.settings import Settings
-from rvsm.toy import SpecError, ToyLimits, run_spec, validate_spec
+from rvsm.toy import SpecError, run_spec, validate_spec
 from service.plots import convergence_png
 from service.schemas import ToySpecCreate
 from worker.outcomes import summarize_toy
@@ -190,16 +190,7 @@ def _check_names_a_field(body: object, response) -> None:
 
 
 SEEN = {"accepted": 0, "rejected": 0}
-_S = Settings()
-LIMITS = ToyLimits(
-    max_iters=_S.max_iters_cap,
-    sweep=_S.sweep_cap,
-    d=_S.toy_d_cap,
-    k=_S.toy_k_cap,
-    samples=_S.toy_samples_cap,
-    elements=_S.toy_elements_cap,
-    sample_elements=_S.toy_sample_elements_cap,
-)
+LIMITS = Settings().toy_limits()
 
 
 def _check_rvsm_directly(body: object) -> None:

@@ -15,6 +15,7 @@ from jobs.queue import enqueue
 from jobs.settings import Settings
 from service.supervisor import Supervisor
 from tests.service_helpers import (
+    LONG_TOY,
     RedisServer,
     Worker,
     holder_pid,
@@ -28,19 +29,7 @@ from tests.service_helpers import (
 LEASE_S, REAPER_S = 3.0, 1.0
 RECOVERY_S = LEASE_S + REAPER_S + 15  # the acceptance bound for a job to move again after its worker died
 FAST = {"RVSM_LEASE_S": str(LEASE_S), "RVSM_REAPER_INTERVAL_S": str(REAPER_S), "RVSM_DISPATCH_TIMEOUT_S": "2"}
-LONG = {
-    "kind": "toy",
-    "k": 2,
-    "d": 50,
-    "lam": 1e-4,
-    "beta": 4e-3,
-    "eta": 0.05,
-    "penalty": "l1",
-    "teacher": {"seed": 3},
-    "init": {"seed": 4},
-    "max_iters": 6000,
-    "log_every": 50,
-}
+LONG = LONG_TOY | {"max_iters": 6000}
 SHORT = LONG | {"d": 10, "max_iters": 200, "log_every": 10}
 
 

@@ -18,6 +18,7 @@ from rvsm.toy import merge_columns
 from service.main import create_app
 from tests import service_helpers as helpers
 from tests.service_helpers import (
+    LONG_TOY,
     POSTGRES_URL,
     ROOT,
     Worker,
@@ -26,19 +27,7 @@ from tests.service_helpers import (
     wait_for,
 )
 
-LONG = {
-    "kind": "toy",
-    "k": 2,
-    "d": 50,
-    "lam": 1e-4,
-    "beta": 4e-3,
-    "eta": 0.05,
-    "penalty": "l1",
-    "teacher": {"seed": 3},
-    "init": {"seed": 4},
-    "max_iters": 15000,
-    "log_every": 50,
-}
+LONG = LONG_TOY | {"max_iters": 15000}
 SHORT = LONG | {"d": 10, "max_iters": 300, "log_every": 10}
 
 
