@@ -90,11 +90,7 @@ def heartbeat(session: Session, *, name: str, queues: Iterable[str], interval_s:
     session.commit()
 
 
-def live_workers(session: Session, host: str | None = None) -> list[WorkerBeat]:
-    """The workers with a heartbeat within three of their sweep intervals (on ``host`` only, if given: their
-    names are ``host:pid``)."""
+def live_workers(session: Session) -> list[WorkerBeat]:
+    """The workers with a heartbeat within three of their sweep intervals."""
     now = utcnow()
-    q = select(WorkerBeat)
-    if host is not None:
-        q = q.where(WorkerBeat.name.startswith(f"{host}:", autoescape=True))
-    return [w for w in session.scalars(q) if w.seen_at + dt.timedelta(seconds=3 * w.interval_s) > now]
+    return [w for w in session.scalars(select(WorkerBeat)) if w.seen_at + dt.timedelta(seconds=3 * w.interval_s) > now]

@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="torch threads a worker runs a job with; unset: the cores it may use, shared among the workers "
-        "alive on its host (1 each when as many share the box as it has cores)",
+        description="torch threads a worker runs its jobs with; unset: the cores it may use (its CPU affinity). "
+        "Where several workers share a box, give each its share (1 on a 2-core box with two workers)",
     )
     toy_d_cap: int = Field(100_000, ge=1, description="largest d of a toy job (also the length of w_star / w0)")
     toy_k_cap: int = Field(10_000, ge=1, description="largest k (patches) of a toy job")

@@ -17,9 +17,8 @@ import traceback
 import uuid
 
 import torch
-from sqlalchemy.orm import Session
 
-from jobs import counters, states
+from jobs import states
 from jobs.db import get_sessionmaker
 from jobs.layout import COLUMNS, RESULTS, result_path
 from jobs.settings import Settings, get_settings
@@ -62,6 +61,7 @@ def toy_files(spec: dict, settings: Settings, reporter: Reporter) -> tuple[dict[
 def execute(job_id: str, *, settings: Settings | None = None) -> str:
     """Run ``job_id`` if this worker can claim it; returns the outcome (``skipped`` when not claimed)."""
     settings = settings or get_settings()
+    size_threads(settings)
     worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with get_sessionmaker(settings.resolved_database_url)() as s:
         claimed = states.claim(s, job_id, worker, settings.lease_s)
@@ -70,7 +70,6 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
             return "skipped"
         spec, kind = claimed.job.spec, claimed.job.kind
         mates, worker = claim_mates(s, settings, worker, claimed.job, first=claimed.first)
-        size_threads(settings, s)
     if not mates:
         return run_claimed(settings, worker, job_id, spec, kind)
     jobs = [(job_id, spec), *mates]
@@ -84,15 +83,14 @@ def execute(job_id: str, *, settings: Settings | None = None) -> str:
     return outcomes[0]
 
 
-def size_threads(settings: Settings, session: Session, *, host: str | None = None, cores: int | None = None) -> int:
-    """Set torch's threads for this worker's next job (a checkpoint job's training child gets as many):
-    ``RVSM_TORCH_THREADS``, else the cores this process may run on shared among the workers alive on this
-    host, at least one. On a box that several workers share, threads beyond one each only fight over the
-    same cores (a 10,000-configuration sweep took 3x longer with two than with one on a shared 2-core box)."""
-    n = settings.torch_threads
-    if n is None:
-        peers = len(counters.live_workers(session, host or socket.gethostname()))
-        n = max(1, (cores or len(os.sched_getaffinity(0))) // max(1, peers))
+def size_threads(settings: Settings, *, cores: int | None = None) -> int:
+    """Set torch's threads for this worker's jobs (a checkpoint job's training child gets as many):
+    ``RVSM_TORCH_THREADS``, else the cores this process may run on (its CPU affinity, which a container's
+    cpuset narrows). Fixed per worker, never by load: the count changes a run's last bits (reductions split
+    differently), and a job resumed on another worker of the same deployment must give the same numbers.
+    Where several workers share a box, set ``RVSM_TORCH_THREADS`` to the cores divided among them (on a shared
+    2-core box a 10,000-configuration sweep took 3x longer with two threads than with one)."""
+    n = settings.torch_threads or cores or len(os.sched_getaffinity(0))
     torch.set_num_threads(n)
     return n
 
