@@ -118,21 +118,17 @@ class Stack:
             rows = s.execute(select(Job.state, func.count()).where(Job.id.in_(ids)).group_by(Job.state)).all()
             return {state: int(n) for state, n in rows}
 
-    def run(self, specs: list[dict], *, timeout: float = 3600) -> float:
-        """Submit ``specs`` one by one, wait until all are finished; seconds from first submit to last finish."""
-        t0 = time.perf_counter()
-        ids = self.last_ids = [self.submit(s) for s in specs]
-        self.submit_s = time.perf_counter() - t0
-        self.wait(ids, timeout)
-        return time.perf_counter() - t0
-
-    def run_batch(self, specs: list[dict], *, timeout: float = 3600) -> float:
-        """Submit ``specs`` in one ``POST /v1/jobs:batch``, wait until all are finished; seconds in all."""
-        t0 = time.perf_counter()
+    def submit_batch(self, specs: list[dict]) -> list[str]:
         r = self.client.post("/v1/jobs:batch", json={"jobs": specs})
         if r.status_code != 202:
             raise RuntimeError(f"batch submit failed: {r.status_code} {r.text}")
-        ids = self.last_ids = [item["id"] for item in r.json()["items"]]
+        return [item["id"] for item in r.json()["items"]]
+
+    def run(self, specs: list[dict], *, batch: bool = False, timeout: float = 3600) -> float:
+        """Submit ``specs`` one by one (``batch``: in one ``POST /v1/jobs:batch``), wait until all are finished;
+        seconds from the first submit to the last finish."""
+        t0 = time.perf_counter()
+        ids = self.last_ids = self.submit_batch(specs) if batch else [self.submit(s) for s in specs]
         self.submit_s = time.perf_counter() - t0
         self.wait(ids, timeout)
         return time.perf_counter() - t0
@@ -237,7 +233,7 @@ def overhead(stack: Stack, n: int, repeats: int) -> dict:
         jobs.append(stack.run(specs))
         submit.append(stack.submit_s)
         sweep.append(stack.run([one]))
-        batch.append(stack.run_batch(specs))
+        batch.append(stack.run(specs, batch=True))
         batch_submit.append(stack.submit_s)
         alone.append(one_at_a_time(n))
     return {

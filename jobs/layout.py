@@ -52,6 +52,10 @@ def input_name(field: str, filename: str) -> str:
     return DATASET_INPUTS[0] if filename.lower().endswith(".npz") else DATASET_INPUTS[1]
 
 
+def checkpoint_input(root: Path, job_id: str) -> Path:
+    return inputs_dir(root, job_id) / CHECKPOINT_INPUT
+
+
 def dataset_input(root: Path, job_id: str) -> Path | None:
     """The job's uploaded data set, if it has one."""
     return next((p for p in (inputs_dir(root, job_id) / n for n in DATASET_INPUTS) if p.exists()), None)

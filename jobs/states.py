@@ -102,10 +102,18 @@ def _move_returning(
     session: Session, event: str, job_id: str, *where: ColumnElement[bool], returning: tuple, **values: object
 ) -> Row | None:
     """:func:`_move`, returning the columns ``returning`` of the row after the move (``None``: it did not move)."""
-    row = session.execute(_transition(event, [job_id], where, values).returning(*returning)).first()
-    if row is not None and event not in UNCOUNTED:
-        counters.bump(session, "transition", event=event)
-    return row
+    rows = _move_all_returning(session, event, [job_id], *where, returning=returning, **values)
+    return rows[0] if rows else None
+
+
+def _move_all_returning(
+    session: Session, event: str, ids: list[str], *where: ColumnElement[bool], returning: tuple, **values: object
+) -> list[Row]:
+    """:func:`_move_all`, returning the columns ``returning`` of each row that moved, as it is after the move."""
+    rows = list(session.execute(_transition(event, ids, where, values).returning(*returning)))
+    if rows and event not in UNCOUNTED:
+        counters.bump(session, "transition", len(rows), event=event)
+    return rows
 
 
 def _transition(event: str, ids: list[str], where: tuple[ColumnElement[bool], ...], values: dict) -> Update:
@@ -147,11 +155,18 @@ def new_jobs(
     """submit, for each ``(spec, max_iters)``: queued rows, in one transaction (all or none)."""
     lease = _after(dispatch_s)
     jobs = [
-        Job(id=uuid.uuid4().hex, kind=kind, spec=spec, owner=owner, queue=queue, max_iters=n, state=str(Q))
+        Job(
+            id=uuid.uuid4().hex,
+            kind=kind,
+            spec=spec,
+            owner=owner,
+            queue=queue,
+            max_iters=n,
+            state=str(Q),
+            lease_until=lease,
+        )
         for spec, n in specs
     ]
-    for job in jobs:
-        job.lease_until = lease
     session.add_all(jobs)
     counters.bump(session, "transition", len(jobs), event="submit")
     session.commit()
@@ -379,10 +394,7 @@ def _finish_rows(session: Session, worker: str, state: str, ids: list[str]) -> l
     if state == S:
         values.update(progress=1.0, eta_s=0.0)
     returning = (Job.id, Job.kind, Job.state, Job.started_at, Job.finished_at, Job.metrics_seq)
-    rows = list(session.execute(_transition("finish", ids, (_held_by(worker),), values).returning(*returning)))
-    if rows:
-        counters.bump(session, "transition", len(rows), event="finish")
-    return rows
+    return _move_all_returning(session, "finish", ids, _held_by(worker), returning=returning, **values)
 
 
 def _own_fields(o: Outcome, row: Row) -> dict:

@@ -72,7 +72,7 @@ def magnitude_masks(params: Sequence[Tensor], sparsity: float, *, scope: str = "
     _check_target(sparsity, scope)
     if scope == "layer":
         return [_keep_largest(p.detach().flatten(), sparsity).view_as(p) for p in params]
-    mask = _keep_largest(torch.cat([p.detach().abs().flatten().float() for p in params]), sparsity)
+    mask = _keep_largest(torch.cat([p.detach().flatten().float() for p in params]), sparsity)
     return [m.view_as(p) for m, p in zip(mask.split([p.numel() for p in params]), params, strict=True)]
 
 

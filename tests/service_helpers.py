@@ -69,6 +69,13 @@ def app_for(tmp: Path, queue: str, **overrides: object):  # noqa: ANN201
     return app
 
 
+def settings_of(client):  # noqa: ANN001, ANN201
+    """The Settings a :func:`make_client` client's app runs with."""
+    from jobs.settings import get_settings
+
+    return client.app.dependency_overrides[get_settings]()
+
+
 def make_client(tmp: Path, queue: str, **overrides: object):  # noqa: ANN201
     """A test client of :func:`app_for` (enter it to run the app's startup)."""
     from fastapi.testclient import TestClient

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import save as safetensors_save
 
-from jobs.layout import CHECKPOINT_INPUT, RESULTS, RESUME, dataset_input, inputs_dir, resume_path, write_atomic
+from jobs.layout import RESULTS, RESUME, checkpoint_input, dataset_input, resume_path, write_atomic
 from jobs.settings import Settings
 from rvsm import exported, sandbox, sparse_io
 from rvsm.algorithms import default_device
@@ -95,7 +95,7 @@ def _train(job_id: str, spec: dict, settings: Settings, *, send: Callable[..., N
     _child_poison_check(job_id)
     root = settings.resolved_artifact_dir
     upload = dataset_input(root, job_id) if spec.get("has_dataset_file") else None
-    blob = (inputs_dir(root, job_id) / CHECKPOINT_INPUT).read_bytes() if spec.get("has_checkpoint") else None
+    blob = checkpoint_input(root, job_id).read_bytes() if spec.get("has_checkpoint") else None
     torch.manual_seed(TrainConfig.from_spec(spec).seed)
     prep = prepare(
         spec,

@@ -9,13 +9,13 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs import states
@@ -48,6 +48,7 @@ from ..schemas import (
     ToySpecCreate,
 )
 
+M = TypeVar("M", bound=BaseModel)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(no_unknown_query)])
 
 
@@ -210,7 +211,13 @@ def _load_json(text: str | bytes, prefix: tuple, settings: Settings) -> object:
 def _parse_spec(raw: object, prefix: tuple) -> ToySpecCreate | CheckpointSpecCreate:
     if not isinstance(raw, dict):
         raise _invalid([{"type": "model_type", "loc": (), "msg": "the spec must be a JSON object"}], prefix)
-    model = CheckpointSpecCreate if raw.get("kind") == "checkpoint" else ToySpecCreate
+    if raw.get("kind") == "checkpoint":
+        return _validated(CheckpointSpecCreate, raw, prefix)
+    return _validated(ToySpecCreate, raw, prefix)
+
+
+def _validated(model: type[M], raw: object, prefix: tuple = ("body",)) -> M:
+    """``raw`` as ``model``, or a 422 naming each field at its place under ``prefix``."""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
@@ -269,10 +276,7 @@ async def submit_job(request: Request, session: SessionDep, settings: SettingsDe
     ``dataset`` file. 202 with the job's id; follow it at ``url``. Bodies are cut at their cap while they
     stream (413); JSON parsing and validation run off the event loop."""
     content_type = request.headers.get("content-type", "")
-    cap = body_cap(settings, content_type)
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > cap:
-        raise BodyTooLarge(cap)
+    _refuse_declared_over(request, body_cap(settings, content_type))
     if is_multipart(content_type):
         text, files = await _read_form(request, settings)
         prefix: tuple = ("body", "spec")
@@ -310,9 +314,7 @@ async def submit_batch(request: Request, session: SessionDep, settings: Settings
     JSON only: a checkpoint job uploads files, one request each."""
     if is_multipart(request.headers.get("content-type", "")):
         raise field_error("body", 'a batch is a JSON document {"jobs": [toy spec, ...]}, not a multipart form')
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_spec_bytes:
-        raise BodyTooLarge(settings.max_spec_bytes)
+    _refuse_declared_over(request, settings.max_spec_bytes)
     text = await request.body()
     body = await run_in_threadpool(_batch_of, text, settings)
     return await run_in_threadpool(_create_batch, body, request, session, settings, owner)
@@ -328,10 +330,15 @@ def _batch_of(text: bytes, settings: Settings) -> JobBatchCreate:
         for i, spec in enumerate(jobs):
             if isinstance(spec, dict) and spec.get("kind") == "checkpoint":
                 raise field_error(f"jobs.{i}.kind", "a batch holds toy jobs; submit a checkpoint job alone")
-    try:
-        return JobBatchCreate.model_validate(raw)
-    except ValidationError as e:
-        raise _invalid(e.errors(include_url=False, include_context=False, include_input=False)) from None
+    return _validated(JobBatchCreate, raw)
+
+
+def _refuse_declared_over(request: Request, cap: int) -> None:
+    """A 413 before reading a body whose declared ``content-length`` is over ``cap`` (the stream is cut at the cap
+    in any case: :class:`service.limits.BodyLimit`)."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > cap:
+        raise BodyTooLarge(cap)
 
 
 def _create_batch(

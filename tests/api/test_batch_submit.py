@@ -10,14 +10,10 @@ import pytest
 
 from jobs.queue import waiting
 from rvsm.toy import validate_spec
-from tests.service_helpers import make_client
+from tests.service_helpers import make_client, settings_of
 
 TOY = {"k": 2, "d": 3, "lam": 1e-4, "beta": 4e-3, "eta": 0.1, "max_iters": 100}
 API_SETTINGS = {"max_batch_submit": 5, "sweep_cap": 8}
-
-
-def settings_of(client) -> object:  # noqa: ANN001
-    return next(iter(client.app.dependency_overrides.values()))()
 
 
 def total(client) -> int:  # noqa: ANN001

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.settings import Settings
+from rvsm import toy
 from rvsm.toy import SpecError, run_spec, validate_spec
 from service.plots import convergence_png
 from service.schemas import ToySpecCreate
@@ -60,30 +61,9 @@ JUNK = st.recursive(
 )
 VALUES = st.one_of(FLOATS, INTS, JUNK)
 
+# every top-level field but sweep (its grids multiply the runs), a few nested ones, and one the schema lacks
 FIELDS = [
-    "network",
-    "k",
-    "d",
-    "algorithm",
-    "normalize",
-    "penalty",
-    "a",
-    "lam",
-    "beta",
-    "eta",
-    "max_iters",
-    "tol",
-    "gradient",
-    "samples",
-    "batch_size",
-    "data_seed",
-    "s",
-    "log_every",
-    "dtype",
-    "time_budget_s",
-    "kind",
-    "teacher",
-    "init",
+    *sorted(toy.TOP_FIELDS - {"sweep"}),
     "teacher.seed",
     "teacher.w_star",
     "teacher.sparsity",

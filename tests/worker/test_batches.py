@@ -13,6 +13,7 @@ from sqlalchemy import update
 
 from jobs.db import Job, get_sessionmaker, utcnow
 from rvsm.toy import config_from_spec, run_batch, run_spec
+from tests import service_helpers as helpers
 from tests.service_helpers import POSTGRES_URL, drop_queue, make_client, unique_queue
 from worker import batches
 from worker.jobs import execute
@@ -52,7 +53,7 @@ def api(tmp_path, request):
     store = {} if request.param == "sqlite" else {"database_url": POSTGRES_URL}  # jobs apart by their own queue
     queue = unique_queue("batch")
     client = make_client(tmp_path, queue, progress_interval_s=0.05, **store)  # not entered: no API reconciler
-    yield client, next(iter(client.app.dependency_overrides.values()))()
+    yield client, helpers.settings_of(client)
     drop_queue(queue)
 
 
@@ -124,7 +125,7 @@ def test_a_retried_job_runs_alone_and_is_no_batch_mate(api):
 def test_batch_jobs_1_runs_each_job_alone(tmp_path):
     queue = unique_queue("batch1")
     client = make_client(tmp_path, queue, batch_jobs=1)
-    settings = next(iter(client.app.dependency_overrides.values()))()
+    settings = helpers.settings_of(client)
     try:
         a, b = submit(client, BASE), submit(client, BASE | {"teacher": {"seed": 1}})
         assert execute(a, settings=settings) == "succeeded"

@@ -16,6 +16,7 @@ from jobs.layout import COLUMNS, PLOT
 from rvsm.toy import merge_columns, run_spec, run_spec_columnar
 from service.plots import LINES_MAX, convergence_png
 from service.schemas import ToySweepResult
+from tests import service_helpers as helpers
 from tests.service_helpers import REDIS_URL, make_client, unique_queue
 from worker.jobs import execute
 
@@ -83,7 +84,7 @@ def test_band_survives_undefined_points():
 def client_and_settings(tmp_path):
     queue = unique_queue("sweep-art")
     client = make_client(tmp_path, queue)
-    settings = next(iter(client.app.dependency_overrides.values()))()
+    settings = helpers.settings_of(client)
     yield client, settings
     import redis
 
